@@ -1,0 +1,219 @@
+"""DICOM pixel pipeline: decode, modality LUT, windowing, MONOCHROME1 inversion → float32 (C, H, W) in [0, 1]."""
+from __future__ import annotations
+
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_space, get_decoder, pixel_array
+
+from engine.errors import UserError
+
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+# Which pip package brings the decoder for a compressed transfer syntax (by UID prefix).
+_DECODER_PACKAGES = {
+    "1.2.840.10008.1.2.4.5": ("JPEG", "pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.7": ("lossless JPEG", "pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.8": ("JPEG-LS", "pylibjpeg-libjpeg"),
+    "1.2.840.10008.1.2.4.9": ("JPEG 2000", "pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.4.20": ("HTJ2K", "pylibjpeg-openjpeg"),
+    "1.2.840.10008.1.2.5": ("RLE", "pylibjpeg-rle"),
+}
+
+
+class NotAnImage(UserError):
+    """A readable file that holds no picture (a DICOM report, a structure set, a DICOMDIR)."""
+
+
+def window_presets() -> dict[str, tuple[float, float]]:
+    """Common CT windows as (center, width) in Hounsfield units."""
+    return {
+        "lung": (-600.0, 1500.0),
+        "mediastinum": (40.0, 400.0),
+        "soft tissue": (40.0, 400.0),
+        "abdomen": (50.0, 350.0),
+        "liver": (60.0, 160.0),
+        "brain": (40.0, 80.0),
+        "subdural": (75.0, 215.0),
+        "bone": (400.0, 1800.0),
+    }
+
+
+def apply_window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """Window modality values into [0, 1] with the DICOM VOI functions of PS3.3 C.11.2.1.2/C.11.2.1.3.
+
+    LINEAR (the default): 0 where x <= c - 0.5 - (w-1)/2, 1 where x > c - 0.5 + (w-1)/2,
+    else ((x - (c - 0.5)) / (w - 1) + 0.5). LINEAR_EXACT drops the half-unit offsets; SIGMOID is 1/(1+e^(-4(x-c)/w)).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    function = (function or "LINEAR").upper()
+    if function == "SIGMOID":
+        out = 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+    elif function == "LINEAR_EXACT":
+        out = (x - center) / width + 0.5
+    elif width <= 1:
+        out = (x > center - 0.5).astype(np.float64)     # a width-1 window is a threshold (the formula divides by 0)
+    else:
+        out = (x - (center - 0.5)) / (width - 1) + 0.5
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def read_dataset(source: Path | bytes, name: str = "") -> Dataset:
+    """Parse a DICOM file (never with force=True, which turns garbage into an empty dataset)."""
+    label = name or (source.name if isinstance(source, Path) else "upload")
+    try:
+        ds = pydicom.dcmread(BytesIO(source) if isinstance(source, bytes) else source)
+    except InvalidDicomError as err:
+        raise UserError(f"{label} is not a readable DICOM file "
+                        f"(the DICOM header with its 'DICM' marker is missing).") from err
+    except (EOFError, OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{label} is not a readable DICOM file ({_first_line(err)}).") from err
+    if not any(k in ds for k in PIXEL_KEYWORDS):
+        kind = ds.get("Modality") or "non-image"
+        raise NotAnImage(f"{label} is a DICOM {kind} object without pixel data; only images can be used.")
+    return ds
+
+
+def dicom_frames(ds: Dataset, window: tuple[float, float] | None = None, name: str = "") -> list[np.ndarray]:
+    """One float32 (C, H, W) array in [0, 1] per frame; an explicit (center, width) beats the file's own window."""
+    label = name or Path(str(getattr(ds, "filename", "") or "DICOM file")).name
+    raw = _decode(ds, label)
+    try:
+        return _scale(raw, ds, window)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as err:   # broken LUTs or pixel modules
+        raise UserError(f"{label} has pixel values that cannot be converted ({_first_line(err)}).") from err
+
+
+def stored_type(ds: Dataset) -> str:
+    """How samples are stored, e.g. 'int16' or 'uint8' (for the ingest report)."""
+    if "PixelData" not in ds:
+        return "float32" if "FloatPixelData" in ds else "float64"
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    return f"{'' if signed else 'u'}int{int(ds.get('BitsAllocated', 0) or 0)}"
+
+
+def _scale(raw: np.ndarray, ds: Dataset, window: tuple[float, float] | None) -> list[np.ndarray]:
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    colour = int(ds.get("SamplesPerPixel", 1) or 1) > 1 or photometric == "PALETTE COLOR"
+    if raw.ndim == (3 if colour and photometric != "PALETTE COLOR" else 2):
+        raw = raw[None]                          # a frame axis always, so both paths below are the same
+    if colour:
+        rgb = _to_rgb(raw, ds, photometric)
+        return [np.ascontiguousarray(f.transpose(2, 0, 1)) for f in rgb]
+    values = np.stack([apply_modality_lut(f, ds).astype(np.float32) for f in raw])
+    scaled = _window(values, ds, window)
+    if photometric == "MONOCHROME1":
+        scaled = 1.0 - scaled                    # pydicom leaves MONOCHROME1 as stored: low values are white
+    return [f[None] for f in scaled]
+
+
+def patient_id(ds: Dataset) -> str | None:
+    """PatientID as text, or None when absent or blank (used to keep a patient in one split)."""
+    value = str(ds.get("PatientID", "") or "").strip()
+    return value or None
+
+
+def header_summary(ds: Dataset, max_len: int = 80) -> list[tuple[str, str, str]]:
+    """(tag, keyword, value) rows for display; pixel data and long binary values are summarised."""
+    rows = []
+    meta = list(ds.file_meta) if hasattr(ds, "file_meta") else []
+    for elem in [*meta, *ds]:
+        if elem.keyword in PIXEL_KEYWORDS or ((elem.tag.group & 0xFF00) == 0x6000 and elem.tag.element == 0x3000):
+            continue                             # pixel and overlay bytes are images, not header text
+        tag = f"({elem.tag.group:04X},{elem.tag.element:04X})"
+        if elem.VR == "SQ":
+            value = f"<sequence of {len(elem.value)} item(s)>"
+        elif elem.VR in ("OB", "OW", "OD", "OF", "OL", "OV", "UN") or isinstance(elem.value, bytes):
+            value = f"<{len(elem.value or b'')} bytes>"
+        else:
+            value = str(elem.value)
+        if len(value) > max_len:
+            value = value[: max_len - 1] + "…"
+        rows.append((tag, elem.keyword or "(private)", value))
+    return rows
+
+
+def _decode(ds: Dataset, label: str) -> np.ndarray:
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is not None and syntax.is_compressed:
+        _require_decoder(str(syntax), syntax.name, label)
+    try:
+        # raw=True keeps the stored colour space, so the YBR → RGB step below is explicit and testable
+        return pixel_array(ds, raw=True)
+    except Exception as err:  # decoders raise many types (ValueError, RuntimeError, plugin errors)
+        raise UserError(f"{label} has pixel data that cannot be decoded ({_first_line(err)}).") from err
+
+
+def _require_decoder(uid: str, syntax_name: str, label: str) -> None:
+    try:
+        available = get_decoder(uid).is_available
+    except NotImplementedError:
+        available = False
+    if available:
+        return
+    kind, package = next(((k, p) for prefix, (k, p) in _DECODER_PACKAGES.items() if uid.startswith(prefix)),
+                         (syntax_name, None))
+    need = f"which needs the '{package}' package" if package else "which no installed decoder supports"
+    raise UserError(f"{label} uses {kind} compression ({syntax_name}), {need}.")
+
+
+def _to_rgb(raw: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
+    if photometric == "PALETTE COLOR":
+        rgb = np.stack([apply_color_lut(f, ds) for f in raw])
+        return rgb.astype(np.float32) / np.iinfo(rgb.dtype).max
+    if photometric in ("YBR_FULL", "YBR_FULL_422"):
+        raw = convert_color_space(raw, photometric, "RGB")
+    # YBR_RCT/ICT come out of the JPEG 2000 decoder already as RGB
+    top = 2 ** int(ds.get("BitsStored", 8) or 8) - 1
+    return np.clip(raw.astype(np.float32) / top, 0.0, 1.0)
+
+
+def _window(values: np.ndarray, ds: Dataset, window: tuple[float, float] | None) -> np.ndarray:
+    if window is not None:
+        return apply_window(values, *window)
+    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    if center is not None and width is not None and width > 0:
+        return apply_window(values, center, width, str(ds.get("VOILUTFunction", "LINEAR")))
+    if ds.get("VOILUTSequence"):
+        return _voi_lut(values, ds)
+    # No window in the file: stretch the whole series (not each frame) so slices stay comparable
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros_like(values, dtype=np.float32)
+    return ((values - low) / (high - low)).astype(np.float32)
+
+
+def _voi_lut(values: np.ndarray, ds: Dataset) -> np.ndarray:
+    """First VOI LUT of the file, scaled to [0, 1]. Done here because pydicom 3.0's apply_voi offsets inputs in
+    the LUT's own dtype, so with an 8-bit LUT an input 256 above the first mapped value wraps to entry 0."""
+    item = ds.VOILUTSequence[0]
+    entries, first, bits = (int(v) for v in item.LUTDescriptor)
+    data = item.LUTData
+    if isinstance(data, bytes):           # OW: raw 16-bit words in the file's byte order
+        little = (getattr(ds, "original_encoding", None) or (None, True))[1] is not False
+        lut = np.frombuffer(data, dtype="<u2" if little else ">u2").astype(np.float32)
+    else:
+        lut = np.asarray(data if isinstance(data, (list, pydicom.multival.MultiValue)) else [data], np.float32)
+    index = np.clip(np.round(values) - first, 0, min(entries or 65536, len(lut)) - 1).astype(np.int64)
+    return np.clip(lut[index] / (2**bits - 1), 0.0, 1.0)
+
+
+def _first(value) -> float | None:
+    """First value of a possibly multi-valued DS element."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return float(value[0]) if len(value) else None
+    return float(value)
+
+
+def _first_line(err: Exception) -> str:
+    """The gist of an exception message; pydicom lists plugin errors on the lines after a colon."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]

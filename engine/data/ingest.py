@@ -1,0 +1,512 @@
+"""Turn an upload (folder or ZIP) into a dataset folder: validate, decode once, split, write arrays + manifest."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import stat
+import tempfile
+import zipfile
+from collections import Counter
+from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from engine import settings
+from engine.data import dataset, io
+from engine.data.dicom import NotAnImage
+from engine.data.splits import SPLITS, assign_splits
+from engine.errors import UserError
+
+TASKS = ("classification", "segmentation")
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class IngestReport:
+    """What ingest found: counts, sizes, types and every skipped file with the reason."""
+    task: str
+    source: str
+    files_seen: int = 0
+    samples: int = 0
+    classes: list[str] = field(default_factory=list)
+    per_class: dict[str, int] = field(default_factory=dict)
+    per_split: dict[str, int] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)            # "HxW" → number of images
+    dtypes: dict[str, int] = field(default_factory=dict)           # stored sample type → number of files
+    modalities: dict[str, int] = field(default_factory=dict)
+    channels: int = 1
+    patients: int = 0                                              # distinct PatientIDs (DICOM)
+    mask_values: list[int] = field(default_factory=list)           # label values as stored in the mask files
+    problems: list[dict] = field(default_factory=list)             # {"file", "kind", "message"}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class IngestResult:
+    dataset_id: str
+    report: IngestReport
+
+
+@dataclass
+class _Decoded:
+    """The worker's answer for one upload file: frames already saved under temporary names."""
+    item: _Item
+    digest: str = ""
+    frames: list[tuple[str, int, int, int]] = field(default_factory=list)   # (temp key, H, W, channels)
+    dtype: str = ""
+    patient: str | None = None
+    modality: str | None = None
+    mask_values: set = field(default_factory=set)     # as stored in the files
+    top_label: int = 0                                 # after 0/255 → 0/1
+    problem: dict | None = None
+
+
+def ingest(src: Path, task: str, name: str | None = None, seed: int = 0,
+           progress: Progress | None = None, workers: int | None = None) -> IngestResult:
+    """Ingest a folder or .zip into settings.datasets_dir()/<id>/; bad files are reported and skipped."""
+    src = Path(src)
+    if task not in TASKS:
+        raise UserError(f"Unknown task '{task}'; choose classification or segmentation.")
+    if not src.exists():
+        raise UserError(f"{src} does not exist; check the path.")
+    with _scratch() as scratch:
+        folder = src
+        if src.is_file():
+            folder = scratch / "upload"
+            _extract_zip(src, folder)          # checks every ZIP rule before writing anything
+        return _ingest_folder(folder, task, name or _stem(src), src.name, seed, progress, workers, scratch)
+
+
+def ingest_files(files: list[tuple[str, bytes]], task: str, name: str | None = None, seed: int = 0,
+                 progress: Progress | None = None) -> IngestResult:
+    """Ingest loose uploaded files, given as (relative path, content); a single .zip is read as an archive."""
+    if not files:
+        raise UserError("No files were uploaded; add images or a ZIP and try again.")
+    with _scratch() as scratch:
+        folder = scratch / "upload"
+        _write_files(files, folder)
+        if len(files) == 1 and files[0][0].lower().endswith(".zip"):
+            zipped = next(p for p in folder.rglob("*") if p.is_file())
+            return ingest(zipped, task, name or _stem(zipped), seed, progress)
+        source = Path(files[0][0].replace("\\", "/")).parts[0] if len(files) > 1 else files[0][0]
+        return _ingest_folder(folder, task, name or _stem(Path(source)), source, seed, progress, None, scratch)
+
+
+def _ingest_folder(folder: Path, task: str, name: str, source: str, seed: int,
+                   progress: Progress | None, workers: int | None, scratch: Path) -> IngestResult:
+    found = _scan(folder, task)
+    report = IngestReport(task=task, source=source, files_seen=found.files_seen, problems=list(found.problems))
+    staging = scratch / "dataset"
+    (staging / "images").mkdir(parents=True)
+    if task == "segmentation":
+        (staging / "masks").mkdir()
+    decoded = _decode_all(found.items, staging, task, progress, workers)
+    kept = _drop_bad_and_duplicates(decoded, report)
+    classes, labels = _classes(found, kept, task, report)
+    dataset_id = f"{_slug(name)}-{secrets.token_hex(3)}"
+    manifest = _manifest(dataset_id, name, task, source, kept, classes, labels, seed, staging, report)
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    staging.rename(settings.datasets_dir() / dataset_id)   # the dataset appears whole or not at all
+    return IngestResult(dataset_id, report)
+
+
+# ---- uploads: ZIP and loose files, checked before anything is written -------------------------------
+
+def _safe_parts(name: str, archive: str) -> list[str]:
+    """Path parts of an upload entry; refuses absolute paths and '..' so nothing lands outside the folder."""
+    clean = name.replace("\\", "/")
+    parts = [p for p in clean.split("/") if p not in ("", ".")]
+    if clean.startswith("/") or re.match(r"^[A-Za-z]:", clean) or ".." in parts:
+        raise UserError(f"{archive} contains the path '{name}', which points outside the upload; it was refused.")
+    return parts
+
+
+def _check_limits(count: int, size: int, archive: str) -> None:
+    # Read at call time so a deployment (or a test) can change the limits after import
+    if count > settings.MAX_UPLOAD_FILES:
+        raise UserError(f"{archive} holds {count} files, more than the limit of {settings.MAX_UPLOAD_FILES}; "
+                        f"split it or raise LIGHTBOX_MAX_UPLOAD_FILES.")
+    if size > settings.MAX_UPLOAD_BYTES:
+        raise UserError(f"{archive} unpacks to {size / 1e6:.1f} MB, more than the limit of "
+                        f"{settings.MAX_UPLOAD_BYTES / 1e6:.1f} MB; split it or raise LIGHTBOX_MAX_UPLOAD_BYTES.")
+
+
+def _extract_zip(path: Path, dest: Path) -> None:
+    """Check every entry of the archive, then extract it; zipfile never inflates past an entry's declared size."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise UserError(f"{path.name} is not a readable ZIP archive ({err}).") from err
+    with archive:
+        entries = archive.infolist()
+        for entry in entries:
+            if stat.S_ISLNK(entry.external_attr >> 16):
+                raise UserError(f"{path.name} contains a symbolic link ('{entry.filename}'); "
+                                f"zip the real files instead.")
+            _safe_parts(entry.filename, path.name)
+        _check_limits(len(entries), sum(e.file_size for e in entries), path.name)
+        dest.mkdir(parents=True, exist_ok=True)
+        for entry in entries:
+            parts = _safe_parts(entry.filename, path.name)
+            if _ignored(parts):
+                continue
+            target = dest.joinpath(*parts)
+            if entry.is_dir():                 # kept, so an empty class folder is reported as such
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with archive.open(entry) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+            except (RuntimeError, NotImplementedError, zipfile.BadZipFile, EOFError) as err:
+                raise UserError(f"{path.name} could not be unpacked at '{entry.filename}' ({err}); "
+                                f"re-create the ZIP without a password.") from err
+
+
+def _write_files(files: list[tuple[str, bytes]], dest: Path) -> None:
+    _check_limits(len(files), sum(len(data) for _, data in files), "The upload")
+    targets = [dest.joinpath(*_safe_parts(name, "The upload")) for name, _ in files]   # all checked first
+    for target, (_, data) in zip(targets, files):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+
+# ---- layout: which files are images, their class or mask, and any split fixed by folders --------------
+
+_SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                "test": "test", "testing": "test"}
+_IGNORED_NAMES = {"__macosx", "thumbs.db", "desktop.ini"}
+_MASK_SUFFIXES = ("_mask", "-mask", "_seg", "_label", "_labels")
+
+
+@dataclass
+class _Item:
+    """One image file to decode, with its class folder or mask, and a split fixed by the folders (if any)."""
+    file: Path
+    path: str                          # relative to the upload root, with '/'
+    label: str | None = None
+    split: str | None = None
+    mask: Path | None = None
+    mask_path: str | None = None
+
+
+@dataclass
+class _Layout:
+    items: list[_Item]
+    class_names: list[str]
+    problems: list[dict]
+    files_seen: int
+
+
+def _ignored(parts: list[str] | tuple[str, ...]) -> bool:
+    """Hidden files, macOS resource forks and Windows thumbnails are not part of anyone's dataset."""
+    return any(p.startswith(".") or p.lower() in _IGNORED_NAMES for p in parts)
+
+
+def _scan(folder: Path, task: str) -> _Layout:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not _ignored(p.relative_to(folder).parts))
+    root = _unwrap(folder, task)
+    problems, inside = [], []
+    for file in files:
+        if root in file.parents:
+            inside.append(file)
+        else:
+            problems.append(_problem(_rel(file, folder), "unsupported", "File lies outside the dataset folder."))
+    scan = _scan_classification if task == "classification" else _scan_segmentation
+    items, class_names = scan(folder, root, inside, problems)
+    return _Layout(items, class_names, problems, len(files))
+
+
+def _unwrap(folder: Path, task: str) -> Path:
+    """Step into single wrapper folders (a ZIP of 'mydata/'), stopping at layout names or class folders."""
+    root = folder
+    while True:
+        children = [c for c in root.iterdir() if not _ignored([c.name])]
+        dirs = [c for c in children if c.is_dir()]
+        images = [c for c in children if c.is_file() and io.is_supported(c)]
+        if len(dirs) != 1 or images or _is_layout_name(dirs[0].name):
+            return root
+        if task == "classification" and not any(c.is_dir() for c in dirs[0].iterdir()):
+            return root                    # a single class folder: keep it, so the error names it
+        root = dirs[0]
+
+
+def _is_layout_name(name: str) -> bool:
+    return name.lower() in _SPLIT_NAMES or name.lower() in ("images", "masks")
+
+
+def _scan_classification(folder: Path, root: Path, files: list[Path], problems: list[dict]):
+    items, class_names = [], set()
+    for file in files:
+        parts = file.relative_to(root).parts
+        split = _SPLIT_NAMES.get(parts[0].lower()) if len(parts) >= 3 else None
+        rest = parts[1:] if split else parts
+        if len(rest) < 2:
+            problems.append(_problem(_rel(file, folder), "unsupported", "File is not inside a class folder."))
+            continue
+        class_names.add(rest[0])
+        if not io.is_supported(file):
+            problems.append(_problem(_rel(file, folder), "unsupported", f"{file.name} is not an image file."))
+            continue
+        items.append(_Item(file, _rel(file, folder), label=rest[0], split=split))
+    for child in (c for c in root.iterdir() if c.is_dir() and not _ignored([c.name])):
+        subdirs = [d.name for d in child.iterdir() if d.is_dir() and not _ignored([d.name])]
+        class_names.update(subdirs if child.name.lower() in _SPLIT_NAMES and subdirs else [child.name])
+    if {c.lower() for c in class_names} == {"images", "masks"}:
+        raise UserError("This upload has images/ and masks/ folders, which is a segmentation layout; "
+                        "choose the segmentation task.")
+    return items, sorted(class_names)
+
+
+def _scan_segmentation(folder: Path, root: Path, files: list[Path], problems: list[dict]):
+    images, masks = {}, {}
+    for file in files:
+        parts = file.relative_to(root).parts
+        where = next((i for i, p in enumerate(parts[:-1]) if p.lower() in ("images", "masks")), None)
+        if where is None:
+            problems.append(_problem(_rel(file, folder), "unsupported",
+                                     "File is not inside an images/ or masks/ folder."))
+            continue
+        if not io.is_supported(file):
+            problems.append(_problem(_rel(file, folder), "unsupported", f"{file.name} is not an image file."))
+            continue
+        stem = "/".join((*parts[where + 1:-1], Path(parts[-1]).stem))
+        key = (tuple(p.lower() for p in parts[:where]), stem)
+        split = _SPLIT_NAMES.get(parts[where - 1].lower()) if where else None
+        if split is None and len(parts) > where + 2:      # images/train/a.png works too
+            split = _SPLIT_NAMES.get(parts[where + 1].lower())
+        (images if parts[where].lower() == "images" else masks)[key] = (file, split)
+    if not images and not masks:
+        raise UserError("Segmentation uploads need an images/ folder and a masks/ folder with matching file names.")
+    masks = {_mask_key(key, images): value for key, value in masks.items()}
+    items = []
+    for key, (file, split) in images.items():
+        if key in masks:
+            mask = masks[key][0]
+            items.append(_Item(file, _rel(file, folder), split=split, mask=mask, mask_path=_rel(mask, folder)))
+        else:
+            problems.append(_problem(_rel(file, folder), "mask_missing", f"No mask named like {file.name} in masks/."))
+    for key, (file, _) in masks.items():
+        if key not in images:
+            problems.append(_problem(_rel(file, folder), "image_missing",
+                                     f"No image named like {file.name} in images/."))
+    return items, []
+
+
+def _mask_key(key: tuple, images: dict) -> tuple:
+    """Match 'a_mask.png' to 'a.png' when no image is called 'a_mask'."""
+    prefix, stem = key
+    if key in images:
+        return key
+    for suffix in _MASK_SUFFIXES:
+        if stem.lower().endswith(suffix) and (prefix, stem[: -len(suffix)]) in images:
+            return prefix, stem[: -len(suffix)]
+    return key
+
+
+def _rel(file: Path, folder: Path) -> str:
+    return file.relative_to(folder).as_posix()
+
+
+# ---- decode, check, assemble ---------------------------------------------------------------------------
+
+def _decode_all(items: list[_Item], staging: Path, task: str,
+                progress: Progress | None, workers: int | None) -> list[_Decoded]:
+    total, done, results = len(items), 0, []
+    if progress:
+        progress(0, total)
+    # Pillow and zlib release the GIL while decoding; 2–4 threads is what a small CPU can use (see benchmarks/)
+    workers = workers or max(1, min(4, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(_decode_one, i, item, staging, task) for i, item in enumerate(items)]
+        for future in as_completed(futures):
+            results.append(future.result())
+            done += 1
+            if progress:
+                progress(done, total)
+    return sorted(results, key=lambda r: r.item.path)
+
+
+def _decode_one(index: int, item: _Item, staging: Path, task: str) -> _Decoded:
+    out = _Decoded(item)
+    try:
+        data = item.file.read_bytes()
+        out.digest = hashlib.sha256(data).hexdigest()
+        image = io.decode_file(data, item.path)
+    except NotAnImage as err:
+        return _fail(out, item.path, "unsupported", str(err))
+    except UserError as err:
+        return _fail(out, item.path, "unreadable", str(err))
+    except Exception as err:  # a decoder tripping on a malformed file must skip that file, not stop the upload
+        return _fail(out, item.path, "unreadable", f"{item.path} could not be read ({type(err).__name__}: {err}).")
+    masks = [None] * len(image.frames)
+    if task == "segmentation":
+        masks, problem = _read_masks(item, image.frames, out)
+        if problem:
+            out.problem = problem
+            return out
+    out.dtype, out.patient, out.modality = image.dtype, image.patient, image.modality
+    for f, (frame, mask) in enumerate(zip(image.frames, masks)):
+        key = f"{index:06d}-{f:05d}"
+        np.save(staging / "images" / f"{key}.npy", dataset.cap_image(frame).astype(np.float16))
+        if mask is not None:
+            np.save(staging / "masks" / f"{key}.npy", dataset.cap_mask(mask))
+        out.frames.append((key, frame.shape[1], frame.shape[2], frame.shape[0]))   # original size, for the report
+    return out
+
+
+def _read_masks(item: _Item, frames: list[np.ndarray], out: _Decoded) -> tuple[list, dict | None]:
+    try:
+        raw = io.read_mask_frames(item.mask.read_bytes(), item.mask_path)
+    except io.LabelRangeError as err:
+        return [], _problem(item.mask_path, "mask_labels_out_of_range", str(err))
+    except UserError as err:
+        return [], _problem(item.mask_path, "unreadable", str(err))
+    except Exception as err:  # as for images: one bad mask skips one sample
+        return [], _problem(item.mask_path, "unreadable",
+                            f"{item.mask_path} could not be read ({type(err).__name__}: {err}).")
+    if len(raw) != len(frames) or any(m.shape != f.shape[1:] for m, f in zip(raw, frames)):
+        have = f"{len(raw)} frame(s) of {raw[0].shape[0]}x{raw[0].shape[1]}"
+        want = f"{len(frames)} frame(s) of {frames[0].shape[1]}x{frames[0].shape[2]}"
+        return [], _problem(item.mask_path, "mask_size_mismatch",
+                            f"{item.mask_path} has {have} but its image {item.path} has {want}.")
+    for m in raw:
+        out.mask_values.update(int(v) for v in np.unique(m))
+    try:
+        labels = [io.normalise_labels(m, item.mask_path) for m in raw]
+        out.top_label = max(int(m.max()) for m in labels)
+        return labels, None
+    except io.LabelRangeError as err:
+        return [], _problem(item.mask_path, "mask_labels_out_of_range", str(err))
+
+
+def _drop_bad_and_duplicates(decoded: list[_Decoded], report: IngestReport) -> list[_Decoded]:
+    first_by_digest: dict[str, str] = {}
+    kept = []
+    for result in decoded:
+        if result.problem:
+            report.problems.append(result.problem)
+        elif result.digest in first_by_digest:
+            original = first_by_digest[result.digest]
+            report.problems.append(_problem(result.item.path, "duplicate",
+                                            f"{result.item.path} has the same content as {original}; kept one."))
+        else:
+            first_by_digest[result.digest] = result.item.path
+            kept.append(result)
+    return kept
+
+
+def _classes(found: _Layout, kept: list[_Decoded], task: str,
+             report: IngestReport) -> tuple[list[str], list[int | None]]:
+    if not kept:
+        reasons = Counter(p["kind"] for p in report.problems)
+        detail = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in reasons.most_common()) or "no image files"
+        raise UserError(f"Nothing usable was found in the upload ({detail}); see the layout help and try again.")
+    if task == "segmentation":
+        top = max(r.top_label for r in kept)
+        named = [f"class {k}" for k in range(1, top + 1)] if top > 1 else ["foreground"]
+        classes = ["background", *named]
+        return classes, [None] * len(kept)
+    used = sorted({r.item.label for r in kept})
+    for empty in sorted(set(found.class_names) - set(used)):
+        report.problems.append(_problem(empty, "empty_class",
+                                        f"Class folder '{empty}' has no usable image; it was left out."))
+    if len(used) < 2:
+        raise UserError(f"Classification needs at least 2 class folders with images; found {len(used)} "
+                        f"({', '.join(used) or 'none'}). Put each class's images in its own folder.")
+    return used, [used.index(r.item.label) for r in kept]
+
+
+def _manifest(dataset_id: str, name: str, task: str, source: str, kept: list[_Decoded], classes: list[str],
+              labels: list[int | None], seed: int, staging: Path, report: IngestReport) -> dict:
+    channels = 3 if any(c == 3 for r in kept for *_, c in r.frames) else 1
+    rows, sample_labels, groups, fixed = [], [], [], []
+    for result, label in zip(kept, labels):
+        many = len(result.frames) > 1
+        # Frames of one file, or files of one patient, must share a split
+        group = result.patient or (f"file:{result.item.path}" if many else None)
+        for f, (temp_key, h, w, c) in enumerate(result.frames):
+            key = f"{len(rows):06d}"
+            _finish_arrays(staging, temp_key, key, c, channels)
+            rows.append({"key": key, "source": result.item.path + (f"#{f}" if many else ""), "split": "",
+                         "patient": result.patient, "height": h, "width": w, "modality": result.modality}
+                        | ({"label": label} if task == "classification" else {}))
+            sample_labels.append(label)
+            groups.append(group)
+            fixed.append(result.item.split)
+    for row, split in zip(rows, assign_splits(sample_labels, groups, fixed, seed=seed)):
+        row["split"] = split
+    if not any(row["split"] == "train" for row in rows):
+        raise UserError("The upload has no training images (only val/ or test/ folders); add a train/ folder.")
+    for leftover in staging.glob("*/*-*.npy"):
+        leftover.unlink()                                  # arrays of skipped duplicates
+    _fill_report(report, kept, rows, classes, channels, task)
+    return {"id": dataset_id, "name": name, "task": task, "created": datetime.now(timezone.utc).isoformat(),
+            "source": source, "channels": channels, "classes": classes, "num_classes": len(classes),
+            "samples": rows, "split_counts": report.per_split, "report": report.to_dict()}
+
+
+def _finish_arrays(staging: Path, temp_key: str, key: str, have: int, channels: int) -> None:
+    image = staging / "images" / f"{temp_key}.npy"
+    if have != channels:        # a gray image in a colour dataset is repeated to 3 channels
+        np.save(image, np.repeat(np.load(image), channels, axis=0))
+    image.rename(staging / "images" / f"{key}.npy")
+    mask = staging / "masks" / f"{temp_key}.npy"
+    if mask.exists():
+        mask.rename(staging / "masks" / f"{key}.npy")
+
+
+def _fill_report(report: IngestReport, kept: list[_Decoded], rows: list[dict], classes: list[str],
+                 channels: int, task: str) -> None:
+    report.samples, report.classes, report.channels = len(rows), classes, channels
+    split_counts = Counter(r["split"] for r in rows)
+    report.per_split = {s: split_counts.get(s, 0) for s in SPLITS}
+    if task == "classification":
+        label_counts = Counter(r["label"] for r in rows)
+        report.per_class = {c: label_counts.get(i, 0) for i, c in enumerate(classes)}
+    report.sizes = dict(Counter(f"{r['height']}x{r['width']}" for r in rows).most_common())
+    report.dtypes = dict(Counter(k.dtype for k in kept).most_common())
+    report.modalities = dict(Counter(k.modality for k in kept if k.modality).most_common())
+    report.patients = len({k.patient for k in kept if k.patient})
+    report.mask_values = sorted(set().union(*(k.mask_values for k in kept)))
+
+
+def _fail(out: _Decoded, file: str, kind: str, message: str) -> _Decoded:
+    out.problem = _problem(file, kind, message)
+    return out
+
+
+def _problem(file: str, kind: str, message: str) -> dict:
+    return {"file": file, "kind": kind, "message": message}
+
+
+def _slug(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:24].strip("-")
+    return slug or "dataset"
+
+
+def _stem(path: Path) -> str:
+    return path.stem if path.suffix.lower() == ".zip" else path.name
+
+
+@contextmanager
+def _scratch() -> Iterator[Path]:
+    """A temporary folder inside the workspace (same disk, so the final rename is atomic), removed afterwards."""
+    root = settings.home() / "tmp"
+    root.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="ingest-", dir=root))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,170 @@
+"""Read one image or mask file (PNG/JPEG/TIFF/BMP through Pillow, DICOM through pydicom) into numpy arrays."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageSequence, UnidentifiedImageError
+
+from engine.data import dicom
+from engine.errors import UserError
+
+DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
+SUPPORTED_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}) | DICOM_EXTENSIONS
+MAX_LABEL = 63          # masks hold class indices 0..MAX_LABEL, or 0/255 for binary
+
+
+class LabelRangeError(UserError):
+    """A mask whose values are neither 0/255 nor class indices 0..MAX_LABEL."""
+
+
+@dataclass
+class Decoded:
+    """A decoded image file: frames plus what the ingest report and the splits need."""
+    frames: list[np.ndarray]            # float32 (C, H, W) in [0, 1]
+    dtype: str                          # stored sample type, e.g. "uint8", "uint16", "int16"
+    patient: str | None = None
+    modality: str | None = None
+
+
+def is_dicom(source: Path | bytes, name: str = "") -> bool:
+    """True for a .dcm/.dicom name or for the 'DICM' magic at byte 128 (files without extension)."""
+    suffix = Path(name or (source.name if isinstance(source, Path) else "")).suffix.lower()
+    if suffix in DICOM_EXTENSIONS:
+        return True
+    if isinstance(source, bytes):
+        return source[128:132] == b"DICM"
+    try:
+        with open(source, "rb") as handle:
+            return handle.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def is_supported(path: Path) -> bool:
+    """Whether ingest should try to read this file as an image."""
+    return path.suffix.lower() in SUPPORTED_EXTENSIONS or is_dicom(path)
+
+
+def read_image(source: Path | bytes, name: str = "", window: tuple[float, float] | None = None) -> list[np.ndarray]:
+    """float32 (C, H, W) arrays in [0, 1], one per frame (a single element for ordinary images)."""
+    return decode_file(source, name, window).frames
+
+
+def decode_file(source: Path | bytes, name: str = "", window: tuple[float, float] | None = None) -> Decoded:
+    """Decode an image file with its metadata; raises UserError with one sentence when it cannot."""
+    label = _label(source, name)
+    if is_dicom(source, name):
+        ds = dicom.read_dataset(source, label)
+        frames = dicom.dicom_frames(ds, window, label)
+        return Decoded(frames, dicom.stored_type(ds), dicom.patient_id(ds), str(ds.get("Modality") or "") or None)
+    frames, stored = [], ""
+    for page in _pages(_open(source, label), label):
+        array, stored = _pil_to_array(page)
+        frames.append(array)
+    return Decoded(frames, stored)
+
+
+def read_mask(source: Path | bytes, name: str = "") -> np.ndarray:
+    """uint8 (H, W) label map as stored (0/255 is not yet converted: see normalise_labels)."""
+    frames = read_mask_frames(source, name)
+    if len(frames) != 1:
+        raise UserError(f"{_label(source, name)} holds {len(frames)} frames; a mask here must hold one.")
+    return frames[0]
+
+
+def read_mask_frames(source: Path | bytes, name: str = "") -> list[np.ndarray]:
+    """uint8 (H, W) label maps, one per frame (multi-page TIFF and multi-frame DICOM masks)."""
+    label = _label(source, name)
+    if is_dicom(source, name):
+        ds = dicom.read_dataset(source, label)
+        stack = np.asarray(ds.pixel_array)
+        stack = stack[None] if int(ds.get("NumberOfFrames", 1) or 1) == 1 else stack
+        return [_as_labels(f, label) for f in stack]
+    return [_as_labels(_mask_page(page, label), label) for page in _pages(_open(source, label), label)]
+
+
+def normalise_labels(mask: np.ndarray, name: str = "mask") -> np.ndarray:
+    """0/255 binary masks become 0/1; class indices 0..MAX_LABEL pass; anything else raises LabelRangeError.
+
+    Values are not required to be consecutive in one mask, since a slice may miss a class.
+    """
+    values = np.unique(mask)
+    if np.isin(values, (0, 255)).all():
+        return (mask // 255).astype(np.uint8)
+    if values.max() <= MAX_LABEL:
+        return mask.astype(np.uint8)
+    shown = ", ".join(str(v) for v in values[:6]) + (", …" if len(values) > 6 else "")
+    raise LabelRangeError(f"{name} holds values {shown}: masks must be 0/255 or class indices 0–{MAX_LABEL} "
+                          f"(a JPEG mask smears labels; save masks as PNG).")
+
+
+def _label(source: Path | bytes, name: str) -> str:
+    return name or (source.name if isinstance(source, Path) else "upload")
+
+
+def _open(source: Path | bytes, label: str) -> Image.Image:
+    try:
+        data = source if isinstance(source, bytes) else source.read_bytes()    # no file handle left open by Pillow
+        image = Image.open(BytesIO(data))
+        image.load()            # decode now, so truncated files fail here with a clear message
+        return image
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        reason = "cannot identify image file" if isinstance(err, UnidentifiedImageError) else str(err).split("\n")[0]
+        raise UserError(f"{label} is not a readable image ({reason}).") from err
+
+
+def _pages(image: Image.Image, label: str) -> list[Image.Image]:
+    try:
+        return [page.copy() for page in ImageSequence.Iterator(image)]
+    except (OSError, ValueError) as err:
+        raise UserError(f"{label} is not a readable image ({err}).") from err
+
+
+def _pil_to_array(image: Image.Image) -> tuple[np.ndarray, str]:
+    """(float32 (C, H, W) in [0, 1], stored type) for any Pillow mode."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        stored = {"I": "int32", "F": "float32"}.get(image.mode, "uint16")
+        # 16-bit files rarely fill 0..65535 (12-bit detectors, CT numbers stored offset), so /65535 would leave
+        # them nearly black; each image's own range is the only scale such a file carries
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+        return scaled[None], stored
+    if image.mode in ("1", "L", "LA", "P", "PA") and not _palette_is_colour(image):
+        gray = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        return gray[None], "uint8"
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0      # drops alpha, maps CMYK/YCbCr/palette
+    if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+        return rgb[None, ..., 0].copy(), "uint8"                          # RGB with equal channels is gray
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1)), "uint8"
+
+
+def _palette_is_colour(image: Image.Image) -> bool:
+    if image.mode not in ("P", "PA"):
+        return False
+    colours = np.asarray(image.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
+    return bool((colours != colours[:, :1]).any())
+
+
+def _mask_page(image: Image.Image, label: str) -> np.ndarray:
+    # A palette mask stores the class index as the pixel value: keep indices, ignore the display colours
+    if image.mode in ("P", "L", "1", "I;16", "I;16B", "I;16L", "I"):
+        return np.asarray(image).astype(np.int64)
+    if image.mode in ("LA", "PA"):
+        return np.asarray(image.getchannel(0)).astype(np.int64)
+    rgb = np.asarray(image.convert("RGB"))
+    if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+        return rgb[..., 0].astype(np.int64)
+    raise LabelRangeError(f"{label} is a colour mask; save masks as gray images with one integer per class.")
+
+
+def _as_labels(values: np.ndarray, label: str) -> np.ndarray:
+    if not np.issubdtype(values.dtype, np.integer) and not (values == np.round(values)).all():
+        raise LabelRangeError(f"{label} holds fractional values; masks must hold integer class labels.")
+    if values.min() < 0 or values.max() > 255:
+        raise LabelRangeError(f"{label} holds values outside 0–255; "
+                              f"masks must be 0/255 or class indices 0–{MAX_LABEL}.")
+    return values.astype(np.uint8)

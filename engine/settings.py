@@ -1,0 +1,34 @@
+"""Where Lightbox keeps things: the workspace folder and the database URL (read from the environment)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    """The workspace folder (LIGHTBOX_HOME, default ./workspace), created on first use."""
+    path = Path(os.environ.get("LIGHTBOX_HOME", "workspace")).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def datasets_dir() -> Path:
+    path = home() / "datasets"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def runs_dir() -> Path:
+    path = home() / "runs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def db_url() -> str:
+    """LIGHTBOX_DB_URL, or a SQLite file inside the workspace."""
+    return os.environ.get("LIGHTBOX_DB_URL") or f"sqlite:///{home() / 'lightbox.db'}"
+
+
+# Defensive limits for uploads (bytes / file count); overridable for big local datasets.
+MAX_UPLOAD_BYTES = int(os.environ.get("LIGHTBOX_MAX_UPLOAD_BYTES", 4 * 1024**3))
+MAX_UPLOAD_FILES = int(os.environ.get("LIGHTBOX_MAX_UPLOAD_FILES", 200_000))

@@ -1,0 +1,19 @@
+"""The model zoo: every architecture Lightbox can train, registered by name with its teaching metadata.
+
+Importing this package registers all entries; the order of the imports below is the teaching order.
+"""
+from engine.models.registry import (
+    MODELS,
+    ModelSpec,
+    Option,
+    build_model,
+    count_parameters,
+    get_spec,
+    models_for,
+    parameter_count,
+    register,
+)
+from engine.models import classic, fcn, unet, dilated, torchvision_seg  # noqa: E402,F401  (registration)
+
+__all__ = ["MODELS", "ModelSpec", "Option", "build_model", "count_parameters", "get_spec", "models_for",
+           "parameter_count", "register"]

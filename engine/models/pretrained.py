@@ -1,0 +1,253 @@
+"""Transfer learning: ImageNet weights from the local torch cache (never downloaded), user weight files, freezing."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.errors import UserError
+from engine.models.registry import ModelSpec
+
+log = logging.getLogger(__name__)
+
+# torchvision names weight files <name>-<first hex digits of the file's sha256>.pth (torch.hub's convention).
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{6,})\.")
+
+
+@dataclass(frozen=True)
+class ImageNetSource:
+    """Which torchvision weights fit an entry, and how their tensor names map onto our model's."""
+
+    weights: str                                  # torchvision Weights enum name, e.g. "ResNet18_Weights"
+    strip: str = ""                               # prefix removed from the file's keys ...
+    add: str = ""                                 # ... and the prefix put in its place
+    rename: Callable[[str], str] | None = None    # extra fix-up of old key names (DenseNet's legacy files)
+
+    def model_key(self, key: str) -> str:
+        if self.rename:
+            key = self.rename(key)
+        if self.strip and key.startswith(self.strip):
+            key = key[len(self.strip):]
+        return self.add + key
+
+
+@dataclass
+class LoadReport:
+    """What a weight load did: tensors used, tensors of the file left out (with why), model tensors left as built."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)   # file key -> reason
+    untouched: list[str] = field(default_factory=list)      # model keys that kept their fresh initialisation
+
+    def summary(self) -> str:
+        return (f"Loaded {len(self.loaded)} tensors from {self.source}; "
+                f"{len(self.skipped)} skipped, {len(self.untouched)} left freshly initialised.")
+
+
+# ---------------------------------------------------------------- input channels
+
+def first_conv_name(model: nn.Module) -> str:
+    """Qualified name of the stem convolution: the first Conv2d the model registers."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return name
+    raise ValueError("model has no Conv2d")
+
+
+def set_in_channels(model: nn.Module, in_channels: int) -> nn.Module:
+    """Swap a torchvision net's 3-channel stem for one taking in_channels (same kernel, stride, padding)."""
+    name = first_conv_name(model)
+    old = model.get_submodule(name)
+    if old.in_channels == in_channels:
+        return model
+    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                    old.dilation, old.groups, old.bias is not None, old.padding_mode,
+                    device=old.weight.device, dtype=old.weight.dtype)
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    return model
+
+
+def adapt_stem_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Fit an RGB stem kernel (out, 3, k, k) to in_channels inputs.
+
+    One channel: sum over RGB. A grey image shown to the RGB net as R=G=B=g gives Σ_c W_c * g = (Σ_c W_c) * g,
+    so the summed kernel reproduces exactly what the pretrained net computes on the grey image copied to three
+    channels. Other counts: cycle the RGB kernels and scale by 3/in_channels to keep activations the same size.
+    """
+    if weight.shape[1] == in_channels:
+        return weight
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-in_channels // weight.shape[1])
+    return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (weight.shape[1] / in_channels)
+
+
+# ---------------------------------------------------------------- loading
+
+def apply_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str,
+                     to_model_key: Callable[[str], str] = lambda key: key) -> LoadReport:
+    """Copy every tensor whose name and shape fit; a head of another class count is skipped and stays fresh."""
+    target = model.state_dict()
+    stem = first_conv_name(model) + ".weight"
+    report, update = LoadReport(source), {}
+    for key, value in state.items():
+        name = to_model_key(key)
+        if not isinstance(value, torch.Tensor):
+            report.skipped[key] = "not a tensor"
+        elif name not in target:
+            report.skipped[key] = "not in this model"
+        else:
+            if name == stem and value.dim() == 4 and value.shape[1] != target[name].shape[1]:
+                value = adapt_stem_weight(value, target[name].shape[1])
+            if value.shape != target[name].shape:
+                report.skipped[key] = f"shape {tuple(value.shape)} does not fit {tuple(target[name].shape)}"
+                continue
+            update[name] = value
+            report.loaded.append(name)
+    report.untouched = [key for key in target if key not in update]
+    model.load_state_dict(update, strict=False)
+    log.info(report.summary())
+    return report
+
+
+def load_file(model: nn.Module, path: str | os.PathLike) -> LoadReport:
+    """Load a user's weight file (a state dict, or one under "state_dict"/"model") with weights_only=True."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"Weights file {path} does not exist; check the path or choose 'none' to train from scratch.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated files, non-tensor objects refused by weights_only
+        raise UserError(f"Could not read weights from {path} ({type(exc).__name__}); "
+                        "save a plain state dict with torch.save(model.state_dict(), path).") from exc
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+            break
+    if not isinstance(state, dict):
+        raise UserError(f"{path} holds no state dict; save one with torch.save(model.state_dict(), path).")
+    report = apply_state_dict(model, state, str(path), _strip_wrappers)
+    if not report.loaded:
+        raise UserError(f"None of the weights in {path.name} fit this model; "
+                        "use a file saved from the same architecture.")
+    return report
+
+
+def _strip_wrappers(key: str) -> str:
+    # Files saved from nn.DataParallel or torch.compile prefix every key.
+    for prefix in ("module.", "_orig_mod."):
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def imagenet_source(spec: ModelSpec, options: dict[str, Any]) -> ImageNetSource | None:
+    source = spec.imagenet
+    return source(options) if callable(source) else source
+
+
+def imagenet_urls(source: ImageNetSource) -> list[str]:
+    """Download addresses of the acceptable ImageNet files, torchvision's default first."""
+    import torchvision.models
+
+    enum = getattr(torchvision.models, source.weights)
+    members = [enum.DEFAULT] + [w for w in enum if w is not enum.DEFAULT]
+    return [w.url for w in members if w.name.startswith("IMAGENET1K_V")]
+
+
+def checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def load_imagenet(model: nn.Module, spec: ModelSpec, options: dict[str, Any]) -> LoadReport:
+    """Load ImageNet weights for an entry from $TORCH_HOME/hub/checkpoints, after checking their sha256."""
+    source = imagenet_source(spec, options) if spec.pretrained else None
+    if source is None:
+        raise UserError(f"{spec.title} has no ImageNet weights; train from scratch or supply a weights file.")
+    folder = checkpoint_dir()
+    urls = imagenet_urls(source)
+    for url in urls:
+        path = folder / url.rsplit("/", 1)[-1]
+        if path.is_file():
+            verify_hash(path, url)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            return apply_state_dict(model, state, path.name, source.model_key)
+    name = urls[0].rsplit("/", 1)[-1]
+    raise UserError(f"ImageNet weights for {spec.title} are not on this machine: on a computer with internet "
+                    f"download {urls[0]} and copy {name} into {folder}, or train from scratch.")
+
+
+def verify_hash(path: Path, url: str) -> None:
+    """Refuse a cached file whose sha256 does not start with the digits in its official name."""
+    found = _HASH_IN_NAME.findall(path.name)
+    if not found:
+        raise UserError(f"Cannot check {path.name}: its name carries no hash; use the file from {url}.")
+    if _sha256(path).startswith(found[-1]):
+        return
+    raise UserError(f"{path.name} in {path.parent} is damaged or not the official file (its SHA-256 does not "
+                    f"start with {found[-1]}); delete it and download it again from {url}.")
+
+
+_verified: dict[tuple, str] = {}
+
+
+def _sha256(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _verified:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _verified[key] = digest.hexdigest()
+    return _verified[key]
+
+
+# ---------------------------------------------------------------- freezing
+
+class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm that always normalises with its stored statistics and never updates them, even in train()."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+def freeze_backbone(model: nn.Module, spec: ModelSpec) -> nn.Module:
+    """Train only the head named in the registry; every other parameter gets requires_grad=False.
+
+    BatchNorm layers of the frozen part are swapped for FrozenStatsBatchNorm2d (same state-dict keys), so they
+    keep the statistics the backbone learnt with even while the trainer calls model.train(). The alternative,
+    train-mode BN under a frozen backbone, re-estimates statistics from small medical batches (2-16 images)
+    and shifts the features the head is being fitted to; Keras does the same when trainable=False.
+    """
+    if not spec.head:
+        raise UserError(f"{spec.title} has no separate head to train; turn off 'freeze backbone'.")
+
+    def in_head(name: str) -> bool:
+        return any(name == head or name.startswith(head + ".") for head in spec.head)
+
+    for name, param in model.named_parameters():
+        param.requires_grad_(in_head(name))
+    for name, module in list(model.named_modules()):
+        if type(module) is nn.BatchNorm2d and name and not in_head(name) and module.track_running_stats:
+            frozen = FrozenStatsBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                                            device=module.running_mean.device)
+            frozen.load_state_dict(module.state_dict())
+            frozen.requires_grad_(False)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, frozen)
+    return model
+
+
+def trainable_parameter_names(model: nn.Module) -> list[str]:
+    return [name for name, param in model.named_parameters() if param.requires_grad]

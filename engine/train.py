@@ -1,0 +1,362 @@
+"""Trainer: one RunConfig in, a trained model out. The loop trains and announces events; handlers do the rest."""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.config import RunConfig, check_config
+from engine.data.dataset import load_split
+from engine.errors import UserError
+from engine.events import Events
+
+LOWER_IS_BETTER = {"loss", "hd95"}
+
+
+class TrainingStopped(Exception):
+    """The run cannot go on; the message says why and what to change."""
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0                    # epochs completed
+    step: int = 0                     # optimizer steps taken
+    best_value: float | None = None
+    best_epoch: int = 0
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    last_metrics: dict[str, float] = field(default_factory=dict)
+    bad_epochs: int = 0               # epochs since the monitored metric last improved
+    should_stop: bool = False
+    stop_reason: str = ""
+
+
+class Normalize(nn.Module):
+    """Per-channel standardisation baked into the model, so exported models take [0,1] images."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class LightboxModel(nn.Module):
+    """Normalisation + network: the unit that is checkpointed, predicted with and exported."""
+
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("A GPU was requested but none is available here; choose 'auto' or 'cpu'.")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_network(config: RunConfig, info: dict, mean: list[float], std: list[float]) -> LightboxModel:
+    from engine.models.registry import build_model
+    net = build_model(config.arch, info["channels"], info["num_classes"], pretrained=config.pretrained,
+                      freeze_backbone=config.freeze_backbone, options=config.model_options)
+    return LightboxModel(net, mean, std)
+
+
+def normalisation_for(config: RunConfig, images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """ImageNet statistics for pretrained weights (what they were trained with), else the train split's own."""
+    channels = images.shape[1]
+    if config.pretrained != "none":
+        if channels == 3:
+            return IMAGENET_MEAN, IMAGENET_STD
+        return [float(np.mean(IMAGENET_MEAN))] * channels, [float(np.mean(IMAGENET_STD))] * channels
+    sample = images[: min(len(images), 512)].float()
+    mean = sample.mean(dim=(0, 2, 3))
+    std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return mean.tolist(), std.tolist()
+
+
+def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                               nesterov=config.momentum > 0)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def build_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """All schedules step once per optimizer step, so they resume exactly from a checkpoint."""
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
+    factors = {
+        "constant": lambda s: 1.0,
+        # as in the classic TF exponential_decay: lr · rate^(step / decay_steps)
+        "exponential": lambda s: config.decay_rate ** (s / max(1, config.decay_steps)),
+        "step": lambda s: config.gamma ** ((s // steps_per_epoch) // max(1, config.step_size)),
+        "cosine": lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)),
+    }
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors[config.schedule])
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Trains one model on one dataset; emits step_end, epoch_end and fit_end events."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, events: Events | None = None) -> None:
+        manifest = check_config(config)      # the same checks a run passes before it is queued
+        self.info = {key: manifest[key] for key in ("task", "channels", "classes", "num_classes")}
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.events = events or Events()
+        self.state = TrainState()
+        self.device = pick_device(config.device)
+        self.segmentation = config.task == "segmentation"
+        self._load_data()
+        seed_everything(config.seed)
+        mean, std = normalisation_for(config, self.train_images)
+        self.model = build_network(config, self.info, mean, std).to(self.device, memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(config, self.model)
+        self.steps_per_epoch = math.ceil(len(self.train_images) / config.batch_size)
+        self.scheduler = build_scheduler(config, self.optimizer, self.steps_per_epoch)
+        self.loss_fn = self._build_loss()
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.augmenter = self._build_augmenter()
+
+    # ---- set-up ---------------------------------------------------------------------------------------
+    def _load_data(self) -> None:
+        size = self.config.image_size
+        train = load_split(self.config.dataset_id, "train", size)
+        val = load_split(self.config.dataset_id, "val", size)
+        if len(train.images) == 0:
+            raise UserError("The training split is empty; upload more images or change the split.")
+        if len(val.images) == 0:
+            val = train     # tiny datasets: validate on train rather than not at all (noted in the UI)
+        # Keep training data as float32 in memory when it fits: the per-batch cast otherwise costs throughput.
+        as_float = train.images.nbytes * 2 < 2 * 1024**3
+        self.train_images = torch.from_numpy(train.images.astype(np.float32) if as_float else train.images)
+        self.train_targets = torch.from_numpy(train.targets.astype(np.int64))
+        self.val_images = torch.from_numpy(val.images.astype(np.float32))
+        self.val_targets = torch.from_numpy(val.targets.astype(np.int64))
+        self.val_keys = val.keys
+
+    def _build_loss(self):
+        from engine.losses import build_loss, class_weights_from_counts
+        weights = None
+        if self.config.class_weights:
+            k = self.info["num_classes"]
+            counts = torch.bincount(self.train_targets.flatten(), minlength=k)[:k].tolist()
+            weights = class_weights_from_counts(counts).to(self.device)
+        return build_loss(self.config.loss, self.config.task, self.info["num_classes"], weights)
+
+    def _build_augmenter(self):
+        if not self.config.augment:
+            return None
+        from engine.augment import build_pipeline
+        return build_pipeline(self.config.augment, self.config.augment_params)
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        if self.device.type != "cuda" or not self.config.amp:
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def new_meter(self, with_hd95: bool = False):
+        from engine.metrics import ClassificationMeter, SegmentationMeter
+        if self.segmentation:
+            return SegmentationMeter(self.info["num_classes"], with_hd95=with_hd95)
+        return ClassificationMeter(self.info["num_classes"])
+
+    # ---- loop -----------------------------------------------------------------------------------------
+    def fit(self, start_epoch: int = 0) -> TrainState:
+        self.events.emit("fit_start", trainer=self)
+        for epoch in range(start_epoch + 1, self.config.epochs + 1):
+            started = time.perf_counter()
+            train_metrics = self.train_epoch(epoch)
+            val_metrics = self.evaluate(self.val_images, self.val_targets)
+            self.state.epoch = epoch
+            self.state.last_metrics = val_metrics
+            self._track_best(val_metrics)
+            self.events.emit("epoch_end", trainer=self, epoch=epoch, train=train_metrics, val=val_metrics,
+                             seconds=time.perf_counter() - started)
+            if self.state.should_stop:
+                break
+        self.events.emit("fit_end", trainer=self)
+        return self.state
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        order = torch.randperm(len(self.train_images))
+        bs = self.config.batch_size
+        meter = self.new_meter()
+        losses: list[torch.Tensor] = []
+        for first in range(0, len(order), bs):
+            index = order[first:first + bs]
+            if len(index) < 2 and len(order) > 1:
+                continue    # a batch of one breaks BatchNorm; skipping it loses < 1 sample per epoch
+            images, targets = self._batch(index)
+            loss, logits = self.step(images, targets)
+            losses.append(loss)
+            meter.update(logits.detach(), targets)
+            self.state.step += 1
+            self.events.emit("step_end", trainer=self, epoch=epoch, step=self.state.step, loss=loss)
+            if self.state.should_stop:
+                break
+        values = torch.stack(losses).float() if losses else torch.zeros(1)
+        if not torch.isfinite(values).all():
+            raise TrainingStopped(self._nan_message())
+        metrics = meter.compute()
+        metrics["loss"] = float(values.mean())
+        return metrics
+
+    def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = self.train_images[index].float()
+        targets = self.train_targets[index]
+        if self.augmenter is not None:
+            images, masks = self.augmenter.batch(images, targets if self.segmentation else None)
+            if self.segmentation:
+                targets = masks.long()
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        return images, targets.to(self.device, non_blocking=True)
+
+    def step(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext())
+        try:
+            with autocast:
+                logits = self.model(images)
+                loss = self.loss_fn(logits, targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+        except torch.OutOfMemoryError as exc:
+            raise TrainingStopped(self._oom_message()) from exc
+        except RuntimeError as exc:
+            if "out of memory" in str(exc).lower():
+                raise TrainingStopped(self._oom_message()) from exc
+            raise
+        return loss.detach(), logits
+
+    @torch.no_grad()
+    def evaluate(self, images: torch.Tensor, targets: torch.Tensor, full: bool = False) -> dict[str, Any]:
+        """Validation metrics; `full` adds the slow ones (95% Hausdorff) for final reports."""
+        self.model.eval()
+        meter = self.new_meter(with_hd95=full)
+        total, count = 0.0, 0
+        bs = max(self.config.batch_size, 32)
+        for first in range(0, len(images), bs):
+            x = images[first:first + bs].to(self.device).contiguous(memory_format=torch.channels_last)
+            y = targets[first:first + bs].to(self.device)
+            with (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()):
+                logits = self.model(x)
+                total += float(self.loss_fn(logits, y)) * len(x)
+            count += len(x)
+            meter.update(logits.float(), y)
+        metrics: dict[str, Any] = meter.compute()
+        metrics["loss"] = total / max(1, count)
+        if not self.segmentation:
+            metrics["confusion"] = meter.confusion().tolist()
+        return metrics
+
+    @torch.no_grad()
+    def predict_logits(self, images: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        x = images.to(self.device).contiguous(memory_format=torch.channels_last)
+        return self.model(x).float().cpu()
+
+    def _track_best(self, metrics: dict[str, float]) -> None:
+        name = self.config.monitor
+        if name not in metrics:
+            raise UserError(f"The metric '{name}' is not computed for {self.config.task}; choose another one.")
+        value = metrics[name]
+        lower = name in LOWER_IS_BETTER
+        best = self.state.best_value
+        improved = value == value and (best is None or (value < best if lower else value > best))
+        if improved:
+            self.state.best_value, self.state.best_epoch = value, self.state.epoch
+            self.state.best_metrics = dict(metrics)
+            self.state.bad_epochs = 0
+        else:
+            self.state.bad_epochs += 1
+        patience = self.config.early_stopping
+        if patience and self.state.bad_epochs >= patience:
+            self.state.should_stop = True
+            self.state.stop_reason = f"Early stopping: {name} did not improve for {patience} epochs."
+
+    # ---- messages -------------------------------------------------------------------------------------
+    def _nan_message(self) -> str:
+        return (f"The loss became NaN/infinite at learning rate {self.config.lr:g}; lower the learning rate "
+                "(e.g. 10× smaller) or switch to Adam.")
+
+    def _oom_message(self) -> str:
+        return (f"Out of memory with batch size {self.config.batch_size} and {self.config.image_size}-px images; "
+                "lower the batch size or the image size.")
+
+    # ---- checkpoints ----------------------------------------------------------------------------------
+    def checkpoint(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.state.epoch,
+            "step": self.state.step,
+            "best_value": self.state.best_value,
+            "best_epoch": self.state.best_epoch,
+            "best_metrics": self.state.best_metrics,
+            "bad_epochs": self.state.bad_epochs,
+            "config": self.config.to_dict(),
+            "dataset": self.info,
+            "rng": torch.get_rng_state(),
+        }
+
+    def save(self, name: str) -> Path:
+        path = self.run_dir / name
+        atomic_save(self.checkpoint(), path)
+        return path
+
+    def restore(self, path: Path) -> int:
+        """Load a 'last' checkpoint; returns the number of epochs already completed."""
+        ckpt = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"].cpu())
+        self.state = TrainState(epoch=ckpt["epoch"], step=ckpt["step"], best_value=ckpt["best_value"],
+                                best_epoch=ckpt["best_epoch"], best_metrics=ckpt["best_metrics"],
+                                bad_epochs=ckpt["bad_epochs"])
+        return ckpt["epoch"]

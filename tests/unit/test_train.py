@@ -1,0 +1,115 @@
+"""Trainer: a real tiny training, resume equivalence, NaN stop, schedules, cache-only epochs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine import jobs, store
+from engine.config import RunConfig
+from engine.handlers import RunCancelled
+from engine.runner import create_run, run_dir
+from engine.train import build_scheduler
+
+
+def _config(dataset_id, **overrides) -> RunConfig:
+    base = dict(dataset_id=dataset_id, arch="unet", epochs=2, batch_size=8, image_size=32, lr=3e-3,
+                preview_samples=2, model_options={"depth": 2, "base": 8})
+    base.update(overrides)
+    return RunConfig(**base)
+
+
+def _val_history(run_id: str, name: str) -> list[tuple[int, float]]:
+    return [(r["epoch"], r["value"]) for r in store.get_metrics(run_id) if r["split"] == "val" and r["name"] == name]
+
+
+def test_segmentation_run_writes_everything(tiny_segmentation):
+    run_id = create_run(_config(tiny_segmentation), status="running")
+    run = jobs.run_job(run_id)
+    assert run["status"] == "done", run["message"]
+    folder = run_dir(run_id)
+    assert (folder / "best.pt").exists() and (folder / "last.pt").exists()
+    assert sorted(p.name for p in (folder / "samples").glob("*.png")) == ["epoch_001.png", "epoch_002.png"]
+    assert [e for e, _ in _val_history(run_id, "dice")] == [1, 2]
+    assert run["best_metric"] == "dice" and 0.0 <= run["best_value"] <= 1.0
+    assert run["test"] is not None and "dice" in run["test"]
+    steps = [r for r in store.get_metrics(run_id) if r["name"] == "loss" and r["split"] == "train"]
+    assert [r["step"] for r in steps] == list(range(1, len(steps) + 1))    # one loss row per optimizer step
+    ckpt = torch.load(folder / "best.pt", weights_only=True)
+    assert ckpt["epoch"] == run["best_epoch"] and ckpt["dataset"]["num_classes"] == 2
+
+
+def test_classification_run(tiny_classification):
+    run_id = create_run(_config(tiny_classification, arch="lenet5", epochs=2, model_options={}), status="running")
+    run = jobs.run_job(run_id)
+    assert run["status"] == "done", run["message"]
+    assert run["best_metric"] == "accuracy"
+    assert len(run["best"]["confusion"]) == 2
+
+
+def test_resume_continues_with_identical_history(tiny_segmentation):
+    """Stopping after epoch 2 and resuming must give the same 4-epoch history as an uninterrupted run."""
+    straight = create_run(_config(tiny_segmentation, epochs=4), status="running")
+    jobs.run_job(straight)
+
+    def stop_after_two(trainer, events):
+        def maybe_stop(epoch, **_):
+            if epoch == 2:
+                raise RunCancelled()
+        events.on("epoch_end", maybe_stop)
+
+    interrupted = create_run(_config(tiny_segmentation, epochs=4), status="running")
+    assert jobs.run_job(interrupted, on_trainer=stop_after_two)["status"] == "cancelled"
+    assert [e for e, _ in _val_history(interrupted, "dice")] == [1, 2]
+    store.set_status(interrupted, "running")
+    assert jobs.run_job(interrupted, resume=True)["status"] == "done"
+    a, b = _val_history(straight, "dice"), _val_history(interrupted, "dice")
+    assert [e for e, _ in b] == [1, 2, 3, 4]
+    assert [v for _, v in a] == pytest.approx([v for _, v in b], abs=1e-4)
+
+
+def test_nan_loss_stops_with_a_message(tiny_segmentation):
+    def poison(trainer, events):
+        real = trainer.loss_fn
+        trainer.loss_fn = lambda logits, target: real(logits, target) * float("nan")
+
+    run_id = create_run(_config(tiny_segmentation), status="running")
+    run = jobs.run_job(run_id, on_trainer=poison)
+    assert run["status"] == "failed"
+    assert "NaN" in run["message"] and "lower the learning rate" in run["message"]
+
+
+def test_epochs_read_only_the_cache(tiny_segmentation, monkeypatch):
+    from engine.train import Trainer
+    trainer = Trainer(_config(tiny_segmentation, epochs=1), run_dir("cache-check"))
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("an epoch touched an image decoder")
+    import PIL.Image
+    import pydicom
+    monkeypatch.setattr(PIL.Image, "open", forbidden)
+    monkeypatch.setattr(pydicom, "dcmread", forbidden)
+    trainer.fit()
+    assert trainer.state.epoch == 1
+
+
+def test_wrong_task_architecture_is_refused(tiny_classification):
+    from engine.errors import UserError
+    with pytest.raises(UserError, match="segmentation model"):
+        create_run(_config(tiny_classification, arch="unet", model_options={}))
+
+
+@pytest.mark.parametrize("schedule,step,expected", [
+    ("constant", 50, 1.0),
+    ("exponential", 100, 0.5),          # rate 0.5 per 100 steps
+    ("step", 30, 0.1),                  # 10 steps/epoch, drop every 3 epochs
+    ("cosine", 100, 0.0),
+])
+def test_schedules(schedule, step, expected):
+    config = RunConfig(dataset_id="x", arch="unet", task="segmentation", epochs=10, lr=1.0, schedule=schedule,
+                       decay_rate=0.5, decay_steps=100, step_size=3, gamma=0.1)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(config, optimizer, steps_per_epoch=10)
+    for _ in range(step):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, abs=1e-6)

@@ -1,0 +1,244 @@
+"""The run store: runs, metrics, jobs and workers in one SQLAlchemy database (SQLite or PostgreSQL)."""
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any, Iterable
+
+from sqlalchemy import (Boolean, Column, Float, Integer, MetaData, String, Table, Text, create_engine, event,
+                        func, insert, select, update)
+from sqlalchemy import exc
+from sqlalchemy.engine import Engine
+
+from engine import settings
+
+metadata = MetaData()
+
+runs = Table(
+    "lb_runs", metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(200), default=""),
+    Column("dataset_id", String(120), nullable=False),
+    Column("arch", String(60), nullable=False),
+    Column("task", String(20), nullable=False),
+    Column("config", Text, nullable=False),
+    Column("status", String(20), nullable=False, index=True),   # queued running done failed cancelled interrupted pruned
+    Column("message", Text, default=""),                        # user-facing reason for failed/cancelled/interrupted
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("heartbeat_at", Float),
+    Column("worker", String(120)),
+    Column("epoch", Integer, default=0),                        # epochs completed
+    Column("epochs", Integer, default=0),
+    Column("progress", Float, default=0.0),                     # 0..1 over the whole run
+    Column("best_metric", String(40)),
+    Column("best_value", Float),
+    Column("best_epoch", Integer),
+    Column("best", Text),                                       # JSON: all validation metrics at the best epoch
+    Column("test", Text),                                       # JSON: held-out test-split metrics
+    Column("params", Integer),
+    Column("train_seconds", Float, default=0.0),
+    Column("cancel_requested", Boolean, default=False),
+    Column("attempts", Integer, default=0),
+    Column("study", String(200)),
+    Column("trial", Integer),
+)
+
+metrics = Table(
+    "lb_metrics", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(40), nullable=False, index=True),
+    Column("epoch", Integer, nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("split", String(10), nullable=False),                # train | val | test
+    Column("name", String(60), nullable=False),
+    Column("value", Float),
+    Column("time", Float, nullable=False),
+)
+
+jobs = Table(
+    "lb_jobs", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(40), nullable=False, index=True),
+    Column("status", String(20), nullable=False, index=True),   # queued claimed finished
+    Column("resume", Boolean, default=False),
+    Column("worker", String(120)),
+    Column("created_at", Float, nullable=False),
+    Column("claimed_at", Float),
+)
+
+workers = Table(
+    "lb_workers", metadata,
+    Column("id", String(120), primary_key=True),                # host:pid
+    Column("host", String(100)),
+    Column("pid", Integer),
+    Column("slots", Integer),
+    Column("device", String(100)),
+    Column("started_at", Float),
+    Column("heartbeat_at", Float),
+    Column("stopped", Boolean, default=False),
+)
+
+ACTIVE = ("queued", "running")
+FINISHED = ("done", "failed", "cancelled", "interrupted", "pruned")
+
+
+def now() -> float:
+    return time.time()
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    # WAL lets the UI read while a trainer writes; busy_timeout waits out short write locks instead of failing.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+@lru_cache(maxsize=4)
+def engine_for(url: str) -> Engine:
+    """One SQLAlchemy engine per URL per process; tables are created on first use."""
+    if url.startswith("sqlite"):
+        eng = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(eng, "connect", _sqlite_pragmas)
+    else:
+        eng = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    _create_tables(eng)
+    return eng
+
+
+def _create_tables(eng: Engine, attempts: int = 8) -> None:
+    """Create missing tables, tolerating another process doing the same at the same moment.
+
+    `create_all` checks first, but two processes starting together (a worker and a search, or two workers) can
+    both see a table missing and the slower one then fails with "already exists". Retrying is enough: the next
+    check sees the tables the other process made.
+    """
+    for attempt in range(attempts):
+        try:
+            metadata.create_all(eng)
+            return
+        except (exc.OperationalError, exc.ProgrammingError, exc.IntegrityError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+def db() -> Engine:
+    return engine_for(settings.db_url())
+
+
+def _row(row) -> dict[str, Any]:
+    out = dict(row._mapping)
+    for key in ("config", "best", "test"):
+        if key in out and out[key]:
+            out[key] = json.loads(out[key])
+    return out
+
+
+# ---- runs -------------------------------------------------------------------------------------------------
+
+def create_run(config: dict, *, status: str = "queued", params: int | None = None, study: str | None = None,
+               trial: int | None = None) -> str:
+    run_id = new_run_id()
+    started = now() if status == "running" else None     # `engine train` runs start at once
+    with db().begin() as conn:
+        conn.execute(insert(runs).values(
+            id=run_id, name=config.get("name", ""), dataset_id=config["dataset_id"], arch=config["arch"],
+            task=config["task"], config=json.dumps(config), status=status, created_at=now(),
+            epochs=config.get("epochs", 0), params=params, study=study, trial=trial, message="",
+            started_at=started, heartbeat_at=started,
+            epoch=0, progress=0.0, cancel_requested=False, attempts=0, train_seconds=0.0))
+    return run_id
+
+
+def get_run(run_id: str) -> dict | None:
+    with db().connect() as conn:
+        row = conn.execute(select(runs).where(runs.c.id == run_id)).first()
+    return _row(row) if row else None
+
+
+def list_runs(status: Iterable[str] | None = None, limit: int = 500, study: str | None = None) -> list[dict]:
+    query = select(runs).order_by(runs.c.created_at.desc()).limit(limit)
+    if status:
+        query = query.where(runs.c.status.in_(list(status)))
+    if study:
+        query = query.where(runs.c.study == study)
+    with db().connect() as conn:
+        return [_row(r) for r in conn.execute(query)]
+
+
+def update_run(run_id: str, **values: Any) -> None:
+    for key in ("best", "test"):
+        if key in values and not isinstance(values[key], (str, type(None))):
+            values[key] = json.dumps(values[key])
+    with db().begin() as conn:
+        conn.execute(update(runs).where(runs.c.id == run_id).values(**values))
+
+
+def set_status(run_id: str, status: str, message: str = "", *, only_if: Iterable[str] | None = None) -> bool:
+    """Move a run to a status; with only_if, only from those statuses. Returns whether a row changed."""
+    values: dict[str, Any] = {"status": status, "message": message}
+    if status == "running":
+        values["started_at"] = now()
+        values["heartbeat_at"] = now()
+    if status in FINISHED:
+        values["finished_at"] = now()
+    query = update(runs).where(runs.c.id == run_id)
+    if only_if:
+        query = query.where(runs.c.status.in_(list(only_if)))
+    with db().begin() as conn:
+        return conn.execute(query.values(**values)).rowcount == 1
+
+
+def request_cancel(run_id: str) -> None:
+    with db().begin() as conn:
+        conn.execute(update(runs).where(runs.c.id == run_id).values(cancel_requested=True))
+
+
+def run_counts() -> dict[str, int]:
+    with db().connect() as conn:
+        rows = conn.execute(select(runs.c.status, func.count()).group_by(runs.c.status)).all()
+    return {status: count for status, count in rows}
+
+
+# ---- metrics ----------------------------------------------------------------------------------------------
+
+def log_metrics(run_id: str, rows: list[tuple[int, int, str, str, float]]) -> None:
+    """rows: (epoch, step, split, name, value)."""
+    if not rows:
+        return
+    t = now()
+    with db().begin() as conn:
+        conn.execute(insert(metrics), [
+            {"run_id": run_id, "epoch": e, "step": s, "split": sp, "name": n,
+             "value": None if v is None or v != v else float(v), "time": t}
+            for e, s, sp, n, v in rows])
+
+
+def get_metrics(run_id: str, after_id: int = 0) -> list[dict]:
+    query = (select(metrics).where(metrics.c.run_id == run_id, metrics.c.id > after_id)
+             .order_by(metrics.c.id))
+    with db().connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def get_metrics_many(run_ids: list[str]) -> list[dict]:
+    query = select(metrics).where(metrics.c.run_id.in_(run_ids)).order_by(metrics.c.id)
+    with db().connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def delete_metrics_after(run_id: str, epoch: int) -> None:
+    """Forget rows logged after the last checkpointed epoch so a resume never duplicates an epoch."""
+    with db().begin() as conn:
+        conn.execute(metrics.delete().where(metrics.c.run_id == run_id, metrics.c.epoch > epoch))

@@ -1,0 +1,116 @@
+"""Queue and worker with real processes: exactly-once execution, kill -9 recovery, cancel latency."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from engine import jobs, store
+from engine.config import RunConfig
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+
+def _config(dataset_id, **overrides) -> RunConfig:
+    base = dict(dataset_id=dataset_id, arch="lenet5", epochs=1, batch_size=8, image_size=32, preview_samples=0)
+    base.update(overrides)
+    return RunConfig(**base)
+
+
+def _worker(*args: str, env_extra: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "engine", "worker", "--poll", "0.2", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_claim_is_exclusive(tiny_classification):
+    run_ids = [jobs.submit(_config(tiny_classification)) for _ in range(5)]
+    claims = [jobs.claim_next_job(f"w{i}") for i in range(7)]
+    taken = [c.run_id for c in claims if c]
+    assert sorted(taken) == sorted(run_ids) and claims[-1] is None and claims[-2] is None
+    assert {store.get_run(r)["status"] for r in run_ids} == {"running"}
+
+
+def test_cancel_queued_run_never_starts(tiny_classification):
+    run_id = jobs.submit(_config(tiny_classification))
+    assert jobs.cancel(run_id) == "cancelled"
+    assert jobs.claim_next_job("w") is None
+    assert store.get_run(run_id)["status"] == "cancelled"
+
+
+def test_two_workers_run_twenty_jobs_exactly_once(tiny_classification):
+    run_ids = [jobs.submit(_config(tiny_classification, seed=i)) for i in range(20)]
+    workers = [_worker("--until-idle"), _worker("--until-idle")]
+    for w in workers:
+        _, err = w.communicate(timeout=400)
+        assert w.returncode == 0, err.decode()[-2000:]
+    runs = {r: store.get_run(r) for r in run_ids}
+    assert {r["status"] for r in runs.values()} == {"done"}, {r: v["message"] for r, v in runs.items()}
+    assert all(r["attempts"] == 1 for r in runs.values())
+    claimed = Counter(r["worker"] for r in runs.values())
+    assert len(claimed) == 2, "both workers should have taken jobs"
+    for run_id in run_ids:      # each run logged its single epoch exactly once
+        epochs = [m["epoch"] for m in store.get_metrics(run_id) if m["split"] == "val" and m["name"] == "accuracy"]
+        assert epochs == [1]
+
+
+def test_kill_9_marks_interrupted_and_resume_keeps_history(tiny_segmentation):
+    config = _config(tiny_segmentation, arch="unet", epochs=6, batch_size=4, image_size=64,
+                     model_options={"depth": 3, "base": 16})
+    run_id = jobs.submit(config)
+    env = {"LIGHTBOX_STALE_SECONDS": "3"}
+    worker = _worker(env_extra=env)
+    _wait(lambda: (store.get_run(run_id)["epoch"] or 0) >= 2, 300, "two finished epochs")
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    os.environ["LIGHTBOX_STALE_SECONDS"] = "3"
+    try:
+        _wait(lambda: jobs.mark_stale_runs() or store.get_run(run_id)["status"] == "interrupted", 30,
+              "the run to be marked interrupted")
+    finally:
+        del os.environ["LIGHTBOX_STALE_SECONDS"]
+    run = store.get_run(run_id)
+    assert run["status"] == "interrupted" and "Resume" in run["message"]
+    # A restarted worker must not pick the interrupted run up on its own.
+    assert jobs.claim_next_job("restarted") is None
+    assert jobs.resume(run_id) == "queued"
+    second = _worker("--until-idle")
+    _, err = second.communicate(timeout=400)
+    assert second.returncode == 0, err.decode()[-2000:]
+    run = store.get_run(run_id)
+    assert run["status"] == "done", run["message"]
+    epochs = [m["epoch"] for m in store.get_metrics(run_id) if m["split"] == "val" and m["name"] == "dice"]
+    assert epochs == [1, 2, 3, 4, 5, 6]
+    steps = [m["step"] for m in store.get_metrics(run_id) if m["split"] == "train" and m["name"] == "loss"]
+    assert steps == sorted(set(steps)) and steps == list(range(1, len(steps) + 1))
+
+
+def test_cancel_running_run_within_five_seconds(tiny_segmentation):
+    config = _config(tiny_segmentation, arch="unet", epochs=50, batch_size=4, image_size=64)
+    run_id = jobs.submit(config)
+    worker = _worker()
+    try:
+        _wait(lambda: any(m["name"] == "loss" for m in store.get_metrics(run_id)), 120, "training steps")
+        started = time.monotonic()
+        assert jobs.cancel(run_id) == "cancelling"
+        _wait(lambda: store.get_run(run_id)["status"] == "cancelled", 5, "cancellation")
+        assert time.monotonic() - started < 5
+        assert "resume" in store.get_run(run_id)["message"].lower()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)

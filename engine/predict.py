@@ -1,0 +1,437 @@
+"""Inference with a trained run: rebuild its best checkpoint, preprocess exactly like training, predict and score."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.config import RunConfig
+from engine.errors import UserError
+from engine.train import LightboxModel, build_network, pick_device
+
+READABLE = "PNG, JPEG, TIFF, BMP or DICOM"
+MIN_SIDE = 16                      # the smallest image size a run can be trained at (RunConfig.validate)
+TTA_FLIPS = {"hflip": (-1,), "vflip": (-2,)}
+OVERLAY_ALPHA = 0.45
+
+
+@dataclass
+class Prediction:
+    """What the model said about one image (one frame of a multi-frame DICOM)."""
+
+    name: str
+    frame: int
+    task: str
+    classes: list[str]
+    image: np.ndarray                                   # float32 (C, H, W) in [0, 1], the original size
+    probabilities: dict[str, float] = field(default_factory=dict)    # classification
+    label: str = ""                                     # classification: the most probable class
+    label_map: np.ndarray | None = None                 # segmentation: uint8 (H, W) class per pixel
+    areas: dict[str, int] = field(default_factory=dict)              # segmentation: pixels per class
+    scores: dict[str, float] = field(default_factory=dict)           # vs ground truth: dice_/iou_<class>, *_mean
+
+    def rgb(self) -> np.ndarray:
+        from engine.handlers import to_rgb
+        return to_rgb(torch.from_numpy(self.image))
+
+    @property
+    def overlay(self) -> np.ndarray | None:
+        """Segmentation: uint8 (H, W, 3) mask over the image (drawn on demand: batches rarely need it)."""
+        return None if self.label_map is None else self.blend(OVERLAY_ALPHA)
+
+    def blend(self, alpha: float) -> np.ndarray:
+        """The image with the predicted mask at a chosen opacity (the image itself for classification)."""
+        from engine.handlers import overlay
+        return self.rgb() if self.label_map is None else overlay(self.rgb(), self.label_map, alpha)
+
+    @property
+    def foreground_fraction(self) -> float:
+        total = sum(self.areas.values())
+        return 1.0 - self.areas.get(self.classes[0], 0) / total if total else 0.0
+
+    def row(self) -> dict[str, object]:
+        """A flat record for CSV and JSON output."""
+        out: dict[str, object] = {"file": self.name, "frame": self.frame}
+        if self.task == "classification":
+            out["prediction"] = self.label
+            out.update({f"prob_{c}": round(p, 6) for c, p in self.probabilities.items()})
+        else:
+            out["foreground_fraction"] = round(self.foreground_fraction, 6)
+            out.update({f"area_{c}": a for c, a in self.areas.items()})
+        out.update({k: round(v, 6) for k, v in self.scores.items()})
+        return out
+
+
+class Predictor:
+    """A trained model in eval mode plus the preprocessing its dataset was cached with."""
+
+    def __init__(self, model: LightboxModel, config: RunConfig, info: dict, device: torch.device,
+                 run_id: str = "") -> None:
+        self.model = model.eval().to(device, memory_format=torch.channels_last)
+        for param in self.model.parameters():
+            param.requires_grad_(False)         # inference only; Grad-CAM asks for input gradients instead
+        self.config, self.info, self.device, self.run_id = config, info, device, run_id
+        self._explaining = threading.Lock()     # cached predictors are shared by UI sessions; hooks are not
+        self.task: str = info["task"]
+        self.classes: list[str] = list(info["classes"])
+        self.channels: int = int(info["channels"])
+        self.size: int = int(config.image_size)
+
+    # ---- reading and preprocessing -------------------------------------------------------------------
+    def read(self, source: Path | bytes, name: str = "") -> list[np.ndarray]:
+        """Decode a file the way ingest did (each DICOM's own window, as at ingest); one array per frame."""
+        return read_frames(source, name)
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """(C, H, W) in [0, 1] → float32 (C, S, S): the very function that built the training cache."""
+        from engine.data.dataset import cap_image, to_model_input
+        check_image(image)
+        # The steps of ingest (size cap, float16 storage) then of the cache (resize, float16): any image then gives
+        # exactly the numbers training and evaluation saw (float16 keeps ~3 digits, far below 8-bit steps).
+        half = cap_image(np.asarray(image, dtype=np.float32)).astype(np.float16)
+        return torch.from_numpy(to_model_input(half, self.channels, self.size).astype(np.float16).astype(np.float32))
+
+    # ---- model outputs -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def scores(self, batch: torch.Tensor, tta: bool | Sequence[str] = False) -> torch.Tensor:
+        """Logits for a plain pass; mean softmax over the flips with TTA (segmentation outputs flipped back)."""
+        x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+        flips = tta_flips(tta)
+        if not flips:
+            return self.model(x).float()
+        probs = []
+        for dims in [()] + flips:
+            out = self.model(x.flip(dims) if dims else x).float()
+            if dims and out.dim() == 4:
+                out = out.flip(dims)            # a mask predicted on a flipped image, flipped back into place
+            probs.append(out.softmax(1))
+        return torch.stack(probs).mean(0)
+
+    def predict_array(self, image: np.ndarray, tta: bool | Sequence[str] = False, mask: object = None,
+                      name: str = "image", frame: int = 0) -> Prediction:
+        """Predict one (C, H, W) image in [0, 1]; a ground-truth mask (array, path or bytes) adds Dice/IoU."""
+        return self.predict_arrays([image], tta, [mask], [name], [frame])[0]
+
+    def predict_arrays(self, images: list[np.ndarray], tta: bool | Sequence[str] = False,
+                       masks: Sequence[object] | None = None, names: Sequence[str] | None = None,
+                       frames: Sequence[int] | None = None) -> list[Prediction]:
+        """Predict several images in one forward pass (the batch path used by ZIPs and the benchmark)."""
+        if not images:
+            return []
+        batch = torch.stack([self.preprocess(image) for image in images])
+        out = self.scores(batch, tta).cpu()
+        names = names or [f"image {i + 1}" for i in range(len(images))]
+        frames = frames or [0] * len(images)
+        masks = [None if m is None else read_mask_array(m, f"the mask for {n}")[0]
+                 for m, n in zip(masks or [None] * len(images), names)]
+        results = []
+        for i, image in enumerate(images):
+            base = Prediction(names[i], frames[i], self.task, self.classes, np.asarray(image, dtype=np.float32))
+            if self.task == "classification":
+                results.append(self._classify(base, out[i], bool(tta_flips(tta))))
+            else:
+                results.append(self._segment(base, out[i], masks[i]))
+        return results
+
+    def predict_file(self, source: Path | bytes, name: str = "", tta: bool | Sequence[str] = False,
+                     mask: object = None, mask_name: str = "") -> list[Prediction]:
+        """Predict every frame of an image file; the mask (one frame, or one per frame) scores each frame."""
+        label = name or (source.name if isinstance(source, Path) else "upload")
+        frames = self.read(source, label)
+        truths = ground_truth_frames(mask, mask_name or "the mask", len(frames), label)
+        return self.predict_arrays(frames, tta, truths, [label] * len(frames), list(range(len(frames))))
+
+    def explain(self, image: np.ndarray, class_index: int | None = None, method: str = "gradcam"):
+        """Grad-CAM (or "saliency") of one image at its original size, as engine.gradcam.CamResult."""
+        from engine.gradcam import explain_image
+        if self.task != "classification":
+            raise UserError("Grad-CAM explains classification models; for segmentation the predicted mask "
+                            "already shows where the model found each class.")
+        with self._explaining:
+            return explain_image(self.model, self.preprocess(image), np.asarray(image, dtype=np.float32),
+                                 class_index, self.device, method)
+
+    # ---- turning outputs into answers ----------------------------------------------------------------
+    def _classify(self, base: Prediction, out: torch.Tensor, averaged: bool) -> Prediction:
+        probs = out if averaged else out.softmax(0)
+        base.probabilities = {c: float(p) for c, p in zip(self.classes, probs)}
+        base.label = self.classes[int(probs.argmax())]
+        return base
+
+    def _segment(self, base: Prediction, out: torch.Tensor, mask: np.ndarray | None) -> Prediction:
+        h, w = base.image.shape[-2:]
+        if out.shape[-2:] != (h, w):
+            # Upsample the scores, not the labels: class boundaries land between model pixels, not on their grid.
+            out = F.interpolate(out[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        # numpy's argmax over a short class axis is several times faster than torch's on the CPU
+        labels = out.numpy().argmax(0).astype(np.uint8)
+        counts = np.bincount(labels.ravel(), minlength=len(self.classes))
+        base.label_map = labels
+        base.areas = {c: int(n) for c, n in zip(self.classes, counts)}
+        if mask is not None:
+            base.scores = mask_scores(labels, fit_mask(mask, (h, w), len(self.classes), base.name), self.classes)
+        return base
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------
+
+def tta_flips(tta: bool | Sequence[str]) -> list[tuple[int, ...]]:
+    """True means identity + horizontal flip; a list of names ("hflip", "vflip") chooses the flips."""
+    if tta is True:
+        return [TTA_FLIPS["hflip"]]
+    if not tta:
+        return []
+    unknown = [t for t in tta if t not in TTA_FLIPS]
+    if unknown:
+        raise UserError(f"Unknown test-time augmentation {', '.join(unknown)}; use {' or '.join(TTA_FLIPS)}.")
+    return [TTA_FLIPS[t] for t in tta]
+
+
+def check_image(image: np.ndarray) -> None:
+    if image.ndim != 3:
+        raise UserError(f"An image must be a (channels, height, width) array, not shape {tuple(image.shape)}.")
+    h, w = image.shape[-2:]
+    if min(h, w) < MIN_SIDE:
+        raise UserError(f"The image is only {w}×{h} pixels; Lightbox needs at least {MIN_SIDE} px on each side.")
+
+
+def read_frames(source: Path | bytes, name: str = "") -> list[np.ndarray]:
+    """engine.data.io.read_image with a plain message for files that are not images at all."""
+    from engine.data.io import SUPPORTED_EXTENSIONS, is_dicom, read_image
+    label = name or (source.name if isinstance(source, Path) else "upload")
+    try:
+        frames = read_image(source, label)
+    except UserError as err:
+        if Path(label).suffix.lower() not in SUPPORTED_EXTENSIONS and not is_dicom(source, label):
+            raise UserError(f"{label} is not an image Lightbox can read ({READABLE}).") from err
+        raise
+    for frame in frames:
+        h, w = frame.shape[-2:]
+        if min(h, w) < MIN_SIDE:
+            raise UserError(f"{label} is only {w}×{h} pixels; use images of at least {MIN_SIDE} px on each side.")
+    return frames
+
+
+def read_mask_array(mask: object, name: str) -> list[np.ndarray]:
+    """A ground truth given as an array, a path or bytes → uint8 (H, W) label maps (0/255 becomes 0/1)."""
+    from engine.data.io import normalise_labels, read_mask_frames
+    if isinstance(mask, np.ndarray):
+        return [normalise_labels(np.asarray(mask).astype(np.uint8), name)]
+    return [normalise_labels(m, name) for m in read_mask_frames(mask, name)]
+
+
+def ground_truth_frames(mask: object, name: str, frames: int, image_name: str) -> list[np.ndarray | None]:
+    if mask is None:
+        return [None] * frames
+    truths = read_mask_array(mask, name)
+    if len(truths) != frames:
+        raise UserError(f"{name} holds {len(truths)} mask frame(s) but {image_name} has {frames}; "
+                        "give one mask per frame.")
+    return truths
+
+
+def fit_mask(mask: np.ndarray, shape: tuple[int, int], num_classes: int, name: str) -> np.ndarray:
+    """The mask at the image's size. Another resolution with the same proportions is resized (nearest);
+    another shape is refused, since stretching it would score the model against the wrong pixels."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise UserError(f"The mask for {name} must be a single 2-D label image, not shape {mask.shape}.")
+    h, w = shape
+    mh, mw = mask.shape
+    if (mh, mw) != (h, w):
+        if abs(mw / mh - w / h) > 0.01 * (w / h):
+            raise UserError(f"The mask for {name} is {mw}×{mh} pixels but the image is {w}×{h}; "
+                            "use the mask drawn on this image.")
+        resized = F.interpolate(torch.from_numpy(mask.astype(np.uint8))[None, None].float(), size=(h, w),
+                                mode="nearest")
+        mask = resized[0, 0].to(torch.uint8).numpy()
+    if int(mask.max()) >= num_classes:
+        raise UserError(f"The mask for {name} holds label {int(mask.max())}, but this model knows only "
+                        f"{num_classes} classes (0–{num_classes - 1}).")
+    return mask.astype(np.uint8)
+
+
+def mask_scores(pred: np.ndarray, truth: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """Dice and IoU per class and their means over the foreground classes, with engine.metrics."""
+    from engine.metrics import dice_per_class, iou_per_class
+    out: dict[str, float] = {}
+    for metric, fn in (("dice", dice_per_class), ("iou", iou_per_class)):
+        values = [float(v) for v in fn(pred, truth, len(classes))]
+        out.update({f"{metric}_{c}": v for c, v in zip(classes, values)})
+        fg = values[1:] or values
+        out[f"{metric}_mean"] = float(np.mean(fg))
+    return out
+
+
+# ---- loading ---------------------------------------------------------------------------------------------
+
+def checkpoint_path(run_id: str) -> Path:
+    """best.pt (the model selected on validation), else last.pt while a run has not improved yet."""
+    from engine.runner import run_dir
+    folder = run_dir(run_id)
+    for name in ("best.pt", "last.pt"):
+        if (folder / name).exists():
+            return folder / name
+    raise UserError(f"Run {run_id} has no saved model yet; wait until its first epoch has finished.")
+
+
+def model_from_checkpoint(ckpt: dict) -> tuple[LightboxModel, RunConfig, dict]:
+    """Rebuild the network of a checkpoint on the CPU; its weights and Normalize buffers come from the file."""
+    config = RunConfig.from_dict(ckpt["config"])
+    config.pretrained = "none"              # never fetch ImageNet weights at predict time: they are in the file
+    info = ckpt["dataset"]
+    channels = int(info["channels"])
+    model = build_network(config, info, [0.0] * channels, [1.0] * channels)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), config, info
+
+
+_CACHE: dict[tuple[str, str], tuple[float, Predictor]] = {}
+_LOCK = threading.Lock()
+
+
+def load_predictor(run_id: str, device: str = "auto") -> Predictor:
+    """The run's best model, cached per run and checkpoint time so a rerun of the UI does not reload it."""
+    path = checkpoint_path(run_id)
+    dev = pick_device(device)
+    key = (run_id, str(dev))
+    stamp = path.stat().st_mtime
+    with _LOCK:
+        hit = _CACHE.get(key)
+        if hit and hit[0] == stamp:
+            return hit[1]
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a torn or foreign file must read as a sentence, not a traceback
+        raise UserError(f"The saved model of run {run_id} cannot be read ({type(err).__name__}); "
+                        "train the run again.") from err
+    model, config, info = model_from_checkpoint(ckpt)
+    predictor = Predictor(model, config, info, dev, run_id)
+    with _LOCK:
+        if len(_CACHE) >= 4:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = (stamp, predictor)
+    return predictor
+
+
+def held_out_samples(dataset_id: str) -> list[dict]:
+    """The dataset's held-out test samples (key, source file name), for trying a model on unseen images."""
+    from engine.data.dataset import load_manifest
+    return [s for s in load_manifest(dataset_id)["samples"] if s["split"] == "test"]
+
+
+def predictable_runs() -> list[dict]:
+    """Runs that have a model to predict with: finished ones, and any other with a best checkpoint."""
+    from engine import store
+    from engine.runner import run_dir
+    return [r for r in store.list_runs() if r["status"] == "done" or (run_dir(r["id"]) / "best.pt").exists()]
+
+
+# ---- outputs and batches ---------------------------------------------------------------------------------
+
+def mask_png(prediction: Prediction) -> bytes:
+    """The predicted mask as a PNG that ingest reads back: 0/255 for two classes, class indices otherwise."""
+    from io import BytesIO
+    from PIL import Image
+    labels = prediction.label_map
+    if labels is None:
+        raise UserError("Only segmentation runs produce masks; this run classifies whole images.")
+    values = labels * 255 if len(prediction.classes) == 2 else labels
+    buffer = BytesIO()
+    Image.fromarray(values.astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def results_csv(rows: list[dict]) -> str:
+    """CSV text with the union of the rows' columns, in first-seen order."""
+    import csv
+    from io import StringIO
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    buffer = StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def output_stem(name: str, frame: int, frames: int) -> str:
+    """A flat, safe file name for an input's outputs (folders become '__', odd characters '_')."""
+    import re
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(Path(name).with_suffix("")).replace("/", "__"))
+    return f"{stem}_frame{frame:03d}" if frames > 1 else stem
+
+
+def zip_members(archive, label: str) -> tuple[list, dict[str, object]]:
+    """(image members, masks by file stem); folders, hidden files and macOS resource forks are skipped,
+    and an archive with a path that leaves it is refused (it is built to write outside its folder)."""
+    from engine import settings
+    members = [m for m in archive.infolist() if not m.is_dir()]
+    if len(members) > settings.MAX_UPLOAD_FILES or sum(m.file_size for m in members) > settings.MAX_UPLOAD_BYTES:
+        raise UserError(f"{label} is too large to predict on in one go; split it into smaller ZIPs.")
+    images, masks = [], {}
+    for member in members:
+        parts = Path(member.filename.replace("\\", "/")).parts
+        if member.filename.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+            raise UserError(f"{label} contains the unsafe path '{member.filename}'; "
+                            "re-create the ZIP from a plain folder.")
+        if any(p.startswith(".") or p == "__MACOSX" for p in parts):
+            continue
+        if "masks" in parts[:-1]:
+            masks.setdefault(Path(parts[-1]).stem, member)
+        else:
+            images.append(member)
+    return images, masks
+
+
+def predict_zip(run_id: str, zip_path: Path | str, out_dir: Path | str, tta: bool | Sequence[str] = False,
+                progress=None) -> Path:
+    """Predict every image in a ZIP; writes results.csv (one row per image or frame, unreadable files listed
+    with the reason) and, for segmentation, one mask PNG per prediction under masks/. Returns the CSV path."""
+    import zipfile
+    predictor = load_predictor(run_id)
+    out = Path(out_dir)
+    label = Path(zip_path).name
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise UserError(f"{label} is not a readable ZIP file; re-create it and upload again.") from err
+    rows: list[dict] = []
+    with archive:
+        images, masks = zip_members(archive, label)
+        if not images:
+            raise UserError(f"{label} holds no files to predict on; put the images at the top level or in folders.")
+        for done, member in enumerate(images, 1):
+            mask = masks.get(Path(member.filename).stem)
+            try:
+                predictions = predictor.predict_file(archive.read(member), member.filename, tta,
+                                                     archive.read(mask) if mask else None,
+                                                     mask.filename if mask else "")
+            except UserError as err:
+                rows.append({"file": member.filename, "error": str(err)})
+                continue
+            rows += [_zip_row(p, len(predictions), out) for p in predictions]
+            if progress:
+                progress(done, len(images))
+    if all("error" in row for row in rows):
+        raise UserError(f"None of the files in {label} could be read as an image ({READABLE}).")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.csv"
+    path.write_text(results_csv(rows))
+    return path
+
+
+def _zip_row(prediction: Prediction, frames: int, out: Path) -> dict:
+    row = prediction.row()
+    if prediction.label_map is not None:
+        target = out / "masks" / f"{output_stem(prediction.name, prediction.frame, frames)}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(mask_png(prediction))
+        row["mask_path"] = str(target.relative_to(out))
+    return row

@@ -1,0 +1,284 @@
+"""Hyperparameter search with Optuna: each trial is an ordinary run in the store, pruned epoch by epoch.
+
+Storage: PostgreSQL URLs use Optuna's RDB storage in the same database, so workers on several machines share
+a study. With the default SQLite database, several processes writing one Optuna study lock each other out
+("database is locked"), so studies live in a journal file in the workspace instead (Optuna's JournalStorage,
+safe for several processes on one machine). Dead trials are found through the runs' own heartbeats, which
+works for both storages (Optuna's heartbeat only exists for RDB with optimize()).
+"""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from engine import jobs, settings, store
+from engine.config import RunConfig
+from engine.errors import UserError
+from engine.handlers import RunPruned
+
+OBJECTIVES = ("dice", "iou", "accuracy", "balanced_accuracy", "auc")
+
+# Augmentation strength as one categorical choice: each level is a list of (name, params).
+AUGMENT_LEVELS: dict[str, dict[str, dict[str, float]]] = {
+    "none": {},
+    "light": {"hflip": {"p": 0.5}, "rotate": {"degrees": 10.0}},
+    "medium": {"hflip": {"p": 0.5}, "rotate": {"degrees": 15.0}, "zoom": {"amount": 0.1},
+               "contrast": {"amount": 0.2}},
+    "strong": {"hflip": {"p": 0.5}, "rotate": {"degrees": 25.0}, "zoom": {"amount": 0.2}, "shift": {"fraction": 0.1},
+               "elastic": {"alpha": 40.0, "sigma": 5.0}, "contrast": {"amount": 0.3}, "noise": {"std": 0.03}},
+}
+
+
+@dataclass
+class SearchSpace:
+    lr: tuple[float, float] = (1e-4, 1e-2)
+    weight_decay: tuple[float, float] | None = None        # None = keep the base config's value
+    batch_sizes: list[int] = field(default_factory=lambda: [8, 16])
+    archs: list[str] = field(default_factory=list)          # empty = keep the base architecture
+    losses: list[str] = field(default_factory=list)
+    optimizers: list[str] = field(default_factory=lambda: ["adam"])
+    augment_levels: list[str] = field(default_factory=lambda: ["none"])
+
+
+@dataclass
+class StudySpec:
+    dataset_id: str
+    base: dict[str, Any]                      # RunConfig fields shared by every trial (arch, epochs, size…)
+    space: SearchSpace = field(default_factory=SearchSpace)
+    objective: str = ""
+    n_trials: int = 20
+    timeout: float | None = None              # seconds for the whole study
+    sampler: str = "tpe"                      # tpe | random
+    pruner: str = "median"                    # median | hyperband | none
+    seed: int = 0
+    name: str = ""
+
+
+def storage():
+    url = settings.db_url()
+    if url.startswith("sqlite"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+        return JournalStorage(JournalFileBackend(str(settings.home() / "optuna-journal.log")))
+    return optuna.storages.RDBStorage(url)
+
+
+def _sampler(spec: StudySpec, joining: bool) -> optuna.samplers.BaseSampler:
+    # Processes joining a study must not replay the same random start-up draws as the first one.
+    seed = spec.seed if not joining else spec.seed * 7919 + os.getpid()
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, max(2, spec.n_trials // 4)))
+
+
+def _pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(2, spec.base.get("epochs", 10)))
+    if spec.pruner == "median":
+        # Early epochs are noisy (validation Dice jumps around): judge only after a quarter of the budget, and
+        # only once a few trials have finished, or nearly every trial gets cut against one lucky first run.
+        return optuna.pruners.MedianPruner(n_startup_trials=min(5, max(2, spec.n_trials // 4)),
+                                           n_warmup_steps=max(1, spec.base.get("epochs", 10) // 4))
+    return optuna.pruners.NopPruner()
+
+
+def create_study(spec: StudySpec) -> str:
+    """Record a new study (its spec travels in the study's user attributes); returns its name."""
+    from engine.data.dataset import load_manifest
+    task = load_manifest(spec.dataset_id)["task"]
+    spec.objective = spec.objective or ("dice" if task == "segmentation" else "accuracy")
+    if spec.objective not in OBJECTIVES:
+        raise UserError(f"Objective must be one of {', '.join(OBJECTIVES)}.")
+    if spec.n_trials < 1:
+        raise UserError("A search needs at least one trial.")
+    spec.base = {**spec.base, "dataset_id": spec.dataset_id, "task": task, "monitor": spec.objective}
+    RunConfig.from_dict(spec.base).validate()
+    name = spec.name or f"search-{store.new_run_id()}"
+    study = optuna.create_study(study_name=name, storage=storage(), direction="maximize",
+                                sampler=_sampler(spec, False), pruner=_pruner(spec))
+    study.set_user_attr("spec", asdict(spec))
+    study.set_user_attr("created", time.time())
+    return name
+
+
+def load_spec(name: str) -> StudySpec:
+    data = dict(load_study(name).user_attrs["spec"])
+    data["space"] = SearchSpace(**data["space"])
+    return StudySpec(**data)
+
+
+def load_study(name: str, spec: StudySpec | None = None, joining: bool = True) -> optuna.Study:
+    try:
+        study = optuna.load_study(study_name=name, storage=storage())
+    except KeyError as exc:
+        raise UserError(f"There is no search called '{name}'.") from exc
+    if spec is not None:
+        study.sampler, study.pruner = _sampler(spec, joining), _pruner(spec)
+    return study
+
+
+def list_studies() -> list[dict]:
+    out = []
+    for summary in optuna.get_all_study_summaries(storage()):
+        out.append({"name": summary.study_name, "trials": summary.n_trials,
+                    "best_value": summary.best_trial.value if summary.best_trial else None,
+                    "created": summary.user_attrs.get("created", 0), "spec": summary.user_attrs.get("spec")})
+    return sorted(out, key=lambda s: s["created"], reverse=True)
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    """Draw one point of the space; only dimensions with a real choice become parameters."""
+    params: dict[str, Any] = {"lr": trial.suggest_float("lr", *space.lr, log=True)}
+    if space.weight_decay:
+        params["weight_decay"] = trial.suggest_float("weight_decay", *space.weight_decay, log=True)
+    for key, options in (("batch_size", space.batch_sizes), ("arch", space.archs), ("loss", space.losses),
+                         ("optimizer", space.optimizers), ("augment_level", space.augment_levels)):
+        if len(options) > 1:
+            params[key] = trial.suggest_categorical(key, list(options))
+        elif options:
+            params[key] = options[0]
+    return params
+
+
+def config_from_params(base: dict[str, Any], params: dict[str, Any]) -> RunConfig:
+    """A RunConfig from the study's base settings plus one trial's parameters (also for 'train with best')."""
+    values = {**base, **{k: v for k, v in params.items() if k != "augment_level"}}
+    level = params.get("augment_level")
+    if level is not None:
+        augment = AUGMENT_LEVELS[level]
+        values["augment"], values["augment_params"] = list(augment), {k: dict(v) for k, v in augment.items()}
+    return RunConfig.from_dict(values)
+
+
+class PruningReporter:
+    """Reports the objective after every epoch and stops the run when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, objective: str) -> None:
+        self.trial, self.objective = trial, objective
+
+    def attach(self, trainer, events) -> None:
+        events.on("epoch_end", self.on_epoch)
+
+    def on_epoch(self, epoch: int, val: dict, **_) -> None:
+        value = val.get(self.objective)
+        if value is None or not math.isfinite(value):
+            return
+        self.trial.report(value, epoch)
+        if self.trial.should_prune():
+            raise RunPruned(f"Pruned by the search after epoch {epoch}: {self.objective} {value:.3f} was "
+                            "below the median of earlier trials.")
+
+
+def fail_stale_trials(study: optuna.Study) -> int:
+    """Trials whose run died (interrupted, or heartbeat gone) are failed and queued again with their parameters."""
+    jobs.mark_stale_runs()
+    retried = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        run_id = trial.user_attrs.get("run_id")
+        run = store.get_run(run_id) if run_id else None
+        if run is None or run["status"] not in ("interrupted", "failed", "cancelled"):
+            continue
+        study.tell(trial.number, state=TrialState.FAIL)
+        if not trial.user_attrs.get("retry_of"):
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            retried += 1
+    return retried
+
+
+def _active_count(study: optuna.Study) -> int:
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def run_trial(study: optuna.Study, spec: StudySpec) -> TrialState:
+    trial = study.ask()
+    params = suggest(trial, spec.space)
+    config = config_from_params(spec.base, params)
+    config.name = f"{study.study_name} #{trial.number}"
+    try:
+        from engine.runner import create_run
+        run_id = create_run(config, status="running", study=study.study_name, trial=trial.number)
+    except UserError as exc:       # e.g. an architecture too big for the image size: fail this point only
+        study.tell(trial, state=TrialState.FAIL)
+        print(f"trial {trial.number} skipped: {exc}", file=sys.stderr)
+        return TrialState.FAIL
+    trial.set_user_attr("run_id", run_id)
+    trial.set_user_attr("params", params)      # single-choice dimensions are not Optuna params; keep them all
+    run = jobs.run_job(run_id, on_trainer=PruningReporter(trial, spec.objective).attach)
+    if run["status"] == "pruned":
+        study.tell(trial, state=TrialState.PRUNED)
+        return TrialState.PRUNED
+    if run["status"] == "done" and run["best_value"] is not None:
+        study.tell(trial, run["best_value"])
+        return TrialState.COMPLETE
+    study.tell(trial, state=TrialState.FAIL)
+    return TrialState.FAIL
+
+
+def run_search(name: str, n_trials: int | None = None, timeout: float | None = None,
+               joining: bool = False) -> dict[str, Any]:
+    """Run trials of a study in this process until it has n_trials (counting other processes' too)."""
+    spec = load_spec(name)
+    study = load_study(name, spec, joining=joining)
+    n_trials = n_trials or spec.n_trials
+    timeout = timeout if timeout is not None else spec.timeout
+    started = time.monotonic()
+    while _active_count(study) < n_trials:
+        if timeout and time.monotonic() - started > timeout:
+            break
+        fail_stale_trials(study)
+        run_trial(study, spec)
+    return summary(name)
+
+
+def summary(name: str) -> dict[str, Any]:
+    study = load_study(name)
+    trials = study.get_trials(deepcopy=False)
+    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+    result: dict[str, Any] = {"study": name, "trials": len(trials), "states": counts,
+                              "best_value": None, "best_params": None, "best_run_id": None}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete:
+        best = study.best_trial
+        result.update(best_value=best.value, best_params=best.params, best_trial=best.number,
+                      best_run_id=best.user_attrs.get("run_id"))
+    return result
+
+
+def best_config(name: str) -> RunConfig:
+    """The best trial's settings as a normal RunConfig ('Train with the best parameters')."""
+    study = load_study(name)
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        raise UserError("This search has no completed trial yet; wait for one to finish.")
+    best = study.best_trial
+    config = config_from_params(load_spec(name).base, best.user_attrs.get("params", best.params))
+    config.name = f"best of {name}"
+    return config
+
+
+def trials_table(name: str) -> list[dict[str, Any]]:
+    rows = []
+    for t in load_study(name).get_trials(deepcopy=False):
+        run = store.get_run(t.user_attrs["run_id"]) if t.user_attrs.get("run_id") else None
+        rows.append({"trial": t.number, "state": t.state.name.lower(), "value": t.value,
+                     "epochs": len(t.intermediate_values), "run_id": t.user_attrs.get("run_id"),
+                     "run_status": run["status"] if run else None, **t.params})
+    return rows
+
+
+def launch_search(name: str) -> int:
+    """Run the study in a background process (the Search page's 'Start'); returns its pid."""
+    log = settings.home() / "logs"
+    log.mkdir(exist_ok=True)
+    with open(log / f"{name}.log", "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "engine", "search", "--study", name, "--quiet"],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=os.environ.copy())
+    return proc.pid

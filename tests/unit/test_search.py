@@ -1,0 +1,118 @@
+"""Hyperparameter search: pruning happens, best params round-trip, two processes share one study."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from engine import search, store
+from engine.config import RunConfig
+
+pytestmark = pytest.mark.postgres
+
+BASE = {"arch": "unet", "epochs": 3, "image_size": 32, "batch_size": 8, "preview_samples": 0,
+        "model_options": {"depth": 2, "base": 8}}
+
+
+def _spec(dataset_id: str, **overrides) -> search.StudySpec:
+    values = dict(dataset_id=dataset_id, base=dict(BASE), n_trials=6, sampler="random", pruner="median",
+                  space=search.SearchSpace(lr=(1e-3, 1e-2), batch_sizes=[8]))
+    values.update(overrides)
+    return search.StudySpec(**values)
+
+
+def test_six_trials_with_pruning(tiny_segmentation):
+    name = search.create_study(_spec(tiny_segmentation, space=search.SearchSpace(lr=(1e-7, 1e-2), batch_sizes=[8])))
+    study = search.load_study(name)
+    # Two healthy trials set the median; the next ones learn nothing (lr 1e-7), so the median pruner must stop
+    # them after their first epoch.
+    for lr in (5e-3, 5e-3, 1e-7, 1e-7, 1e-7, 1e-7):
+        study.enqueue_trial({"lr": lr})
+    result = search.run_search(name)
+    assert result["trials"] == 6
+    assert result["states"]["pruned"] >= 1 and result["states"]["complete"] >= 2
+    runs = store.list_runs(study=name)
+    assert len(runs) == 6
+    pruned = [r for r in runs if r["status"] == "pruned"]
+    assert pruned and all(r["epoch"] < 3 for r in pruned) and "Pruned" in pruned[0]["message"]
+    table = search.trials_table(name)
+    assert {row["state"] for row in table} >= {"complete", "pruned"}
+
+
+def test_best_params_round_trip_into_a_run_config(tiny_segmentation):
+    space = search.SearchSpace(lr=(1e-3, 1e-2), batch_sizes=[4, 8], optimizers=["adam", "sgd"],
+                               augment_levels=["none", "light"])
+    name = search.create_study(_spec(tiny_segmentation, n_trials=2, pruner="none", space=space))
+    result = search.run_search(name)
+    config = search.best_config(name)
+    assert isinstance(config, RunConfig)
+    params = result["best_params"]
+    assert config.lr == params["lr"] and config.batch_size == params["batch_size"]
+    assert config.optimizer == params["optimizer"]
+    assert config.augment == list(search.AUGMENT_LEVELS[params["augment_level"]])
+    assert config.dataset_id == tiny_segmentation and config.monitor == "dice"
+    assert RunConfig.from_json(config.to_json()) == config
+
+
+def test_best_config_keeps_single_choice_settings(tiny_segmentation):
+    """A dimension with one option is not an Optuna parameter, but the trials used it: so must 'best'."""
+    space = search.SearchSpace(lr=(1e-3, 1e-2), batch_sizes=[4], optimizers=["sgd"], augment_levels=["light"])
+    name = search.create_study(_spec(tiny_segmentation, n_trials=1, pruner="none", space=space))
+    search.run_search(name)
+    config = search.best_config(name)
+    assert (config.batch_size, config.optimizer) == (4, "sgd")
+    assert config.augment == list(search.AUGMENT_LEVELS["light"])
+
+
+def test_best_config_before_any_trial_is_a_readable_error(tiny_segmentation):
+    from engine.errors import UserError
+    name = search.create_study(_spec(tiny_segmentation))
+    with pytest.raises(UserError, match="no completed trial"):
+        search.best_config(name)
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_study(tiny_segmentation):
+    name = search.create_study(_spec(tiny_segmentation, n_trials=6, pruner="none"))
+    env = dict(os.environ)
+    procs = [subprocess.Popen([sys.executable, "-m", "engine", "search", "--study", name, "--quiet", "--json"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    trials = search.trials_table(name)
+    numbers = [t["trial"] for t in trials]
+    run_ids = [t["run_id"] for t in trials]
+    assert len(numbers) == len(set(numbers)) and len(run_ids) == len(set(run_ids))
+    # Each process stops once the study holds n_trials; a race can add at most one extra trial per process.
+    assert 6 <= len(trials) <= 7
+    runs = store.list_runs(study=name)
+    assert len(runs) == len(trials) and all(r["attempts"] == 1 for r in runs)
+    assert len({r["worker"] for r in runs}) >= 1
+    assert {t["state"] for t in trials} == {"complete"}
+
+
+def test_trial_of_a_dead_worker_is_failed_and_retried(tiny_segmentation):
+    """A trial whose run stopped heartbeating (worker killed) is failed and queued again with its parameters."""
+    from optuna.trial import TrialState
+    from engine.runner import create_run
+    name = search.create_study(_spec(tiny_segmentation, n_trials=2, pruner="none"))
+    study = search.load_study(name)
+    trial = study.ask()
+    params = search.suggest(trial, search.load_spec(name).space)
+    run_id = create_run(search.config_from_params(search.load_spec(name).base, params), status="running",
+                        study=name, trial=trial.number)
+    trial.set_user_attr("run_id", run_id)
+    store.update_run(run_id, heartbeat_at=store.now() - 3600)       # its process died an hour ago
+    assert search.fail_stale_trials(study) == 1
+    assert store.get_run(run_id)["status"] == "interrupted"
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    assert states[trial.number] == TrialState.FAIL
+    retry = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.WAITING]
+    assert len(retry) == 1 and retry[0].system_attrs["fixed_params"]["lr"] == pytest.approx(params["lr"])
+    result = search.run_search(name)                                 # the retry runs like any trial
+    assert result["states"]["complete"] == 2 and result["states"]["fail"] == 1
+    retried = [t for t in search.trials_table(name) if t["state"] == "complete" and t["lr"] == pytest.approx(params["lr"])]
+    assert retried, "the retried trial should train with the dead trial's parameters"

@@ -1,0 +1,55 @@
+"""The CLI contract: --json prints one JSON object last; bad input exits non-zero with one line, no traceback."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def _cli(*args: str, home) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LIGHTBOX_HOME": str(home)}
+    env.pop("LIGHTBOX_DB_URL", None)
+    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def _last_json(proc: subprocess.CompletedProcess) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_demo_ingest_train_runs_predict_flow(tmp_path):
+    home = tmp_path / "ws"
+    out = _cli("demo-data", "classification", str(tmp_path / "demo.zip"), "--n", "24", "--size", "32", "--json",
+               home=home)
+    assert out.returncode == 0, out.stderr
+    assert _last_json(out)["path"].endswith("demo.zip")
+    ingested = _cli("ingest", str(tmp_path / "demo.zip"), "--task", "classification", "--json", "--quiet", home=home)
+    assert ingested.returncode == 0, ingested.stderr
+    dataset_id = _last_json(ingested)["dataset_id"]
+    trained = _cli("train", "--dataset", dataset_id, "--arch", "lenet5", "--epochs", "1", "--image-size", "32",
+                   "--json", "--quiet", home=home)
+    assert trained.returncode == 0, trained.stderr
+    result = _last_json(trained)
+    assert result["status"] == "done" and "accuracy" in result["best"]
+    listed = _last_json(_cli("runs", "--json", home=home))
+    assert [r["run_id"] for r in listed["runs"]] == [result["run_id"]]
+    queued = _cli("submit", "--dataset", dataset_id, "--arch", "lenet5", "--epochs", "1", "--image-size", "32",
+                  "--json", home=home)
+    run_id = _last_json(queued)["run_id"]
+    assert _last_json(_cli("cancel", run_id, "--json", home=home)) == {"run_id": run_id, "status": "cancelled"}
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["ingest", "/nonexistent/folder", "--task", "classification"], "does not exist"),
+    (["train", "--dataset", "nope", "--arch", "unet"], "does not exist"),
+    (["cancel", "no-such-run"], "no run"),
+])
+def test_bad_input_is_one_readable_line(tmp_path, args, fragment):
+    proc = _cli(*args, "--json", home=tmp_path / "ws")
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0]
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,322 @@
+"""Data: bring images in, inspect a dataset, window a DICOM file, and preview augmentations."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from engine.augment import AUGMENTATIONS, preview
+from engine.data import dicom
+from engine.data.dataset import SPLITS, delete_dataset, list_datasets, load_manifest
+from engine.data.demo import DEMOS, ensure_demo_dataset
+from engine.data.ingest import ingest
+from pages import _widgets as w
+
+SECTIONS = ("Bring data", "Explore a dataset", "DICOM viewer", "Augmentation preview")
+IMAGE_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "dcm", "dicom"]
+LAYOUT_HELP = """
+**Classification**: one folder per class; optional `train/`, `val/`, `test/` folders around them fix the split.
+```
+scans.zip
+├── normal/      img001.png, img002.dcm, …
+└── pneumonia/   img101.png, …
+```
+**Segmentation**: images and masks with the same file names; masks hold class numbers (0 = background) or 0/255.
+```
+scans.zip
+├── images/   case01.png, case02.png, …
+└── masks/    case01.png, case02.png, …
+```
+DICOM works anywhere, also without a file extension. Images of one patient (DICOM PatientID) stay in one split.
+"""
+
+
+def goto_section(name: str) -> None:
+    st.session_state["data_section"] = name
+
+
+# ---- (a) bring data ---------------------------------------------------------------------------------------
+
+def bring_data() -> None:
+    done = st.session_state.pop("ingested", None)
+    if done:
+        st.success(f"Dataset **{done['name']}** is ready: {done['samples']} images"
+                   + (f", {len(done['problems'])} file(s) skipped." if done["problems"] else "."))
+        st.button("Explore it", on_click=goto_section, args=("Explore a dataset",), key="explore_new")
+
+    st.subheader("Upload your images")
+    task = st.radio("What should the model learn?", ("classification", "segmentation"), horizontal=True,
+                    key="upload_task", format_func=lambda t: {"classification": "Classification: one label per image",
+                                                              "segmentation": "Segmentation: a mask per image"}[t])
+    with st.expander("How to lay out the files"):
+        st.markdown(LAYOUT_HELP)
+    kind = st.radio("Upload", ("zip", "folder", "files"), horizontal=True, key="upload_kind",
+                    format_func=lambda k: {"zip": "A ZIP file", "folder": "A folder", "files": "Loose files"}[k])
+    turn = st.session_state.setdefault("upload_turn", 0)     # a new key empties the uploader after ingest
+    archive, loose = None, []
+    if kind == "zip":
+        archive = st.file_uploader("A ZIP file", type=["zip"], key=f"zip_{turn}")
+    elif kind == "folder":
+        loose = st.file_uploader("A folder (its sub-folders are kept)", accept_multiple_files="directory",
+                                 key=f"folder_{turn}")
+    else:
+        loose = st.file_uploader("Image files (PNG, JPEG, TIFF, BMP, DICOM)", type=IMAGE_TYPES,
+                                 accept_multiple_files=True, key=f"files_{turn}")
+    name = st.text_input("Dataset name (optional)", key="upload_name", placeholder="e.g. Chest X-ray pilot")
+    if st.button("Ingest", type="primary", disabled=not (archive or loose), key="ingest"):
+        with w.shows_errors("Reading the upload"):
+            result = ingest_upload(archive, loose or [], task, name.strip())
+            st.session_state["dataset_id"] = result.dataset_id
+            st.session_state["ingested"] = {"name": load_manifest(result.dataset_id)["name"],
+                                            "samples": result.report.samples, "problems": result.report.problems}
+            st.session_state["upload_turn"] = turn + 1
+            st.rerun()
+
+    st.subheader("Or use a built-in demo")
+    kind = st.selectbox("Demo dataset", list(DEMOS), key="demo_kind",
+                        format_func=lambda k: f"{DEMOS[k]['title']} ({k})")
+    st.caption(DEMOS[kind]["description"])
+    if st.button("Create the demo dataset", key="make_demo"):
+        with w.shows_errors("Preparing the demo"):
+            with st.spinner("Making the demo images (only the first time)…"):
+                st.session_state["dataset_id"] = ensure_demo_dataset(kind)
+            st.session_state["ingested"] = {"name": DEMOS[kind]["title"], "samples": _sample_count(), "problems": []}
+            st.rerun()
+
+
+def _sample_count() -> int:
+    return len(load_manifest(st.session_state["dataset_id"])["samples"])
+
+
+def ingest_upload(archive, loose: list, task: str, name: str):
+    """Write the upload to the workspace, ingest it with a progress bar, and remove the copy afterwards."""
+    folder = w.spool_uploads([archive], keep_folders=False) if archive else w.spool_uploads(loose)
+    source = folder / w.safe_parts(archive.name)[-1] if archive else folder
+    default = w.short_name(archive.name).rsplit(".", 1)[0] if archive else "Uploaded images"
+    bar = st.progress(0.0, text="Reading images…")
+
+    def progress(done: int, total: int) -> None:
+        if total and (done == total or done % max(1, total // 100) == 0):   # ≤ 100 updates, however many files
+            bar.progress(done / total, text=f"Read {done} of {total} files")
+    try:
+        return ingest(source, task, name=name or default, progress=progress)
+    finally:
+        w.remove_quietly(folder)
+        bar.empty()
+
+
+# ---- (b) explore ------------------------------------------------------------------------------------------
+
+def explore() -> None:
+    manifest = _pick_dataset("explore_dataset")
+    if manifest is None:
+        return
+    report = manifest.get("report") or {}
+    samples = pd.DataFrame(manifest["samples"])
+    classification = manifest["task"] == "classification"
+    cols = st.columns(5)
+    cols[0].metric("Images", len(samples))
+    cols[1].metric("Task", manifest["task"])
+    cols[2].metric("Classes", manifest["num_classes"])
+    cols[3].metric("Channels", manifest["channels"])
+    cols[4].metric("Patients", report.get("patients") or "–")
+    st.caption(f"Classes: {', '.join(manifest['classes'])}")
+
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Images per class and split**")
+        st.dataframe(counts_table(samples, manifest), key="counts")
+    with right:
+        st.plotly_chart(balance_figure(samples, manifest), key="balance")
+
+    sizes = pd.DataFrame(sorted((report.get("sizes") or {}).items(), key=lambda kv: -kv[1]),
+                         columns=["Size (height x width)", "Images"])
+    left, right = st.columns(2)
+    left.markdown("**Image sizes**")
+    left.dataframe(sizes, hide_index=True, key="sizes")
+    right.markdown("**File types**")
+    modalities = {f"modality {k}": v for k, v in (report.get("modalities") or {}).items()}
+    kinds = {**(report.get("dtypes") or {}), **modalities}
+    right.dataframe(pd.DataFrame(list(kinds.items()), columns=["Stored as", "Files"]), hide_index=True, key="dtypes")
+    if not classification and report.get("mask_values"):
+        st.caption(f"Values found in the masks: {', '.join(map(str, report['mask_values']))} "
+                   "(0/255 masks are read as background/foreground).")
+
+    st.markdown("**Files that were skipped**")
+    problems = report.get("problems") or []
+    if problems:
+        st.dataframe(problems_table(problems), hide_index=True, key="problems")
+        st.caption("Only file names are shown: folder names in an upload can contain patient names.")
+    else:
+        st.success("Every file was read; nothing was skipped.")
+
+    gallery(manifest, samples)
+    with st.expander("Delete this dataset"):
+        st.caption("Removes the stored images and masks. Runs trained on it keep their results.")
+        sure = st.checkbox(f"Yes, delete {manifest['name']}", key="delete_sure")
+        if st.button("Delete", disabled=not sure, key="delete_dataset"):
+            with w.shows_errors("Deleting the dataset"):
+                delete_dataset(manifest["id"])
+                st.session_state.pop("dataset_id", None)
+                st.rerun()
+
+
+def _pick_dataset(key: str) -> dict | None:
+    datasets = list_datasets()
+    if not datasets:
+        st.info("No datasets yet: upload images or create a demo dataset first.")
+        st.button("Bring data", on_click=goto_section, args=("Bring data",), key=f"{key}_none")
+        return None
+    picked = w.pick_dataset(datasets, key=key)
+    with w.shows_errors("Opening the dataset"):
+        return load_manifest(picked["id"])
+    return None
+
+
+def counts_table(samples: pd.DataFrame, manifest: dict) -> pd.DataFrame:
+    splits = [s for s in SPLITS if s in set(samples["split"])]
+    if manifest["task"] == "classification":
+        labels = samples["label"].map(lambda i: manifest["classes"][int(i)])
+        table = pd.crosstab(labels, samples["split"]).reindex(columns=splits, fill_value=0)
+        table.index.name, table.columns.name = "Class", None
+    else:
+        table = samples.groupby("split").size().reindex(splits, fill_value=0).to_frame("Images").T
+        table.columns.name = None
+    table["total"] = table.sum(axis=1)
+    return table
+
+
+def balance_figure(samples: pd.DataFrame, manifest: dict):
+    if manifest["task"] == "classification":
+        frame = samples.assign(Class=samples["label"].map(lambda i: manifest["classes"][int(i)]))
+        frame = frame.groupby(["Class", "split"]).size().reset_index(name="Images")
+        fig = px.bar(frame, x="Class", y="Images", color="split", barmode="stack", title="Class balance",
+                     category_orders={"split": list(SPLITS)})
+    else:
+        frame = samples.groupby("split").size().reset_index(name="Images")
+        fig = px.bar(frame, x="split", y="Images", title="Images per split", category_orders={"split": list(SPLITS)})
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def problems_table(problems: list[dict]) -> pd.DataFrame:
+    """Skipped files with the reason; paths are cut to the file name, in the message too."""
+    rows = []
+    for problem in problems:
+        path, short = str(problem.get("file", "")), w.short_name(str(problem.get("file", "")))
+        message = str(problem.get("message", ""))
+        rows.append({"File": short, "Problem": str(problem.get("kind", "")).replace("_", " "),
+                     "What happened": message.replace(path, short) if path else message})
+    return pd.DataFrame(rows)
+
+
+def gallery(manifest: dict, samples: pd.DataFrame) -> None:
+    st.markdown("**Sample images**")
+    classification = manifest["task"] == "classification"
+    cols = st.columns(2)
+    split = cols[0].selectbox("Split", ["all", *[s for s in SPLITS if s in set(samples["split"])]], key="gallery_split")
+    shown = samples if split == "all" else samples[samples["split"] == split]
+    if classification:
+        label = cols[1].selectbox("Class", ["all", *manifest["classes"]], key="gallery_class")
+        if label != "all":
+            shown = shown[shown["label"] == manifest["classes"].index(label)]
+    if shown.empty:
+        st.caption("No images match.")
+        return
+    picks = shown.iloc[np.unique(np.linspace(0, len(shown) - 1, min(8, len(shown))).astype(int))]
+    pictures, captions = [], []
+    for _, row in picks.iterrows():
+        image, mask = w.load_sample(manifest["id"], row["key"])
+        pictures.append(w.with_mask(image, mask))
+        what = manifest["classes"][int(row["label"])] if classification else f"{row['height']}x{row['width']}"
+        captions.append(f"{what} · {row['split']}")
+    w.image_grid(pictures, captions)
+    if not classification:
+        st.caption("Masks are drawn in colour over the images.")
+
+
+# ---- (c) DICOM viewer -------------------------------------------------------------------------------------
+
+def dicom_viewer() -> None:
+    st.caption("Window a DICOM image: CT values (Hounsfield units) are mapped to grey levels by a window "
+               "centre and width. Try the presets to see lungs, soft tissue or bone.")
+    source = st.radio("Image", ("A sample CT slice", "Upload a DICOM file"), horizontal=True, key="dicom_source")
+    if source == "Upload a DICOM file":
+        upload = st.file_uploader("A DICOM file (.dcm, or a file without extension)", key="dicom_file")
+        if upload is None:
+            return
+        # Read from memory: the viewer leaves no copy of a possibly identifiable file on disk.
+        data, label = upload.getvalue(), w.short_name(upload.name)
+    else:
+        from pydicom.data import get_testdata_file
+        data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+        label = "CT_small.dcm (pydicom test data)"
+    with w.shows_errors("Reading the DICOM file"):
+        ds = dicom.read_dataset(data, label)
+        window = choose_window(ds)
+        frames = dicom.dicom_frames(ds, window, label)
+        index = st.slider("Frame", 1, len(frames), 1, key="dicom_frame") - 1 if len(frames) > 1 else 0
+        st.image(w.to_rgb(frames[index]), caption=window_caption(label, window), width=420)
+        with st.expander("DICOM header"):
+            st.warning("Headers can contain patient information (name, birth date, IDs, referring doctor). "
+                       "Do not share screenshots of this table.")
+            rows = dicom.header_summary(ds)
+            st.dataframe(pd.DataFrame(rows, columns=["Tag", "Keyword", "Value"]), hide_index=True, key="dicom_header")
+
+
+def choose_window(ds) -> tuple[float, float] | None:
+    presets = dicom.window_presets()
+    options = ["From the file", *presets, "Custom"]
+    choice = st.selectbox("Window preset", options, key="dicom_preset",
+                          format_func=lambda o: o if o in ("From the file", "Custom")
+                          else f"{o} (C {presets[o][0]:g} / W {presets[o][1]:g})")
+    st.caption("Presets are in Hounsfield units and suit CT; for MR or X-ray use the file's own window.")
+    if choice == "From the file":
+        return None
+    if choice != "Custom":
+        return presets[choice]
+    cols = st.columns(2)
+    center = cols[0].slider("Window centre", -1500, 3000, 40, step=5, key="dicom_center")
+    width = cols[1].slider("Window width", 1, 5000, 400, step=5, key="dicom_width")
+    return float(center), float(width)
+
+
+def window_caption(label: str, window: tuple[float, float] | None) -> str:
+    if window is None:
+        return f"{label} · window from the file"
+    return f"{label} · centre {window[0]:g}, width {window[1]:g}"
+
+
+# ---- (d) augmentation preview -----------------------------------------------------------------------------
+
+def augmentation_preview() -> None:
+    manifest = _pick_dataset("augment_dataset")
+    if manifest is None:
+        return
+    samples = manifest["samples"]
+    cols = st.columns([3, 1])
+    names = cols[0].multiselect("Augmentations", list(AUGMENTATIONS), default=["rotate", "brightness"],
+                                key="augment_names", format_func=lambda n: AUGMENTATIONS[n].title)
+    number = cols[1].number_input("Sample", 1, len(samples), 1, key="augment_sample")
+    params = w.augmentation_sliders(names, "augment")
+    seed = st.session_state.setdefault("augment_seed", 0)
+    if st.button("New random draw", key="augment_reroll"):
+        seed = st.session_state["augment_seed"] = seed + 1
+    with w.shows_errors("Previewing augmentations"):
+        image, mask = w.load_sample(manifest["id"], samples[int(number) - 1]["key"])
+        outputs = preview(image, mask, names, params, n=4, seed=seed)
+        pictures = [w.with_mask(image, mask)] + [w.with_mask(img, m) for img, m in outputs]
+        w.image_grid(pictures, ["original"] + [f"augmented {i + 1}" for i in range(len(outputs))], columns=5)
+        if mask is not None:
+            st.caption("Geometric augmentations move the mask with the image; intensity ones leave it alone.")
+
+
+st.title("Data")
+tabs = st.tabs(SECTIONS, key="data_section", on_change="rerun")
+for tab, draw in zip(tabs, (bring_data, explore, dicom_viewer, augmentation_preview)):
+    with tab:
+        if tab.open:        # only the visible section runs
+            draw()

@@ -1,0 +1,180 @@
+"""Monitor: follow one run live (status, progress, curves, sample predictions); stop or resume it."""
+from __future__ import annotations
+
+import os
+import re
+
+import streamlit as st
+
+from engine import jobs, store
+from engine.handlers import latest_preview
+from engine.runner import run_dir
+from pages import _widgets as w
+
+# A refresh every 2 s slowed CPU training by 3.3 % (benchmarks/monitor.md); 5 s keeps it within 2 %.
+POLL_SECONDS = float(os.environ.get("LIGHTBOX_MONITOR_SECONDS", 5))
+RESUMABLE = ("failed", "cancelled", "interrupted")
+
+
+def can_resume(run: dict) -> bool:
+    return run["status"] in RESUMABLE or (run["status"] == "done" and (run["epoch"] or 0) < (run["epochs"] or 0))
+
+
+def stop(run_id: str) -> None:
+    """Button callback: runs before the page redraws, so the page shows the new status at once."""
+    try:
+        outcome = jobs.cancel(run_id)
+        st.session_state["monitor_notice"] = ("info", {
+            "cancelled": "Cancelled before it started.",
+            "cancelling": "Stopping at the next training step; the last finished epoch is kept.",
+        }.get(outcome, f"The run is already {outcome}."))
+    except Exception as err:  # noqa: BLE001 - shown as a sentence; UserError carries its own
+        st.session_state["monitor_notice"] = ("error", _sentence(err, "Could not stop the run"))
+
+
+def resume(run_id: str) -> None:
+    try:
+        jobs.resume(run_id)
+        st.session_state["monitor_notice"] = ("success", "Queued again: it continues from its last finished epoch.")
+    except Exception as err:  # noqa: BLE001
+        st.session_state["monitor_notice"] = ("error", _sentence(err, "Could not resume the run"))
+
+
+def _sentence(err: Exception, what: str) -> str:
+    from engine.errors import UserError
+    if isinstance(err, UserError):
+        return str(err)
+    w.log.exception(what)
+    return f"{what}: something unexpected went wrong; try again."
+
+
+def choose_run(runs: list[dict]) -> dict:
+    by_id = {r["id"]: r for r in runs}
+    wanted = w.selected_run_id()
+    if wanted and wanted not in by_id:
+        st.error(f"There is no run '{wanted}' in this workspace; showing the newest run instead.")
+        st.session_state.pop("run_id", None)
+    picked = w.synced_selectbox("Run (newest first)", list(by_id), "run_id", "monitor_run",
+                                format_func=lambda i: w.run_label(by_id[i]))
+    w.remember_run_in_address(picked)
+    return by_id[picked]
+
+
+def header(run: dict) -> None:
+    cols = st.columns([4, 1, 1])
+    with cols[0]:
+        title = run["name"] or run["arch"]
+        st.markdown(f"### {title}")
+        st.caption(f"`{run['id']}` · model **{run['arch']}** · dataset **{run['dataset_id']}** · "
+                   f"created {w.when(run['created_at'])}")
+        w.status_badge(run["status"])
+    cols[1].button("Stop", key="monitor_stop", on_click=stop, args=(run["id"],), width="stretch",
+                   disabled=run["status"] not in store.ACTIVE or bool(run.get("cancel_requested")),
+                   help="Stops at the next step; the last finished epoch is kept and can be resumed.")
+    cols[2].button("Resume", key="monitor_resume", on_click=resume, args=(run["id"],), width="stretch",
+                   disabled=not can_resume(run), help="Continue from the last finished epoch.")
+    notice = st.session_state.pop("monitor_notice", None)
+    if notice:
+        getattr(st, notice[0])(notice[1])
+    message = run.get("message") or ""
+    if run["status"] == "failed":
+        st.error(f"The run failed: {message or 'no reason was recorded.'}")
+    elif run["status"] == "interrupted":
+        st.warning(message or "The run was interrupted; press Resume to continue.")
+    elif run["status"] == "cancelled":
+        st.info(message or "Stopped by the user.")
+    elif run["status"] == "done":
+        st.success(message or "Finished.")
+    elif run["status"] == "queued" and not any(x.get("device") != "starting" for x in jobs.live_workers()):
+        st.warning("Waiting for a worker: none is running. It starts with the app, or run `python -m engine worker`.")
+
+
+def progress(run: dict, frame) -> None:
+    epoch, epochs = run["epoch"] or 0, run["epochs"] or 0
+    text = f"Epoch {epoch}/{epochs}"
+    if run["status"] == "queued":
+        text += " · waiting in the queue"
+    elif run["status"] == "running":
+        text += f" · {eta(frame, epochs - epoch)}"
+        if run.get("cancel_requested"):
+            text += " · stopping…"
+    st.progress(min(1.0, max(0.0, float(run["progress"] or (epoch / epochs if epochs else 0)))), text=text)
+
+
+def eta(frame, epochs_left: int) -> str:
+    seconds = w.series(frame, "train", "epoch_seconds")["value"].tail(3)
+    if seconds.empty:
+        return "time left: estimating after the first epoch"
+    return f"about {w.duration(seconds.mean() * epochs_left)} left"
+
+
+def numbers(run: dict, frame) -> None:
+    cols = st.columns(4)
+    best = run.get("best_metric")
+    cols[0].metric(f"Best validation {w.METRIC_TITLES.get(best or '', best or 'score')}",
+                   "–" if run.get("best_value") is None else f"{run['best_value']:.3f}",
+                   help="The best checkpoint is kept; later epochs can be worse.")
+    cols[1].metric("Best epoch", run.get("best_epoch") or "–")
+    cols[2].metric("Training time", w.duration(run.get("train_seconds")))
+    cols[3].metric("Parameters", w.millions(run.get("params")))
+    test = run.get("test") or {}
+    if test and best in test:
+        st.caption(f"Held-out test split ({test.get('n', '?')} images): "
+                   + ", ".join(f"{w.METRIC_TITLES.get(k, k)} {v:.3f}" for k, v in test.items()
+                               if k in w.TASK_METRICS.get(run["task"], ()) and isinstance(v, (int, float)) and v == v))
+
+
+def sample_predictions(run: dict) -> None:
+    path = latest_preview(run_dir(run["id"]))
+    if path is None:
+        st.caption("Sample predictions appear after the first epoch.")
+        return
+    match = re.search(r"(\d+)", path.stem)
+    epoch = int(match.group(1)) if match else "?"
+    how = ("each row: image · true mask · predicted mask" if run["task"] == "segmentation"
+           else "true and predicted labels; green is right, red is wrong")
+    st.image(str(path), caption=f"Validation images after epoch {epoch} ({how})")
+
+
+def live_panel(run_id: str, seen_status: str) -> None:
+    run = store.get_run(run_id)
+    if run is None:
+        st.error("This run was removed from the store.")
+        return
+    if run["status"] != seen_status:
+        st.rerun()          # the whole page follows the new status (buttons, messages, whether to poll)
+    frame = w.metrics_frame(w.metric_rows(run))
+    progress(run, frame)
+    numbers(run, frame)
+    if frame.empty:
+        st.caption("Curves appear once the first training steps are logged.")
+    else:
+        left, right = st.columns(2)
+        left.plotly_chart(w.loss_figure(frame), key="monitor_loss")
+        scores = w.metric_figure(frame, run["task"])
+        if scores.data:
+            right.plotly_chart(scores, key="monitor_metric")
+        else:
+            right.caption("Validation scores appear after the first epoch.")
+    sample_predictions(run)
+
+
+def main() -> None:
+    st.title("Monitor")
+    with w.shows_errors("Reading the runs"):
+        jobs.mark_stale_runs()
+        runs = store.list_runs()
+        if not runs:
+            st.info("No runs yet. Start one on the **Train** page, or from a demo on **Home**.")
+            st.stop()
+        run = choose_run(runs)
+        header(run)
+        # Poll the store only while the run can still change; a finished run is drawn once.
+        panel = st.fragment(run_every=POLL_SECONDS if run["status"] in store.ACTIVE else None)(live_panel)
+        panel(run["id"], run["status"])
+        with st.expander("Settings of this run"):
+            st.json(run["config"], expanded=False)
+
+
+if __name__ == "__main__":      # Streamlit runs pages as __main__; benchmarks import the panel alone
+    main()

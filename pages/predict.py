@@ -1,0 +1,220 @@
+"""Predict: try a trained model on new images: probabilities or masks, Grad-CAM, Dice against a mask, export."""
+from __future__ import annotations
+
+import tempfile
+from io import StringIO
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from engine.data.dataset import load_sample
+from engine.errors import UserError
+from engine.predict import (Prediction, Predictor, held_out_samples, load_predictor, mask_png, predict_zip,
+                            predictable_runs, results_csv)
+from pages import _widgets as w
+
+MAX_SHOWN = 12          # more images than this belong in a ZIP: every rerun predicts them all again
+
+
+def pick_run() -> dict | None:
+    runs = {r["id"]: r for r in predictable_runs()}
+    if not runs:
+        st.info("There is no trained model yet; train one on the Train page, then come back.")
+        return None
+    w.selected_run_id()     # a ?run=ID in the address preselects it
+    run_id = w.synced_selectbox("Trained run", list(runs), "run_id", "predict_run",
+                                format_func=lambda i: w.run_label(runs[i]))
+    return runs[run_id]
+
+
+def run_card(run: dict, predictor: Predictor) -> None:
+    """Architecture, validation and held-out test results of the chosen run."""
+    from engine.models.registry import get_spec
+    spec = get_spec(run["arch"])
+    st.markdown(f"**{spec.title}** · {predictor.task} · classes: {', '.join(predictor.classes)} · "
+                f"input {predictor.size}×{predictor.size} px")
+    st.caption(spec.note)
+    names = w.TASK_METRICS.get(predictor.task, ())
+    cols = st.columns(len(names) * 2 or 1)
+    for i, name in enumerate(names):
+        cols[i].metric(f"Validation {w.METRIC_TITLES[name]}", _number((run.get("best") or {}).get(name)))
+        cols[len(names) + i].metric(f"Test {w.METRIC_TITLES[name]}", _number((run.get("test") or {}).get(name)))
+    test = run.get("test")
+    with st.expander("Held-out test report"):
+        if not test:
+            st.write("This run has no test-split results (its dataset had no test images).")
+        else:
+            st.caption(f"{test.get('n', '?')} test images, never used for training or for picking the checkpoint.")
+            st.table({k: [f"{v:.4f}"] for k, v in test.items() if isinstance(v, float)})
+            if test.get("confusion"):
+                st.plotly_chart(w.confusion_figure(test["confusion"], predictor.classes, "Test confusion matrix"),
+                                key="predict_test_confusion")
+
+
+def _number(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def gather(predictor: Predictor, tta: bool) -> list[Prediction]:
+    """Predictions for the images chosen in one of three ways: uploads, a ZIP, or the test split."""
+    source = st.radio("Images", ["Upload images", "Upload a ZIP", "Test-split samples"], horizontal=True,
+                      key="predict_source")
+    if source == "Upload images":
+        return from_uploads(predictor, tta)
+    if source == "Upload a ZIP":
+        from_zip(predictor, tta)
+        return []
+    return from_test_split(predictor, tta)
+
+
+def from_uploads(predictor: Predictor, tta: bool) -> list[Prediction]:
+    files = st.file_uploader("Images (PNG, JPEG, TIFF, BMP or DICOM)", accept_multiple_files=True,
+                             key="predict_files")
+    masks = {}
+    if predictor.task == "segmentation":
+        uploads = st.file_uploader("Ground-truth masks (optional, same file names as the images)",
+                                   accept_multiple_files=True, key="predict_masks")
+        masks = {Path(w.short_name(m.name)).stem: m for m in uploads or []}
+    predictions = []
+    for upload in (files or [])[:MAX_SHOWN]:
+        name = w.short_name(upload.name)
+        mask = masks.get(Path(name).stem)
+        if mask is None and len(files) == 1 and len(masks) == 1:
+            mask = next(iter(masks.values()))       # one image, one mask: a pair whatever their names
+        try:
+            predictions += predictor.predict_file(upload.getvalue(), name, tta, mask.getvalue() if mask else None,
+                                                  w.short_name(mask.name) if mask else "")
+        except UserError as err:
+            st.error(str(err))
+    if files and len(files) > MAX_SHOWN:
+        st.warning(f"Showing the first {MAX_SHOWN} of {len(files)} images; upload a ZIP to predict them all.")
+    return predictions
+
+
+def from_zip(predictor: Predictor, tta: bool) -> None:
+    upload = st.file_uploader("ZIP of images (masks/ folder optional)", type="zip", key="predict_zip")
+    if not upload:
+        return
+    path = w.spool_one(upload, "predict")
+    try:
+        with tempfile.TemporaryDirectory() as out, st.spinner("Predicting every image in the ZIP…"):
+            csv_path = predict_zip(predictor.run_id, path, out, tta)
+            text = csv_path.read_text()
+    finally:
+        w.remove_quietly(path)
+    table = pd.read_csv(StringIO(text))
+    st.dataframe(table, hide_index=True)
+    st.download_button("Download results (CSV)", text, "results.csv", "text/csv", key="predict_zip_csv")
+
+
+def from_test_split(predictor: Predictor, tta: bool) -> list[Prediction]:
+    try:
+        samples = {s["key"]: s for s in held_out_samples(predictor.config.dataset_id)}
+    except UserError as err:
+        st.info(f"{err} Upload images instead.")
+        return []
+    if not samples:
+        st.info("This run's dataset has no test split; upload images instead.")
+        return []
+    keys = st.multiselect("Test images", list(samples), default=list(samples)[:3], key="predict_samples",
+                          format_func=lambda k: w.short_name(samples[k]["source"]), max_selections=MAX_SHOWN)
+    out = []
+    for key in keys:
+        image, mask = load_sample(predictor.config.dataset_id, key)
+        out.append(predictor.predict_array(image, tta, mask, w.short_name(samples[key]["source"])))
+    return out
+
+
+def probability_chart(prediction: Prediction, key: str) -> None:
+    items = sorted(prediction.probabilities.items(), key=lambda kv: kv[1])
+    fig = go.Figure(go.Bar(x=[p for _, p in items], y=[c for c, _ in items], orientation="h",
+                           marker_color=["#1f6feb" if c == prediction.label else "#9aa4b2" for c, _ in items],
+                           text=[f"{p:.1%}" for _, p in items], textposition="auto"))
+    fig.update_layout(title="Class probabilities", xaxis=dict(range=[0, 1], tickformat=".0%"),
+                      height=80 + 40 * len(items), margin=dict(l=10, r=10, t=40, b=10))
+    st.plotly_chart(fig, key=key)
+
+
+def show_classification(predictor: Predictor, prediction: Prediction, index: int, explain: bool) -> None:
+    left, middle, right = st.columns(3)
+    left.image(prediction.rgb(), caption=f"{_title(prediction)} → {prediction.label}", width="stretch")
+    with middle:
+        probability_chart(prediction, key=f"predict_probs_{index}")
+    if not explain:
+        return
+    with right:
+        try:
+            cam = predictor.explain(prediction.image)
+            st.image(cam.overlay, caption=f"Grad-CAM for '{predictor.classes[cam.class_index]}'", width="stretch")
+        except UserError as err:
+            st.info(str(err))
+            cam = predictor.explain(prediction.image, method="saliency")
+            st.image(cam.overlay, caption="Gradient saliency instead: pixels that most change the score",
+                     width="stretch")
+
+
+def show_segmentation(prediction: Prediction, index: int, opacity: float) -> None:
+    left, right = st.columns(2)
+    left.image(prediction.blend(opacity), caption=_title(prediction), width="stretch")
+    with right:
+        st.metric("Foreground", f"{prediction.foreground_fraction:.1%} of the image")
+        st.table({"class": list(prediction.areas), "pixels": list(prediction.areas.values())})
+        if prediction.scores:
+            st.metric("Dice vs the given mask", f"{prediction.scores['dice_mean']:.3f}",
+                      help="Mean over the foreground classes")
+            st.caption(f"IoU {prediction.scores['iou_mean']:.3f}")
+        st.download_button("Download mask (PNG)", mask_png(prediction), f"{Path(prediction.name).stem}_mask.png",
+                           "image/png", key=f"predict_mask_{index}")
+
+
+def _title(prediction: Prediction) -> str:
+    return prediction.name + (f" (frame {prediction.frame + 1})" if prediction.frame else "")
+
+
+def export_panel(run_id: str) -> None:
+    from engine.export import export_zip
+    st.subheader("Export the model")
+    st.caption("TorchScript model, preprocessing.json and a model card, for use outside Lightbox.")
+    key = f"predict_export_{run_id}"
+    if st.button("Prepare export", key="predict_export_build"):
+        with w.shows_errors("Exporting"), st.spinner("Tracing the model…"):
+            st.session_state[key] = export_zip(run_id)
+    if key in st.session_state:
+        st.download_button("Download model (ZIP)", st.session_state[key], f"lightbox-{run_id}.zip",
+                           "application/zip", key="predict_export_download")
+
+
+def main() -> None:
+    st.title("Predict")
+    st.caption(w.DISCLAIMER)
+    run = pick_run()
+    if run is None:
+        return
+    with w.shows_errors("Loading the model"):
+        predictor = load_predictor(run["id"])
+        run_card(run, predictor)
+        cols = st.columns(3)
+        tta = cols[0].checkbox("Test-time augmentation", key="predict_tta",
+                               help="Average the prediction with that of the flipped image.")
+        opacity = explain = 0.0
+        if predictor.task == "segmentation":
+            opacity = cols[1].slider("Mask opacity", 0.0, 1.0, 0.45, 0.05, key="predict_opacity")
+        else:
+            explain = cols[1].checkbox("Show Grad-CAM", value=True, key="predict_gradcam")
+        predictions = gather(predictor, tta)
+        for index, prediction in enumerate(predictions):
+            st.divider()
+            if predictor.task == "classification":
+                show_classification(predictor, prediction, index, bool(explain))
+            else:
+                show_segmentation(prediction, index, opacity)
+        if predictions:
+            st.download_button("Download results (CSV)", results_csv([p.row() for p in predictions]),
+                               "results.csv", "text/csv", key="predict_results_csv")
+        st.divider()
+        export_panel(run["id"])
+
+
+main()

@@ -1,0 +1,313 @@
+"""Search: define a hyperparameter search, follow its trials live, read Optuna's plots, train with the best."""
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import streamlit as st
+
+from engine import jobs, search, settings
+from engine.config import OPTIMIZERS, default_loss
+from engine.data.dataset import list_datasets
+from engine.losses import losses_for
+from engine.models import models_for
+from engine.search_plots import PLOT_NOTES, available_plots, fingerprint
+from pages import _widgets as w
+
+POLL_SECONDS = 3
+BATCH_SIZES = [4, 8, 16, 32, 64]
+OPTIMIZER_TITLES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD with momentum"}
+SAMPLERS = {"tpe": "TPE (learns from earlier trials)", "random": "Random"}
+PRUNERS = {"median": "Median (stop below-median trials)", "hyperband": "Hyperband", "none": "Off"}
+STATE_COLOURS = {"running": "blue", "complete": "green", "pruned": "orange", "fail": "red", "waiting": "gray"}
+PARAM_TITLES = {"lr": "learning rate", "weight_decay": "weight decay", "batch_size": "batch size",
+                "arch": "architecture", "loss": "loss", "optimizer": "optimizer", "augment_level": "augmentation"}
+DEAD_RUN = ("interrupted", "failed", "cancelled")
+
+
+def level_note(level: str) -> str:
+    parts = search.AUGMENT_LEVELS[level]
+    return f"**{level}**: {', '.join(parts) or 'no augmentation'}"
+
+
+# ---- (1) define a search ----------------------------------------------------------------------------------
+
+def search_form(manifest: dict) -> dict | None:
+    """The form's values as plain data once 'Start search' is pressed, else None."""
+    task = manifest["task"]
+    models = {s.name: s for s in models_for(task)}
+    losses = {s.name: s for s in losses_for(task)}
+    objectives = [m for m in w.TASK_METRICS[task] if m in search.OBJECTIVES]
+    with st.form("search_form"):
+        v: dict = {"task": task, "models": models}
+        v["archs"] = st.multiselect("Architectures to try", list(models), default=list(models)[:1],
+                                    format_func=lambda n: models[n].title, key=f"search_archs_{task}",
+                                    help="With more than one, the search also picks the architecture.")
+        left, right = st.columns(2)
+        v["objective"] = left.selectbox("Optimise for", objectives, format_func=lambda m: f"validation "
+                                        f"{w.METRIC_TITLES[m]}", key=f"search_objective_{task}",
+                                        help="Each trial is scored by its best epoch on this metric.")
+        v["name"] = right.text_input("Name (optional)", key="search_name", placeholder="e.g. lr sweep")
+        st.markdown("**Learning rate**: searched on a log scale, so each tenfold step "
+                    "(0.0001–0.001, 0.001–0.01, …) gets the same share of trials.")
+        left, right = st.columns(2)
+        v["lr"] = (left.number_input("Lowest", 1e-7, 1.0, 1e-4, step=1e-4, format="%g", key="search_lr_low"),
+                   right.number_input("Highest", 1e-7, 1.0, 1e-2, step=1e-4, format="%g", key="search_lr_high"))
+        v["wd_on"] = st.checkbox("Also search weight decay", key="search_wd_on",
+                                 help="Weight decay pulls weights towards zero, against overfitting.")
+        left, right = st.columns(2)
+        v["wd"] = (left.number_input("Lowest weight decay", 1e-8, 1.0, 1e-6, step=1e-5, format="%g",
+                                     key="search_wd_low"),
+                   right.number_input("Highest weight decay", 1e-8, 1.0, 1e-2, step=1e-5, format="%g",
+                                      key="search_wd_high"))
+        left, right = st.columns(2)
+        v["batch_sizes"] = left.multiselect("Batch sizes", BATCH_SIZES, default=[8, 16], key="search_batch",
+                                            help="Images per training step; smaller ones give noisier steps.")
+        v["optimizers"] = right.multiselect("Optimizers", OPTIMIZERS, default=["adam"], key="search_optimizers",
+                                            format_func=OPTIMIZER_TITLES.get,
+                                            help="The rule that turns gradients into weight updates.")
+        left, right = st.columns(2)
+        v["losses"] = left.multiselect("Losses", list(losses), default=[default_loss(task)],
+                                       format_func=lambda n: losses[n].title, key=f"search_losses_{task}",
+                                       help="What training minimises; the search still scores by the metric.")
+        v["levels"] = right.multiselect("Augmentation strength", list(search.AUGMENT_LEVELS), default=["none"],
+                                        key="search_levels", help="How much training images are varied.")
+        st.caption(" · ".join(level_note(level) for level in search.AUGMENT_LEVELS))
+        cols = st.columns(4)
+        v["epochs"] = int(cols[0].number_input("Epochs per trial", 1, 1000, 5, key="search_epochs",
+                                               help="The budget of one trial; pruning may stop it earlier."))
+        v["image_size"] = int(cols[1].number_input("Image size (px)", 16, 1024, 64, step=8, key="search_size",
+                                                   help="Images are resized to a square of this side."))
+        v["n_trials"] = int(cols[2].number_input("Number of trials", 1, 1000, 20, key="search_trials",
+                                                 help="How many settings to try in all."))
+        v["minutes"] = int(cols[3].number_input("Time budget (minutes, 0 = none)", 0, 100_000, 0,
+                                                key="search_minutes",
+                                                help="No new trial starts after this; the running one finishes."))
+        cols = st.columns(3)
+        v["sampler"] = cols[0].radio("How to pick settings", list(SAMPLERS), format_func=SAMPLERS.get,
+                                     key="search_sampler", help="TPE tries more near settings that worked; "
+                                                                "random tries anywhere.")
+        v["pruner"] = cols[1].radio("Stop weak trials early", list(PRUNERS), format_func=PRUNERS.get,
+                                    key="search_pruner", help="Saves time on settings that are clearly behind.")
+        v["seed"] = int(cols[2].number_input("Random seed", 0, 2**31 - 1, 0, key="search_seed",
+                                             help="The same seed draws the same settings again."))
+        started = st.form_submit_button("Start search", type="primary", key="search_start")
+    return v if started else None
+
+
+def problem(v: dict) -> str | None:
+    """The first thing in the form that cannot work, as a sentence; None when the search can start."""
+    lists = (("archs", "architecture"), ("batch_sizes", "batch size"), ("optimizers", "optimizer"),
+             ("losses", "loss"), ("levels", "augmentation strength"))
+    for key, what in lists:
+        if not v[key]:
+            return f"Choose at least one {what}."
+    if v["lr"][0] >= v["lr"][1]:
+        return "The lowest learning rate must be below the highest one."
+    if v["wd_on"] and v["wd"][0] >= v["wd"][1]:
+        return "The lowest weight decay must be below the highest one."
+    too_big = [v["models"][a] for a in v["archs"] if v["models"][a].min_size > v["image_size"]]
+    if too_big:
+        return f"{too_big[0].title} needs images of at least {too_big[0].min_size} px; raise the image size."
+    if v["name"].strip() and v["name"].strip() in {s["name"] for s in search.list_studies()}:
+        return f"There is already a search called '{v['name'].strip()}'; choose another name."
+    return None
+
+
+def study_spec(dataset_id: str, v: dict) -> search.StudySpec:
+    augment = search.AUGMENT_LEVELS[v["levels"][0]]
+    # Settings with a single choice go into the base too: a trial's Optuna params name only the searched
+    # ones, and 'Train with the best parameters' rebuilds the run from base + params.
+    base = {"arch": v["archs"][0], "epochs": v["epochs"], "image_size": v["image_size"], "seed": v["seed"],
+            "preview_samples": 2, "batch_size": v["batch_sizes"][0], "optimizer": v["optimizers"][0],
+            "loss": v["losses"][0], "augment": list(augment),
+            "augment_params": {k: dict(p) for k, p in augment.items()}}
+    space = search.SearchSpace(lr=v["lr"], weight_decay=v["wd"] if v["wd_on"] else None,
+                               batch_sizes=list(v["batch_sizes"]), archs=list(v["archs"]), losses=list(v["losses"]),
+                               optimizers=list(v["optimizers"]), augment_levels=list(v["levels"]))
+    return search.StudySpec(dataset_id=dataset_id, base=base, space=space, objective=v["objective"],
+                            n_trials=v["n_trials"], timeout=v["minutes"] * 60 or None, sampler=v["sampler"],
+                            pruner=v["pruner"], seed=v["seed"], name=v["name"].strip())
+
+
+def start(manifest: dict, v: dict) -> None:
+    reason = problem(v)
+    if reason:
+        st.error(reason)
+        return
+    with w.shows_errors("Starting the search"):
+        name = search.create_study(study_spec(manifest["id"], v))
+        search.launch_search(name)
+        st.session_state["study"] = name
+        st.success(f"Search '{name}' started: {v['n_trials']} trials run one after another in the background. "
+                   "Follow them below; each trial is also a run on Monitor and Compare.")
+
+
+# ---- (2) follow a study -----------------------------------------------------------------------------------
+
+def study_label(s: dict) -> str:
+    spec = s.get("spec") or {}
+    objective = w.METRIC_TITLES.get(spec.get("objective", ""), "score")
+    best = "" if s["best_value"] is None else f" · best {objective} {s['best_value']:.3f}"
+    return f"{s['name']} · {spec.get('dataset_id', '?')} · {s['trials']} trial(s){best}"
+
+
+def choose_study(studies: list[dict]) -> dict:
+    by_name = {s["name"]: s for s in studies}
+    picked = w.synced_selectbox("Search (newest first)", list(by_name), "study", "search_study",
+                                format_func=lambda n: study_label(by_name[n]))
+    return by_name[picked]
+
+
+def stalled(rows: list[dict]) -> list[int]:
+    """Trials still 'running' whose run died (the search process stopped): they wait for a restart."""
+    return [r["trial"] for r in rows if r["state"] == "running" and r["run_status"] in DEAD_RUN]
+
+
+def is_active(spec: dict, created: float, info: dict, rows: list[dict]) -> bool:
+    """Whether the study can still change on its own, i.e. whether the panel should keep polling."""
+    if stalled(rows):
+        return False
+    states = info["states"]
+    if states.get("running"):
+        return True
+    timeout = spec.get("timeout")
+    if timeout and time.time() > created + timeout + 60:
+        return False
+    return states.get("complete", 0) + states.get("pruned", 0) < spec.get("n_trials", 0)
+
+
+def param_text(name: str, value) -> str:
+    shown = f"{value:.2e}" if isinstance(value, float) else str(value)
+    return f"{PARAM_TITLES.get(name, name)} = **{shown}**"
+
+
+def counts(info: dict, n_trials: int) -> None:
+    states = info["states"]
+    finished = states.get("complete", 0) + states.get("pruned", 0)
+    st.progress(min(1.0, finished / max(1, n_trials)), text=f"{finished} of {n_trials} trials finished")
+    badges = [f":{STATE_COLOURS[s]}-badge[{states[s]} {s}]" for s in STATE_COLOURS if states.get(s)]
+    st.markdown(" ".join(badges) or "No trial has started yet.")
+
+
+def best(info: dict, objective: str) -> None:
+    if info["best_value"] is None:
+        st.caption("The best result appears when the first trial finishes.")
+        return
+    left, right = st.columns([1, 3])
+    left.metric(f"Best validation {w.METRIC_TITLES.get(objective, objective)}", f"{info['best_value']:.3f}",
+                help=f"Trial #{info['best_trial']}, run {info['best_run_id']}.")
+    right.markdown(f"Best settings (trial #{info['best_trial']}):  \n"
+                   + "  \n".join(param_text(k, v) for k, v in info["best_params"].items()))
+
+
+def trial_table(rows: list[dict], objective: str) -> None:
+    if not rows:
+        return
+    score = w.METRIC_TITLES.get(objective, objective)
+    frame = pd.DataFrame(rows).rename(columns={"value": score, "run_status": "run status", "run_id": "run",
+                                               **PARAM_TITLES})
+    frame[score] = pd.to_numeric(frame[score], errors="coerce")      # no score (pruned, running): a blank cell
+    colours = {s: f"color: {c}; font-weight: bold" for s, c in
+               {"running": "#1f6feb", "complete": "#1a7f37", "pruned": "#bc4c00", "fail": "#d1242f"}.items()}
+    formats = {score: st.column_config.NumberColumn(format="%.3f")}
+    for column in ("learning rate", "weight decay"):
+        if column in frame:
+            formats[column] = st.column_config.NumberColumn(format="%.2e")
+    st.dataframe(frame.style.map(lambda s: colours.get(s, ""), subset=["state"]), hide_index=True,
+                 column_config=formats)
+
+
+def plots(name: str, objective: str) -> None:
+    """Optuna's plots, recomputed only when a trial changed (each tick would otherwise refit importances)."""
+    study = search.load_study(name)
+    token = (settings.db_url(), name, fingerprint(study))
+    cache = st.session_state.get("_search_plots")
+    if not cache or cache[0] != token:
+        cache = st.session_state["_search_plots"] = (token, available_plots(
+            study, target_name=w.METRIC_TITLES.get(objective, objective)))
+    figures = cache[1]
+    for i, (tab, (title, figure)) in enumerate(zip(st.tabs(list(figures)), figures.items())):
+        with tab:
+            st.caption(PLOT_NOTES[title])
+            if isinstance(figure, str):
+                st.info(figure)
+            else:
+                st.plotly_chart(figure, key=f"search_plot_{i}")
+
+
+def live_panel(name: str, spec: dict, created: float, seen: tuple) -> None:
+    jobs.mark_stale_runs()        # a run whose process died shows as interrupted, not running forever
+    info, rows = search.summary(name), search.trials_table(name)
+    now = (is_active(spec, created, info, rows), info["best_value"] is not None)
+    if now != seen:
+        st.rerun()                # the page follows: polling on or off, the 'Train with the best' button
+    objective = spec.get("objective", "")
+    counts(info, spec.get("n_trials", 0))
+    dead = stalled(rows)
+    if dead:
+        which = ", ".join(f"#{n}" for n in dead)
+        st.warning(f"The search stopped while trial {which} {'was' if len(dead) == 1 else 'were'} running (the "
+                   "server may have restarted). Press **Continue this search** to go on.")
+    best(info, objective)
+    trial_table(rows, objective)
+    st.subheader("Plots")
+    plots(name, objective)
+
+
+def continue_search(name: str) -> None:
+    with w.shows_errors("Continuing the search"):
+        search.launch_search(name)
+        st.session_state["_search_continued"] = name      # one restart per click, not one per rerun
+        st.success("The search goes on in the background; the stopped trials are run again.")
+
+
+def train_best(name: str) -> None:
+    with w.shows_errors("Queueing the best settings"):
+        run_id = jobs.submit(search.best_config(name))
+        w.open_run(run_id)
+
+
+def results(studies: list[dict]) -> None:
+    chosen = choose_study(studies)
+    name, spec = chosen["name"], chosen["spec"] or {}
+    jobs.mark_stale_runs()
+    info, rows = search.summary(name), search.trials_table(name)
+    seen = (is_active(spec, chosen["created"], info, rows), info["best_value"] is not None)
+    st.caption(f"Dataset **{spec.get('dataset_id', '?')}** · {spec.get('n_trials', '?')} trials of "
+               f"{(spec.get('base') or {}).get('epochs', '?')} epochs · sampler {spec.get('sampler', '?')} · "
+               f"pruning {spec.get('pruner', '?')} · created {w.when(chosen['created'])}. "
+               f"Each trial is a run named '{name} #N' on Monitor and Compare.")
+    panel = st.fragment(run_every=POLL_SECONDS if seen[0] else None)(live_panel)
+    panel(name, spec, chosen["created"], seen)
+    left, right = st.columns(2)
+    if left.button("Train with the best parameters", type="primary", disabled=not seen[1], key="search_train_best",
+                   help="Queues an ordinary run with the best trial's settings.", width="stretch"):
+        train_best(name)
+    if stalled(rows) and right.button("Continue this search", key="search_continue", width="stretch",
+                                      disabled=st.session_state.get("_search_continued") == name):
+        continue_search(name)
+    with st.expander("Settings of this search"):
+        st.json(spec, expanded=False)
+
+
+st.title("Search")
+st.caption("Let Optuna try many training settings for you. Each trial is an ordinary run; weak ones are stopped "
+           "early, and the plots show which settings mattered.")
+with w.shows_errors("Reading the searches"):
+    studies = search.list_studies()
+    with st.expander("New search", expanded=not studies, icon=":material/add:"):
+        datasets = list_datasets()
+        if not datasets:
+            st.info("There is no dataset yet. Upload images on the **Data** page, or start from a demo on **Home**.")
+        else:
+            manifest = w.pick_dataset(datasets, key="search_dataset")
+            values = search_form(manifest)
+            if values is not None:
+                start(manifest, values)
+                studies = search.list_studies()
+    st.subheader("Results")
+    if not studies:
+        st.info("No searches yet. Define one above and press **Start search**.")
+    else:
+        results(studies)

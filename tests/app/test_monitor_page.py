@@ -1,0 +1,139 @@
+"""Monitor page: run selection (session, ?run=), status and messages, progress, curves, previews, Stop/Resume."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from engine import jobs, store
+from engine.config import RunConfig
+from engine.runner import run_dir
+
+MONITOR = "pages/monitor.py"
+
+
+def monitor(lb, run_id: str | None = None):
+    """The Monitor page on its own, opened as a link with ?run=ID would open it."""
+    at = lb.page("monitor.py")
+    if run_id:
+        at.query_params["run"] = run_id
+    return at.run()
+
+
+def progress_text(at) -> str:
+    return at.get("progress")[0].proto.text
+
+
+def test_no_runs_yet(lb):
+    at = monitor(lb)
+    lb.no_exception(at)
+    assert "No runs yet" in lb.texts(at, "info")
+
+
+def test_finished_run_shows_results_curves_and_no_polling(lb, cls_dataset):
+    run_id = lb.fake_run(cls_dataset, "classification", name="first try", value=0.9)
+    at = monitor(lb, run_id)
+    lb.no_exception(at)
+    assert at.selectbox(key="monitor_run").value == run_id
+    assert "first try" in lb.texts(at, "markdown")
+    assert "Finished." in lb.texts(at, "success")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Best validation Accuracy"] == "0.900"
+    assert metrics["Best epoch"] == "3" and metrics["Parameters"] == "0.12 M"
+    assert progress_text(at) == "Epoch 3/3"
+    assert len(lb.charts(at)) == 2
+    assert at.button(key="monitor_stop").disabled and at.button(key="monitor_resume").disabled
+    assert "Sample predictions appear after the first epoch" in lb.texts(at, "caption")
+
+
+def test_selection_comes_from_the_session_and_changes_the_address(lb, seg_dataset):
+    older = lb.fake_run(seg_dataset, "segmentation", name="older")
+    newer = lb.fake_run(seg_dataset, "segmentation", name="newer")
+    at = lb.page("monitor.py")
+    at.session_state["run_id"] = older
+    at.run()
+    assert at.selectbox(key="monitor_run").value == older
+    assert at.selectbox(key="monitor_run").options[0].startswith("newer")     # newest first
+    at.selectbox(key="monitor_run").set_value(newer).run()
+    lb.no_exception(at)
+    assert at.query_params["run"] == newer and at.session_state["run_id"] == newer
+    assert "newer" in lb.texts(at, "markdown")
+
+
+def test_running_run_has_eta_and_stop_requests_a_cancel(lb, seg_dataset):
+    run_id = lb.fake_run(seg_dataset, "segmentation", status="running", epochs=5)
+    at = monitor(lb, run_id)
+    lb.no_exception(at)
+    text = progress_text(at)
+    assert text.startswith("Epoch 4/5") and "about 2 s left" in text
+    assert at.button(key="monitor_resume").disabled
+    at.button(key="monitor_stop").click().run()
+    lb.no_exception(at)
+    assert store.get_run(run_id)["cancel_requested"]
+    assert "Stopping at the next training step" in lb.texts(at, "info")
+    assert at.button(key="monitor_stop").disabled
+    assert "stopping…" in progress_text(at)
+
+
+def test_stop_cancels_a_queued_run_at_once(lb, seg_dataset):
+    run_id = lb.fake_run(seg_dataset, "segmentation", status="queued")
+    at = monitor(lb, run_id)
+    assert "Waiting for a worker" in lb.texts(at, "warning")
+    at.button(key="monitor_stop").click().run()
+    lb.no_exception(at)
+    assert store.get_run(run_id)["status"] == "cancelled"
+    assert "Cancelled before it started" in lb.texts(at, "info")
+
+
+def test_failed_run_shows_its_reason_and_resume_queues_it(lb, cls_dataset):
+    run_id = lb.fake_run(cls_dataset, "classification", status="failed")
+    store.set_status(run_id, "failed", "The loss became NaN; lower the learning rate.")
+    at = monitor(lb, run_id)
+    lb.no_exception(at)
+    assert "The run failed: The loss became NaN; lower the learning rate." in lb.texts(at, "error")
+    at.button(key="monitor_resume").click().run()
+    lb.no_exception(at)
+    assert store.get_run(run_id)["status"] == "queued"
+    assert "Queued again" in lb.texts(at, "success")
+
+
+def test_interrupted_run_message_is_a_warning(lb, seg_dataset):
+    run_id = lb.fake_run(seg_dataset, "segmentation", status="interrupted")
+    store.set_status(run_id, "interrupted", "The training process stopped unexpectedly; press Resume to continue.")
+    at = monitor(lb, run_id)
+    assert "stopped unexpectedly" in lb.texts(at, "warning")
+    assert not at.button(key="monitor_resume").disabled
+
+
+def test_unknown_run_id_is_explained(lb, seg_dataset):
+    real = lb.fake_run(seg_dataset, "segmentation")
+    at = monitor(lb, "0101-000000-dead")
+    lb.no_exception(at)
+    assert "There is no run '0101-000000-dead'" in lb.texts(at, "error")
+    assert at.selectbox(key="monitor_run").value == real
+
+
+def test_latest_sample_prediction_is_shown(lb, seg_dataset):
+    run_id = lb.fake_run(seg_dataset, "segmentation")
+    samples = run_dir(run_id) / "samples"
+    samples.mkdir(parents=True)
+    for epoch in (1, 2):
+        Image.fromarray(np.zeros((8, 24, 3), dtype=np.uint8)).save(samples / f"epoch_{epoch:03d}.png")
+    at = monitor(lb, run_id)
+    lb.no_exception(at)
+    assert "after epoch 2 (each row: image · true mask · predicted mask)" in at.image[0].proto.imgs[0].caption
+
+
+def test_a_real_tiny_training_run(lb, seg_dataset):
+    """One real 2-epoch run through the queue's executor: the page draws what the trainer actually logs."""
+    run_id = jobs.submit(RunConfig(dataset_id=seg_dataset, arch="fcn_simple", epochs=2, batch_size=4,
+                                   image_size=32, device="cpu"))
+    jobs.run_job(run_id)
+    at = lb.app()
+    at.session_state["run_id"] = run_id
+    at.switch_page(MONITOR).run()
+    lb.no_exception(at)
+    assert at.title[0].value == "Monitor"
+    assert progress_text(at) == "Epoch 2/2"
+    assert len(lb.charts(at)) == 2
+    assert "after epoch 2" in at.image[0].proto.imgs[0].caption
+    assert "Held-out test split" in lb.texts(at, "caption")

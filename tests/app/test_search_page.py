@@ -1,0 +1,153 @@
+"""Search page: define a search (no background process in tests), follow a finished study, draw every plot,
+train with the best parameters; readable errors for a bad learning-rate range and for an empty workspace."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from engine import search, store
+
+BASE = {"arch": "unet", "epochs": 2, "image_size": 32, "batch_size": 8, "preview_samples": 0,
+        "model_options": {"depth": 2, "base": 8}}
+PLOT_TITLES = ["Optimization history", "Parameter importances", "Parallel coordinates", "Slice", "Contour",
+               "Intermediate values"]
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory) -> dict[str, Path]:
+    """Two workspaces built once: one with a tiny segmentation dataset, one with that plus a finished study."""
+    from engine.data.demo import write_demo
+    from engine.data.ingest import ingest
+    root = tmp_path_factory.mktemp("search")
+    data, study = root / "data", root / "study"
+    mp = pytest.MonkeyPatch()
+    mp.delenv("LIGHTBOX_DB_URL", raising=False)
+    try:
+        mp.setenv("LIGHTBOX_HOME", str(data))
+        src = write_demo("segmentation", root / "src", n=24, size=32, seed=3)
+        dataset_id = ingest(src, task="segmentation", name="tiny").dataset_id
+        shutil.copytree(data, study)
+        mp.setenv("LIGHTBOX_HOME", str(study))
+        space = search.SearchSpace(lr=(1e-3, 3e-2), batch_sizes=[4, 8])      # two searched settings: a contour
+        spec = search.StudySpec(dataset_id=dataset_id, base=dict(BASE), space=space, n_trials=4,
+                                sampler="random", pruner="none", seed=0, name="lr and batch")
+        search.run_search(search.create_study(spec))
+        store.engine_for(f"sqlite:///{study / 'lightbox.db'}").dispose()
+    finally:
+        mp.undo()
+    return {"data": data, "study": study}
+
+
+@pytest.fixture
+def with_data(lb, templates):
+    shutil.copytree(templates["data"], lb.home)
+    return lb
+
+
+@pytest.fixture
+def with_study(lb, templates):
+    shutil.copytree(templates["study"], lb.home)
+    return lb
+
+
+@pytest.fixture
+def launched(monkeypatch) -> list[str]:
+    """Studies the page asked to run; no background process is started."""
+    names: list[str] = []
+    monkeypatch.setattr(search, "launch_search", lambda name: names.append(name) or 4242)
+    return names
+
+
+def open_page(lb):
+    at = lb.page("search.py").run()
+    lb.no_exception(at)
+    return at
+
+
+def test_finished_study_is_listed_with_its_trials_and_every_plot(with_study):
+    lb = with_study
+    at = open_page(lb)
+    picker = at.selectbox(key="search_study")
+    assert picker.value == "lr and batch" and at.session_state["study"] == "lr and batch"
+    table = at.dataframe[0].value
+    assert len(table) == 4 and set(table["state"]) == {"complete"}
+    assert {"learning rate", "batch size", "Dice"} <= set(table.columns)
+    assert "4 of 4 trials finished" in at.get("progress")[0].proto.text
+    assert "4 complete" in lb.texts(at, "markdown")
+    assert any(m.label == "Best validation Dice" for m in at.metric)
+    tabs = at.tabs
+    assert [t.label for t in tabs] == PLOT_TITLES
+    for tab in tabs:
+        assert len(tab.get("plotly_chart")) == 1, tab.label          # a figure, not a "not yet" note
+    assert len(lb.charts(at)) == len(PLOT_TITLES)
+    assert not at.button(key="search_train_best").disabled
+
+
+def test_train_with_the_best_parameters_queues_a_run(with_study):
+    lb = with_study
+    at = open_page(lb)
+    at.button(key="search_train_best").click().run()
+    lb.no_exception(at)
+    best = search.summary("lr and batch")["best_params"]
+    queued = store.list_runs(status=["queued"])
+    assert len(queued) == 1
+    config = queued[0]["config"]
+    assert config["lr"] == best["lr"] and config["batch_size"] == best["batch_size"]
+    assert config["name"] == "best of lr and batch" and at.session_state["run_id"] == queued[0]["id"]
+    assert "queued" in lb.texts(at, "success")       # opened alone: no Monitor page to switch to
+
+
+def test_start_search_from_the_form(with_data, launched):
+    lb = with_data
+    at = open_page(lb)
+    assert "No searches yet" in lb.texts(at, "info")
+    at.multiselect(key="search_archs_segmentation").set_value(["unet", "fcn_simple"])
+    at.selectbox(key="search_objective_segmentation").set_value("iou")
+    at.text_input(key="search_name").set_value("my sweep")
+    at.number_input(key="search_lr_low").set_value(1e-3)
+    at.number_input(key="search_lr_high").set_value(5e-2)
+    at.multiselect(key="search_batch").set_value([4])
+    at.multiselect(key="search_optimizers").set_value(["adam", "sgd"])
+    at.multiselect(key="search_levels").set_value(["none", "light"])
+    at.number_input(key="search_epochs").set_value(3)
+    at.number_input(key="search_size").set_value(32)
+    at.number_input(key="search_trials").set_value(6)
+    at.number_input(key="search_minutes").set_value(2)
+    at.radio(key="search_sampler").set_value("random")
+    at.radio(key="search_pruner").set_value("hyperband")
+    at.number_input(key="search_seed").set_value(7)
+    at.button(key="search_start").click().run()
+    lb.no_exception(at)
+    assert launched == ["my sweep"] and at.session_state["study"] == "my sweep"
+    assert "started" in lb.texts(at, "success")
+    spec = search.load_spec("my sweep")
+    assert (spec.objective, spec.n_trials, spec.timeout, spec.sampler, spec.pruner, spec.seed) == \
+        ("iou", 6, 120, "random", "hyperband", 7)
+    assert tuple(spec.space.lr) == (1e-3, 5e-2)
+    assert spec.space.archs == ["unet", "fcn_simple"] and spec.space.optimizers == ["adam", "sgd"]
+    assert spec.space.augment_levels == ["none", "light"] and spec.space.weight_decay is None
+    assert spec.base["epochs"] == 3 and spec.base["image_size"] == 32 and spec.base["batch_size"] == 4
+    # The new, empty study is selected: no plot yet, each tab says why, and nothing to train with.
+    assert at.selectbox(key="search_study").value == "my sweep"
+    assert not lb.charts(at) and "Appears when the first trial finishes." in lb.texts(at, "info")
+    assert at.button(key="search_train_best").disabled
+
+
+def test_invalid_learning_rate_range_creates_nothing(with_data, launched):
+    lb = with_data
+    at = open_page(lb)
+    at.number_input(key="search_lr_low").set_value(1e-2)
+    at.number_input(key="search_lr_high").set_value(1e-3)
+    at.button(key="search_start").click().run()
+    lb.no_exception(at)
+    assert "lowest learning rate must be below the highest" in lb.texts(at, "error")
+    assert search.list_studies() == [] and launched == []
+
+
+def test_no_dataset_points_to_the_data_page(lb):
+    at = open_page(lb)
+    info = lb.texts(at, "info")
+    assert "**Data** page" in info and "No searches yet" in info
+    assert "search_start" not in [b.key for b in at.button]

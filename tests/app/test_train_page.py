@@ -1,0 +1,147 @@
+"""Train page: settings become a queued RunConfig; impossible settings are explained and never queued."""
+from __future__ import annotations
+
+from engine import store
+
+TRAIN = "pages/train.py"
+
+
+def test_without_a_dataset_it_points_to_the_data_page(lb):
+    at = lb.app(TRAIN)
+    lb.no_exception(at)
+    assert "There is no dataset yet" in lb.texts(at, "info")
+    assert not at.button
+
+
+def test_architecture_card_shows_note_parameters_and_minimum_size(lb, seg_dataset):
+    at = lb.app(TRAIN)
+    lb.no_exception(at)
+    assert "segmentation" in lb.texts(at, "caption")
+    at.selectbox(key="train_arch_segmentation").set_value("unet").run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Smallest image"] == "32 px"
+    assert metrics["Parameters"].endswith(" M") or metrics["Parameters"].replace(",", "").isdigit()
+    assert "skip connections" in lb.texts(at, "info")
+    before = metrics["Parameters"]
+    at.number_input(key="train_opt_unet_base").set_value(32).run()     # a wider U-Net has more weights
+    assert {m.label: m.value for m in at.metric}["Parameters"] != before
+
+
+def test_start_training_queues_the_chosen_settings_and_opens_monitor(lb, seg_dataset):
+    at = lb.app(TRAIN)
+    at.selectbox(key="train_arch_segmentation").set_value("unet").run()
+    at.multiselect(key="train_augment").set_value(["hflip", "rotate"]).run()
+    at.slider(key="train_aug_rotate_degrees").set_value(30.0)
+    at.selectbox(key="train_loss_segmentation").set_value("dice")
+    at.selectbox(key="train_optimizer").set_value("sgd").run()
+    at.slider(key="train_momentum").set_value(0.8)
+    at.select_slider(key="train_lr").set_value(3e-2)
+    at.selectbox(key="train_schedule").set_value("exponential").run()
+    at.slider(key="train_decay_rate").set_value(0.95)
+    at.number_input(key="train_decay_steps").set_value(50)
+    at.number_input(key="train_epochs").set_value(3)
+    at.number_input(key="train_batch").set_value(4)
+    at.number_input(key="train_size_unet").set_value(64)
+    at.number_input(key="train_patience").set_value(2)
+    at.number_input(key="train_seed").set_value(7)
+    at.selectbox(key="train_device").set_value("cpu")
+    at.text_input(key="train_name").set_value("sgd baseline").run()
+    lb.no_exception(at)
+    assert not at.error
+    at.button(key="train_start").click().run()
+    lb.no_exception(at)
+    assert at.title[0].value == "Monitor"
+    (run,) = store.list_runs()
+    config = run["config"]
+    assert run["status"] == "queued" and run["name"] == "sgd baseline" and run["dataset_id"] == seg_dataset
+    assert (config["arch"], config["task"]) == ("unet", "segmentation")
+    assert (config["loss"], config["optimizer"]) == ("dice", "sgd")
+    assert (config["lr"], config["momentum"], config["schedule"]) == (3e-2, 0.8, "exponential")
+    assert (config["decay_rate"], config["decay_steps"]) == (0.95, 50)
+    assert (config["epochs"], config["batch_size"], config["image_size"]) == (3, 4, 64)
+    assert (config["early_stopping"], config["seed"], config["device"]) == (2, 7, "cpu")
+    assert config["augment"] == ["hflip", "rotate"]
+    assert config["augment_params"]["rotate"] == {"degrees": 30.0}
+    assert config["model_options"]["base"] == 16
+    assert at.session_state["run_id"] == run["id"]
+
+
+def test_add_to_queue_stays_on_the_page(lb, cls_dataset):
+    at = lb.app(TRAIN)
+    at.selectbox(key="train_arch_classification").set_value("lenet5").run()
+    at.selectbox(key="train_schedule").set_value("step").run()
+    at.number_input(key="train_step_size").set_value(3)
+    at.slider(key="train_gamma").set_value(0.5)
+    at.button(key="train_queue").click().run()
+    at.button(key="train_queue").click().run()
+    lb.no_exception(at)
+    assert at.title[0].value == "Train"
+    assert "Queued run" in lb.texts(at, "success")
+    runs = store.list_runs()
+    assert [r["status"] for r in runs] == ["queued", "queued"]
+    assert {(r["config"]["step_size"], r["config"]["gamma"], r["config"]["loss"]) for r in runs} == {(3, 0.5, "ce")}
+
+
+def test_inception_at_64_px_is_explained_and_not_queued(lb, cls_dataset):
+    at = lb.app(TRAIN)
+    at.selectbox(key="train_arch_classification").set_value("inception_v3").run()
+    at.number_input(key="train_size_inception_v3").set_value(64).run()
+    lb.no_exception(at)
+    assert "Inception-v3 needs images of at least 75 px" in lb.texts(at, "error")
+    assert at.button(key="train_start").disabled and at.button(key="train_queue").disabled
+    assert store.list_runs() == []
+    at.number_input(key="train_size_inception_v3").set_value(80).run()
+    assert not at.error and not at.button(key="train_start").disabled
+
+
+def test_transfer_learning_choices(lb, cls_dataset):
+    at = lb.app(TRAIN)
+    at.selectbox(key="train_arch_classification").set_value("lenet5").run()
+    assert at.radio(key="train_start_lenet5").options == ["From scratch (random weights)", "Upload a weights file"]
+    at.selectbox(key="train_arch_classification").set_value("resnet18").run()
+    at.radio(key="train_start_resnet18").set_value("imagenet").run()
+    at.radio(key="train_freeze").set_value("head").run()
+    at.button(key="train_queue").click().run()
+    lb.no_exception(at)
+    (run,) = store.list_runs()
+    assert (run["config"]["pretrained"], run["config"]["freeze_backbone"]) == ("imagenet", True)
+
+
+def test_uploaded_weights_are_saved_in_the_workspace(lb, cls_dataset):
+    at = lb.app(TRAIN)
+    at.selectbox(key="train_arch_classification").set_value("resnet18").run()
+    at.radio(key="train_start_resnet18").set_value("file").run()
+    assert "Upload a weights file" in lb.texts(at, "error")
+    assert at.button(key="train_queue").disabled
+    upload = ("Patient Smith/weights.pt", b"not checked here", "application/octet-stream")
+    at.file_uploader(key="train_weights").set_value(upload)
+    at.run()
+    at.button(key="train_queue").click().run()
+    lb.no_exception(at)
+    (run,) = store.list_runs()
+    saved = run["config"]["pretrained"]
+    assert saved.startswith(str(lb.home)) and saved.endswith(".pt")
+    assert "Smith" not in saved
+    assert open(saved, "rb").read() == b"not checked here"
+
+
+def test_a_refusal_from_the_queue_is_shown_as_its_sentence(lb, cls_dataset, monkeypatch):
+    from engine import jobs
+    from engine.errors import UserError
+
+    def refuse(config):
+        raise UserError("The queue is closed for maintenance; try again in a minute.")
+    monkeypatch.setattr(jobs, "submit", refuse)
+    at = lb.app(TRAIN)
+    at.button(key="train_start").click().run()
+    lb.no_exception(at)
+    assert at.title[0].value == "Train"
+    assert "The queue is closed for maintenance" in lb.texts(at, "error")
+
+
+def test_page_on_its_own_still_queues_and_says_where_to_look(lb, seg_dataset):
+    at = lb.page("train.py").run()
+    at.button(key="train_start").click().run()
+    lb.no_exception(at)
+    (run,) = store.list_runs()
+    assert f"Run {run['id']} is queued; open the Monitor page" in lb.texts(at, "success")

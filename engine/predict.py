@@ -121,14 +121,19 @@ class Predictor:
                        masks: Sequence[object] | None = None, names: Sequence[str] | None = None,
                        frames: Sequence[int] | None = None) -> list[Prediction]:
         """Predict several images in one forward pass (the batch path used by ZIPs and the benchmark)."""
+        names = names or [f"image {i + 1}" for i in range(len(images))]
+        levels = self.info.get("mask_levels")
+        truths = [None if m is None else read_mask_array(m, f"the mask for {n}", levels)[0]
+                  for m, n in zip(masks or [None] * len(images), names)]
+        return self._predict(images, tta, truths, names, frames or [0] * len(images))
+
+    def _predict(self, images: list[np.ndarray], tta: bool | Sequence[str], masks: list[np.ndarray | None],
+                 names: Sequence[str], frames: Sequence[int]) -> list[Prediction]:
+        """Forward pass and results; `masks` are label maps already (class indices)."""
         if not images:
             return []
         batch = torch.stack([self.preprocess(image) for image in images])
         out = self.scores(batch, tta).cpu()
-        names = names or [f"image {i + 1}" for i in range(len(images))]
-        frames = frames or [0] * len(images)
-        masks = [None if m is None else read_mask_array(m, f"the mask for {n}")[0]
-                 for m, n in zip(masks or [None] * len(images), names)]
         results = []
         for i, image in enumerate(images):
             base = Prediction(names[i], frames[i], self.task, self.classes, np.asarray(image, dtype=np.float32))
@@ -143,8 +148,9 @@ class Predictor:
         """Predict every frame of an image file; the mask (one frame, or one per frame) scores each frame."""
         label = name or (source.name if isinstance(source, Path) else "upload")
         frames = self.read(source, label)
-        truths = ground_truth_frames(mask, mask_name or "the mask", len(frames), label)
-        return self.predict_arrays(frames, tta, truths, [label] * len(frames), list(range(len(frames))))
+        truths = ground_truth_frames(mask, mask_name or "the mask", len(frames), label,
+                                     self.info.get("mask_levels"))
+        return self._predict(frames, tta, truths, [label] * len(frames), list(range(len(frames))))
 
     def explain(self, image: np.ndarray, class_index: int | None = None, method: str = "gradcam"):
         """Grad-CAM (or "saliency") of one image at its original size, as engine.gradcam.CamResult."""
@@ -217,18 +223,21 @@ def read_frames(source: Path | bytes, name: str = "") -> list[np.ndarray]:
     return frames
 
 
-def read_mask_array(mask: object, name: str) -> list[np.ndarray]:
-    """A ground truth given as an array, a path or bytes → uint8 (H, W) label maps (0/255 becomes 0/1)."""
+def read_mask_array(mask: object, name: str, levels: dict | None = None) -> list[np.ndarray]:
+    """A ground truth given as an array, a path or bytes → uint8 (H, W) label maps (0/255 becomes 0/1; `levels`
+    maps grey-level masks the way the training dataset's masks were mapped)."""
     from engine.data.io import normalise_labels, read_mask_frames
+    levels = {int(value): int(label) for value, label in (levels or {}).items()}
     if isinstance(mask, np.ndarray):
-        return [normalise_labels(np.asarray(mask).astype(np.uint8), name)]
-    return [normalise_labels(m, name) for m in read_mask_frames(mask, name)]
+        return [normalise_labels(np.asarray(mask).astype(np.uint8), name, levels)]
+    return [normalise_labels(m, name, levels) for m in read_mask_frames(mask, name)]
 
 
-def ground_truth_frames(mask: object, name: str, frames: int, image_name: str) -> list[np.ndarray | None]:
+def ground_truth_frames(mask: object, name: str, frames: int, image_name: str,
+                        levels: dict | None = None) -> list[np.ndarray | None]:
     if mask is None:
         return [None] * frames
-    truths = read_mask_array(mask, name)
+    truths = read_mask_array(mask, name, levels)
     if len(truths) != frames:
         raise UserError(f"{name} holds {len(truths)} mask frame(s) but {image_name} has {frames}; "
                         "give one mask per frame.")

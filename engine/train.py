@@ -137,6 +137,7 @@ class Trainer:
     def __init__(self, config: RunConfig, run_dir: Path, events: Events | None = None) -> None:
         manifest = check_config(config)      # the same checks a run passes before it is queued
         self.info = {key: manifest[key] for key in ("task", "channels", "classes", "num_classes")}
+        self.info["mask_levels"] = manifest.get("mask_levels") or {}     # grey-level masks, for prediction
         self.config = config
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)

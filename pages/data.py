@@ -24,7 +24,7 @@ scans.zip
 ├── normal/      img001.png, img002.dcm, …
 └── pneumonia/   img101.png, …
 ```
-**Segmentation**: images and masks with the same file names; masks hold class numbers (0 = background) or 0/255.
+**Segmentation**: images and masks with the same file names; masks hold class numbers (0 = background), 0/255, or a few grey levels such as 0/85/170/255 (read as classes 0–3).
 ```
 scans.zip
 ├── images/   case01.png, case02.png, …
@@ -144,6 +144,9 @@ def explore() -> None:
     if not classification and report.get("mask_values"):
         st.caption(f"Values found in the masks: {', '.join(map(str, report['mask_values']))} "
                    "(0/255 masks are read as background/foreground).")
+        if report.get("mask_levels"):
+            mapping = ", ".join(f"{value} → class {label}" for value, label in report["mask_levels"].items())
+            st.caption(f"The masks use grey levels; they were read as {mapping}.")
 
     st.markdown("**Files that were skipped**")
     problems = report.get("problems") or []

@@ -46,6 +46,7 @@ class IngestReport:
     channels: int = 1
     patients: int = 0                                              # distinct PatientIDs (DICOM)
     mask_values: list[int] = field(default_factory=list)           # label values as stored in the mask files
+    mask_levels: dict[str, int] = field(default_factory=dict)      # stored value → class, when they differ
     problems: list[dict] = field(default_factory=list)             # {"file", "kind", "message"}
 
     def to_dict(self) -> dict:
@@ -67,8 +68,7 @@ class _Decoded:
     dtype: str = ""
     patient: str | None = None
     modality: str | None = None
-    mask_values: set = field(default_factory=set)     # as stored in the files
-    top_label: int = 0                                 # after 0/255 → 0/1
+    mask_values: set = field(default_factory=set)     # as stored in the files (mapped to classes at the end)
     problem: dict | None = None
 
 
@@ -113,9 +113,10 @@ def _ingest_folder(folder: Path, task: str, name: str, source: str, seed: int,
         (staging / "masks").mkdir()
     decoded = _decode_all(found.items, staging, task, progress, workers)
     kept = _drop_bad_and_duplicates(decoded, report)
-    classes, labels = _classes(found, kept, task, report)
+    levels = _mask_levels(kept) if task == "segmentation" else {}
+    classes, labels = _classes(found, kept, task, report, levels)
     dataset_id = f"{_slug(name)}-{secrets.token_hex(3)}"
-    manifest = _manifest(dataset_id, name, task, source, kept, classes, labels, seed, staging, report)
+    manifest = _manifest(dataset_id, name, task, source, kept, classes, labels, seed, staging, report, levels)
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
     staging.rename(settings.datasets_dir() / dataset_id)   # the dataset appears whole or not at all
     return IngestResult(dataset_id, report)
@@ -381,14 +382,14 @@ def _read_masks(item: _Item, frames: list[np.ndarray], out: _Decoded) -> tuple[l
         want = f"{len(frames)} frame(s) of {frames[0].shape[1]}x{frames[0].shape[2]}"
         return [], _problem(item.mask_path, "mask_size_mismatch",
                             f"{item.mask_path} has {have} but its image {item.path} has {want}.")
-    for m in raw:
-        out.mask_values.update(int(v) for v in np.unique(m))
-    try:
-        labels = [io.normalise_labels(m, item.mask_path) for m in raw]
-        out.top_label = max(int(m.max()) for m in labels)
-        return labels, None
-    except io.LabelRangeError as err:
-        return [], _problem(item.mask_path, "mask_labels_out_of_range", str(err))
+    values = set().union(*(np.unique(m).tolist() for m in raw))
+    if io.mask_levels(values) is None:       # e.g. a JPEG mask, whose edges smear into dozens of values
+        try:
+            io.normalise_labels(np.array(sorted(values), dtype=np.uint8), item.mask_path)
+        except io.LabelRangeError as err:
+            return [], _problem(item.mask_path, "mask_labels_out_of_range", str(err))
+    out.mask_values = values
+    return raw, None
 
 
 def _drop_bad_and_duplicates(decoded: list[_Decoded], report: IngestReport) -> list[_Decoded]:
@@ -407,14 +408,26 @@ def _drop_bad_and_duplicates(decoded: list[_Decoded], report: IngestReport) -> l
     return kept
 
 
-def _classes(found: _Layout, kept: list[_Decoded], task: str,
-             report: IngestReport) -> tuple[list[str], list[int | None]]:
+def _mask_levels(kept: list[_Decoded]) -> dict[int, int]:
+    """One value → class mapping for all the masks of the upload (a slice may lack a class others have)."""
+    values = set().union(*(r.mask_values for r in kept))
+    levels = io.mask_levels(values)
+    if levels is None:
+        shown = ", ".join(str(v) for v in sorted(values)[:8]) + (", …" if len(values) > 8 else "")
+        raise UserError(f"The masks together hold {len(values)} different values ({shown}); masks must be 0/255, "
+                        f"class indices 0–{io.MAX_LABEL} or at most {io.MAX_GREY_LEVELS} grey levels. "
+                        "Save every mask with the same label values, as PNG.")
+    return levels
+
+
+def _classes(found: _Layout, kept: list[_Decoded], task: str, report: IngestReport,
+             levels: dict[int, int]) -> tuple[list[str], list[int | None]]:
     if not kept:
         reasons = Counter(p["kind"] for p in report.problems)
         detail = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in reasons.most_common()) or "no image files"
         raise UserError(f"Nothing usable was found in the upload ({detail}); see the layout help and try again.")
     if task == "segmentation":
-        top = max(r.top_label for r in kept)
+        top = max(levels.values(), default=0)
         named = [f"class {k}" for k in range(1, top + 1)] if top > 1 else ["foreground"]
         classes = ["background", *named]
         return classes, [None] * len(kept)
@@ -429,7 +442,8 @@ def _classes(found: _Layout, kept: list[_Decoded], task: str,
 
 
 def _manifest(dataset_id: str, name: str, task: str, source: str, kept: list[_Decoded], classes: list[str],
-              labels: list[int | None], seed: int, staging: Path, report: IngestReport) -> dict:
+              labels: list[int | None], seed: int, staging: Path, report: IngestReport,
+              levels: dict[int, int]) -> dict:
     channels = 3 if any(c == 3 for r in kept for *_, c in r.frames) else 1
     rows, sample_labels, groups, fixed = [], [], [], []
     for result, label in zip(kept, labels):
@@ -438,7 +452,7 @@ def _manifest(dataset_id: str, name: str, task: str, source: str, kept: list[_De
         group = result.patient or (f"file:{result.item.path}" if many else None)
         for f, (temp_key, h, w, c) in enumerate(result.frames):
             key = f"{len(rows):06d}"
-            _finish_arrays(staging, temp_key, key, c, channels)
+            _finish_arrays(staging, temp_key, key, c, channels, levels)
             rows.append({"key": key, "source": result.item.path + (f"#{f}" if many else ""), "split": "",
                          "patient": result.patient, "height": h, "width": w, "modality": result.modality}
                         | ({"label": label} if task == "classification" else {}))
@@ -452,18 +466,26 @@ def _manifest(dataset_id: str, name: str, task: str, source: str, kept: list[_De
     for leftover in staging.glob("*/*-*.npy"):
         leftover.unlink()                                  # arrays of skipped duplicates
     _fill_report(report, kept, rows, classes, channels, task)
+    if any(value != label for value, label in levels.items()):
+        report.mask_levels = {str(value): label for value, label in sorted(levels.items())}
     return {"id": dataset_id, "name": name, "task": task, "created": datetime.now(timezone.utc).isoformat(),
             "source": source, "channels": channels, "classes": classes, "num_classes": len(classes),
-            "samples": rows, "split_counts": report.per_split, "report": report.to_dict()}
+            "mask_levels": report.mask_levels, "samples": rows, "split_counts": report.per_split,
+            "report": report.to_dict()}
 
 
-def _finish_arrays(staging: Path, temp_key: str, key: str, have: int, channels: int) -> None:
+def _finish_arrays(staging: Path, temp_key: str, key: str, have: int, channels: int,
+                   levels: dict[int, int]) -> None:
     image = staging / "images" / f"{temp_key}.npy"
     if have != channels:        # a gray image in a colour dataset is repeated to 3 channels
         np.save(image, np.repeat(np.load(image), channels, axis=0))
     image.rename(staging / "images" / f"{key}.npy")
     mask = staging / "masks" / f"{temp_key}.npy"
     if mask.exists():
+        if any(value != label for value, label in levels.items()):       # stored values → class indices
+            lut = np.zeros(256, dtype=np.uint8)
+            lut[list(levels)] = list(levels.values())
+            np.save(mask, lut[np.load(mask)])
         mask.rename(staging / "masks" / f"{key}.npy")
 
 

@@ -14,6 +14,7 @@ from engine.errors import UserError
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 SUPPORTED_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}) | DICOM_EXTENSIONS
 MAX_LABEL = 63          # masks hold class indices 0..MAX_LABEL, or 0/255 for binary
+MAX_GREY_LEVELS = 16    # ... or this many grey levels at most (0/85/170/255 and the like), mapped to 0, 1, 2, …
 
 
 class LabelRangeError(UserError):
@@ -86,19 +87,49 @@ def read_mask_frames(source: Path | bytes, name: str = "") -> list[np.ndarray]:
     return [_as_labels(_mask_page(page, label), label) for page in _pages(_open(source, label), label)]
 
 
-def normalise_labels(mask: np.ndarray, name: str = "mask") -> np.ndarray:
+def normalise_labels(mask: np.ndarray, name: str = "mask", levels: dict | None = None) -> np.ndarray:
     """0/255 binary masks become 0/1; class indices 0..MAX_LABEL pass; anything else raises LabelRangeError.
 
-    Values are not required to be consecutive in one mask, since a slice may miss a class.
+    `levels` (stored value → class, from a dataset's manifest) first maps masks saved as grey levels
+    (e.g. 0/85/170/255). Values are not required to be consecutive in one mask, since a slice may miss a class.
     """
     values = np.unique(mask)
+    if levels and all(int(v) in levels for v in values):
+        lut = np.zeros(256, dtype=np.uint8)
+        for value, label in levels.items():
+            lut[int(value)] = label
+        return lut[mask]
     if np.isin(values, (0, 255)).all():
         return (mask // 255).astype(np.uint8)
     if values.max() <= MAX_LABEL:
         return mask.astype(np.uint8)
     shown = ", ".join(str(v) for v in values[:6]) + (", …" if len(values) > 6 else "")
-    raise LabelRangeError(f"{name} holds values {shown}: masks must be 0/255 or class indices 0–{MAX_LABEL} "
-                          f"(a JPEG mask smears labels; save masks as PNG).")
+    raise LabelRangeError(f"{name} holds values {shown}: masks must be 0/255, class indices 0–{MAX_LABEL} or "
+                          f"at most {MAX_GREY_LEVELS} grey levels (a JPEG mask smears labels; save masks as PNG).")
+
+
+def mask_levels(values) -> dict[int, int] | None:
+    """Class of each value stored in a dataset's masks; None when they cannot be read as class labels.
+
+    0/255 → 0/1 and class indices 0..MAX_LABEL are the usual cases. Masks saved so that classes are visible use
+    a few evenly spaced grey levels from 0 to 255 (0/85/170/255 for four classes): those map to 0, 1, 2, … on the
+    smallest such grid (so a class absent from every mask keeps its number); any other small set of levels (a
+    single foreground value of 170, say) maps in order.
+    """
+    values = sorted({int(v) for v in values})
+    if not values:
+        return {}
+    if set(values) <= {0, 255}:
+        return {v: v // 255 for v in values}
+    if values[-1] <= MAX_LABEL:
+        return {v: v for v in values}
+    if len(values) > MAX_GREY_LEVELS or values[0] != 0:
+        return None
+    for k in range(len(values), MAX_GREY_LEVELS + 1) if values[-1] == 255 else ():
+        step = 255 / (k - 1)
+        if all(abs(v / step - round(v / step)) * step <= 0.5 for v in values):
+            return {v: round(v / step) for v in values}
+    return {v: i for i, v in enumerate(values)}
 
 
 def _label(source: Path | bytes, name: str) -> str:

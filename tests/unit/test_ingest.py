@@ -15,7 +15,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from engine import settings
-from engine.data.dataset import load_manifest, load_split
+from engine.data.dataset import list_datasets, load_manifest, load_split
 from engine.data.ingest import ingest, ingest_files
 from engine.errors import UserError
 
@@ -167,6 +167,40 @@ def test_multiclass_masks_in_a_wrapper_with_splits(workspace, tmp_path):
     by_source = {s["source"]: s["split"] for s in manifest["samples"]}
     assert all(split == "val" for source, split in by_source.items() if "/val/" in source)
     assert {split for source, split in by_source.items() if "/train/" in source} <= {"train", "test"}
+
+
+def test_grey_level_masks_become_class_indices(workspace, tmp_path):
+    """Masks saved as 0/85/170/255 so the classes are visible; one slice lacks class 2."""
+    files = {}
+    for i in range(6):
+        mask = np.zeros((24, 24), np.uint8)
+        mask[2:8, 2:8] = 85
+        mask[10:20, 10:20] = 255
+        if i:
+            mask[20:23, 2:6] = 170
+        files[f"images/c{i}.png"] = png(picture(200 + i))
+        files[f"masks/c{i}.png"] = png(mask)
+    result = ingest(write(tmp_path / "src", files), "segmentation")
+    manifest = load_manifest(result.dataset_id)
+    assert result.report.problems == [] and result.report.mask_values == [0, 85, 170, 255]
+    assert manifest["classes"] == ["background", "class 1", "class 2", "class 3"]
+    assert manifest["mask_levels"] == {"0": 0, "85": 1, "170": 2, "255": 3}
+    first = next(s["key"] for s in manifest["samples"] if s["source"] == "images/c0.png")
+    mask = np.load(settings.datasets_dir() / result.dataset_id / "masks" / f"{first}.npy")
+    assert mask[5, 5] == 1 and mask[15, 15] == 3 and mask[0, 0] == 0 and set(np.unique(mask)) == {0, 1, 3}
+
+
+def test_masks_that_disagree_on_their_values_are_refused_whole(workspace, tmp_path):
+    files = {}
+    for i in range(6):
+        mask = np.zeros((24, 24), np.uint8)
+        for k in range(1, 4):
+            mask[k * 5: k * 5 + 3, 2:8] = 64 + 10 * i + k       # each file its own three levels
+        files[f"images/c{i}.png"] = png(picture(300 + i))
+        files[f"masks/c{i}.png"] = png(mask)
+    with pytest.raises(UserError, match="masks together hold 19 different values"):
+        ingest(write(tmp_path / "src", files), "segmentation")
+    assert list_datasets() == []
 
 
 # ---- DICOM inside uploads ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 
 from engine.data import dicom
-from engine.data.io import (LabelRangeError, decode_file, is_dicom, normalise_labels, read_image, read_mask,
+from engine.data.io import (LabelRangeError, decode_file, is_dicom, mask_levels, normalise_labels, read_image, read_mask,
                             SUPPORTED_EXTENSIONS)
 from engine.errors import UserError
 
@@ -230,7 +230,27 @@ def test_masks_keep_palette_indices_and_collapse_gray_rgb():
 def test_label_rule_binary_255_and_small_indices():
     np.testing.assert_array_equal(normalise_labels(np.array([[0, 255]], np.uint8)), [[0, 1]])
     np.testing.assert_array_equal(normalise_labels(np.array([[0, 3, 63]], np.uint8)), [[0, 3, 63]])
-    with pytest.raises(LabelRangeError, match="0/255 or class indices"):
+    with pytest.raises(LabelRangeError, match="0/255, class indices 0–63 or at most 16 grey levels"):
         normalise_labels(np.array([[0, 1, 255]], np.uint8))
     with pytest.raises(LabelRangeError):
         normalise_labels(np.array([[0, 64]], np.uint8))
+
+
+def test_grey_level_masks_map_to_classes_on_the_smallest_even_grid():
+    assert mask_levels([0, 255]) == {0: 0, 255: 1}
+    assert mask_levels([0, 3, 63]) == {0: 0, 3: 3, 63: 63}                      # class indices as they are
+    assert mask_levels([0, 85, 170, 255]) == {0: 0, 85: 1, 170: 2, 255: 3}
+    assert mask_levels([0, 85, 255]) == {0: 0, 85: 1, 255: 3}                   # class 2 absent everywhere
+    assert mask_levels([0, 128, 255]) == {0: 0, 128: 1, 255: 2}                 # 255/2 rounded either way
+    assert mask_levels([0, 100, 200]) == {0: 0, 100: 1, 200: 2}                 # not a grid: in order
+    assert mask_levels([0, 1, 255]) == {0: 0, 1: 1, 255: 2}
+    assert mask_levels([0, 170]) == {0: 0, 170: 1}                              # one foreground level
+    assert mask_levels(range(0, 255, 10)) is None                               # 26 levels: a smeared mask
+    assert mask_levels([10, 200]) is None                                       # no background value
+
+
+def test_labels_follow_the_dataset_levels_first():
+    levels = {0: 0, 85: 1, 170: 2, 255: 3}
+    np.testing.assert_array_equal(normalise_labels(np.array([[0, 170, 255]], np.uint8), levels=levels), [[0, 2, 3]])
+    # values the dataset never had fall back to the usual rule
+    np.testing.assert_array_equal(normalise_labels(np.array([[0, 2]], np.uint8), levels=levels), [[0, 2]])

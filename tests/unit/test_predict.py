@@ -135,6 +135,30 @@ def test_dice_against_a_mask_matches_engine_metrics(seg):
     assert again.scores == result.scores
 
 
+def test_grey_level_masks_score_as_the_training_masks_were_read(workspace, seg):
+    """A model trained on 0/85/170/255 masks is scored against a mask saved the same way."""
+    from engine.data.ingest import ingest
+    from engine.predict import load_predictor
+    _, src = seg
+    grey = workspace / "grey-src"
+    for folder in ("images", "masks"):
+        (grey / folder).mkdir(parents=True)
+    for image in sorted((src / "images").glob("*.png")):
+        inside = np.asarray(Image.open(src / "masks" / image.name)) > 0
+        labels = np.where(inside, 3, 0).astype(np.uint8)
+        labels[:6, :6] = 1                                    # two more classes in a corner of every slice
+        labels[-6:, -6:] = 2
+        (grey / "images" / image.name).write_bytes(image.read_bytes())
+        Image.fromarray(labels * 85).save(grey / "masks" / image.name)
+    dataset_id = ingest(grey, task="segmentation").dataset_id
+    predictor = load_predictor(_train(dataset_id, "unet", epochs=1, model_options={"depth": 2, "base": 8}))
+    name = "case_001.png"
+    as_grey = predictor.predict_file(grey / "images" / name, mask=grey / "masks" / name)[0]
+    truth = np.asarray(Image.open(grey / "masks" / name)) // 85
+    as_labels = predictor.predict_file(grey / "images" / name, mask=_png(truth), mask_name="labels.png")[0]
+    assert as_grey.scores == as_labels.scores and "dice_class 3" in as_grey.scores
+
+
 def test_mask_of_another_shape_is_refused(seg):
     from engine.predict import load_predictor
     predictor = load_predictor(seg[0])

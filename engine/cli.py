@@ -119,6 +119,12 @@ def cmd_resume(args) -> dict:
     return {"run_id": args.run_id, "status": jobs.resume(args.run_id)}
 
 
+@command("delete")
+def cmd_delete(args) -> dict:
+    from engine import jobs
+    return {"run_id": args.run_id, "status": jobs.delete(args.run_id)}
+
+
 @command("worker")
 def cmd_worker(args) -> dict:
     from engine import jobs
@@ -240,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("runs", "list runs")
     p.add_argument("--status", action="append", default=None)
-    for name, text in (("cancel", "stop a run"), ("resume", "continue a stopped run")):
+    for name, text in (("cancel", "stop a run"), ("resume", "continue a stopped run"),
+                       ("delete", "delete a finished run with its checkpoints")):
         add(name, text).add_argument("run_id")
 
     p = add("worker", "process queued runs")

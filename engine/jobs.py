@@ -112,6 +112,21 @@ def resume(run_id: str) -> str:
     return "queued"
 
 
+def delete(run_id: str) -> str:
+    """Delete a finished run: its store rows, checkpoints, sample pictures and log. Queued or running runs are
+    refused (stop them first), so nothing a worker is writing disappears under it."""
+    import shutil
+    run = store.get_run(run_id)
+    if run is None:
+        raise UserError(f"There is no run '{run_id}'.")
+    if run["status"] in store.ACTIVE:
+        raise UserError(f"Run {run_id} is {run['status']}; stop it before deleting it.")
+    if not store.delete_run(run_id):
+        raise UserError(f"Run {run_id} changed state meanwhile; try again.")
+    shutil.rmtree(settings.runs_dir() / run_id, ignore_errors=True)      # checkpoints, samples, train.log
+    return "deleted"
+
+
 def mark_stale_runs() -> list[str]:
     """Runs marked running whose process stopped heartbeating become 'interrupted' (resumable)."""
     limit = store.now() - stale_seconds()

@@ -205,6 +205,19 @@ def request_cancel(run_id: str) -> None:
         conn.execute(update(runs).where(runs.c.id == run_id).values(cancel_requested=True))
 
 
+def delete_run(run_id: str) -> bool:
+    """Remove a finished run with its metrics and queue rows; False when it is missing or queued/running.
+
+    The conditional DELETE is the guard: a run that a worker or a resume picks up meanwhile is left alone.
+    """
+    with db().begin() as conn:
+        gone = conn.execute(runs.delete().where(runs.c.id == run_id, runs.c.status.in_(FINISHED))).rowcount == 1
+        if gone:
+            conn.execute(metrics.delete().where(metrics.c.run_id == run_id))
+            conn.execute(jobs.delete().where(jobs.c.run_id == run_id))
+    return gone
+
+
 def run_counts() -> dict[str, int]:
     with db().connect() as conn:
         rows = conn.execute(select(runs.c.status, func.count()).group_by(runs.c.status)).all()

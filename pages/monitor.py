@@ -1,4 +1,4 @@
-"""Monitor: follow one run live (status, progress, curves, sample predictions); stop or resume it."""
+"""Monitor: follow one run live (status, progress, curves, sample predictions); stop, resume or delete it."""
 from __future__ import annotations
 
 import os
@@ -38,6 +38,25 @@ def resume(run_id: str) -> None:
         st.session_state["monitor_notice"] = ("success", "Queued again: it continues from its last finished epoch.")
     except Exception as err:  # noqa: BLE001
         st.session_state["monitor_notice"] = ("error", _sentence(err, "Could not resume the run"))
+
+
+def delete(run_id: str) -> None:
+    try:
+        jobs.delete(run_id)
+        st.session_state.pop("run_id", None)
+        st.session_state["monitor_notice"] = ("success", f"Deleted run {run_id} with its checkpoints and curves.")
+    except Exception as err:  # noqa: BLE001
+        st.session_state["monitor_notice"] = ("error", _sentence(err, "Could not delete the run"))
+
+
+def delete_panel(run: dict) -> None:
+    if run["status"] in store.ACTIVE:
+        st.caption("Stop the run before deleting it.")
+        return
+    st.caption("Removes the run from every page, with its curves, checkpoints and sample pictures. "
+               "Download the model first (Predict page) if you want to keep it.")
+    sure = st.checkbox(f"Yes, delete run {run['id']}", key=f"monitor_delete_sure_{run['id']}")
+    st.button("Delete run", key="monitor_delete", on_click=delete, args=(run["id"],), disabled=not sure)
 
 
 def _sentence(err: Exception, what: str) -> str:
@@ -174,6 +193,8 @@ def main() -> None:
         panel(run["id"], run["status"])
         with st.expander("Settings of this run"):
             st.json(run["config"], expanded=False)
+        with st.expander("Delete this run"):
+            delete_panel(run)
 
 
 if __name__ == "__main__":      # Streamlit runs pages as __main__; benchmarks import the panel alone

@@ -137,3 +137,26 @@ def test_a_real_tiny_training_run(lb, seg_dataset):
     assert len(lb.charts(at)) == 2
     assert "after epoch 2" in at.image[0].proto.imgs[0].caption
     assert "Held-out test split" in lb.texts(at, "caption")
+
+
+def test_delete_needs_a_confirmation_and_then_shows_another_run(lb, seg_dataset):
+    kept = lb.fake_run(seg_dataset, "segmentation", name="keep me")
+    doomed = lb.fake_run(seg_dataset, "segmentation", name="delete me")
+    run_dir(doomed).mkdir(parents=True, exist_ok=True)
+    (run_dir(doomed) / "best.pt").write_bytes(b"weights")
+    at = monitor(lb, doomed)
+    assert at.button(key="monitor_delete").disabled
+    at.checkbox(key=f"monitor_delete_sure_{doomed}").check().run()
+    at.button(key="monitor_delete").click().run()
+    lb.no_exception(at)
+    assert store.get_run(doomed) is None and not run_dir(doomed).exists()
+    assert f"Deleted run {doomed}" in lb.texts(at, "success")
+    assert at.selectbox(key="monitor_run").value == kept and at.query_params["run"] == kept
+    assert "There is no run" not in lb.texts(at, "error")
+
+
+def test_active_runs_cannot_be_deleted(lb, seg_dataset):
+    run_id = lb.fake_run(seg_dataset, "segmentation", status="running")
+    at = monitor(lb, run_id)
+    assert "Stop the run before deleting it." in lb.texts(at, "caption")
+    assert "monitor_delete" not in [b.key for b in at.button]

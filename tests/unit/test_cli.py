@@ -40,12 +40,19 @@ def test_demo_ingest_train_runs_predict_flow(tmp_path):
                   "--json", home=home)
     run_id = _last_json(queued)["run_id"]
     assert _last_json(_cli("cancel", run_id, "--json", home=home)) == {"run_id": run_id, "status": "cancelled"}
+    run_dir = home / "runs" / result["run_id"]
+    assert (run_dir / "best.pt").exists()
+    assert _last_json(_cli("delete", result["run_id"], "--json", home=home)) == {"run_id": result["run_id"],
+                                                                                 "status": "deleted"}
+    assert not run_dir.exists()
+    assert [r["run_id"] for r in _last_json(_cli("runs", "--json", home=home))["runs"]] == [run_id]
 
 
 @pytest.mark.parametrize("args,fragment", [
     (["ingest", "/nonexistent/folder", "--task", "classification"], "does not exist"),
     (["train", "--dataset", "nope", "--arch", "unet"], "does not exist"),
     (["cancel", "no-such-run"], "no run"),
+    (["delete", "no-such-run"], "no run"),
 ])
 def test_bad_input_is_one_readable_line(tmp_path, args, fragment):
     proc = _cli(*args, "--json", home=tmp_path / "ws")

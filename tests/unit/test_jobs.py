@@ -9,9 +9,11 @@ import time
 from collections import Counter
 
 import pytest
+from sqlalchemy import select
 
 from engine import jobs, store
 from engine.config import RunConfig
+from engine.errors import UserError
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -114,3 +116,21 @@ def test_cancel_running_run_within_five_seconds(tiny_segmentation):
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
+
+
+def test_delete_refuses_active_runs_and_removes_everything_of_a_finished_one(tiny_classification):
+    from engine import settings
+    run_id = jobs.submit(RunConfig(dataset_id=tiny_classification, arch="lenet5", epochs=1, image_size=32))
+    with pytest.raises(UserError, match="stop it before deleting"):
+        jobs.delete(run_id)
+    assert jobs.cancel(run_id) == "cancelled"
+    (settings.runs_dir() / run_id).mkdir(parents=True, exist_ok=True)
+    (settings.runs_dir() / run_id / "last.pt").write_bytes(b"x")
+    store.log_metrics(run_id, [(1, 1, "train", "loss", 0.5)])
+    assert jobs.delete(run_id) == "deleted"
+    assert store.get_run(run_id) is None and store.get_metrics(run_id) == []
+    assert not (settings.runs_dir() / run_id).exists()
+    with store.db().connect() as conn:
+        assert conn.execute(select(store.jobs).where(store.jobs.c.run_id == run_id)).all() == []
+    with pytest.raises(UserError, match="no run"):
+        jobs.delete(run_id)

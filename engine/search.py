@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -273,12 +275,51 @@ def trials_table(name: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _log_path(name: str, suffix: str) -> Path:
+    folder = settings.home() / "logs"
+    folder.mkdir(exist_ok=True)
+    return folder / f"{name}.{suffix}"
+
+
 def launch_search(name: str) -> int:
-    """Run the study in a background process (the Search page's 'Start'); returns its pid."""
-    log = settings.home() / "logs"
-    log.mkdir(exist_ok=True)
-    with open(log / f"{name}.log", "ab") as out:
+    """Run the study in a background process (the Search page's 'Start'); returns its pid.
+
+    The pid is kept beside the log so the page can tell a search that is still going from one whose process
+    died (server restart, out of memory, an error before the first trial)."""
+    with open(_log_path(name, "log"), "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "engine", "search", "--study", name, "--quiet"],
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=os.environ.copy())
+    _log_path(name, "pid").write_text(f"{proc.pid} {socket.gethostname()}")
     return proc.pid
+
+
+def background_process(name: str) -> dict[str, Any] | None:
+    """The search process the UI started for this study on this machine: {"alive", "last_line"}; None when
+    there is none to know of (never launched from here, or launched on another machine)."""
+    try:
+        pid_text, host = _log_path(name, "pid").read_text().split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    if host != socket.gethostname():
+        return None
+    lines = [line.strip() for line in _log_path(name, "log").read_text(errors="replace").splitlines()
+             if line.strip()] if _log_path(name, "log").exists() else []
+    return {"alive": _alive(pid), "last_line": lines[-1] if lines else ""}
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process runs; a finished child the UI has not reaped yet (a zombie) counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not Path("/proc").exists()      # /proc present but no entry: gone

@@ -164,9 +164,23 @@ def stalled(rows: list[dict]) -> list[int]:
     return [r["trial"] for r in rows if r["state"] == "running" and r["run_status"] in DEAD_RUN]
 
 
-def is_active(spec: dict, created: float, info: dict, rows: list[dict]) -> bool:
+def process_died(name: str, spec: dict, created: float, info: dict) -> str | None:
+    """The last log line of a search process (started from this page) that died with trials still to run."""
+    proc = search.background_process(name)
+    if not proc or proc["alive"] or info["states"].get("running"):
+        return None
+    timeout = spec.get("timeout")
+    if timeout and time.time() > created + timeout:
+        return None                                         # it stopped at its time limit, as asked
+    finished = info["states"].get("complete", 0) + info["states"].get("pruned", 0)
+    if finished >= spec.get("n_trials", 0):
+        return None
+    return proc["last_line"] or "no message was written"
+
+
+def is_active(spec: dict, created: float, info: dict, rows: list[dict], died: str | None = None) -> bool:
     """Whether the study can still change on its own, i.e. whether the panel should keep polling."""
-    if stalled(rows):
+    if stalled(rows) or died:
         return False
     states = info["states"]
     if states.get("running"):
@@ -239,7 +253,8 @@ def plots(name: str, objective: str) -> None:
 def live_panel(name: str, spec: dict, created: float, seen: tuple) -> None:
     jobs.mark_stale_runs()        # a run whose process died shows as interrupted, not running forever
     info, rows = search.summary(name), search.trials_table(name)
-    now = (is_active(spec, created, info, rows), info["best_value"] is not None)
+    died = process_died(name, spec, created, info)
+    now = (is_active(spec, created, info, rows, died), info["best_value"] is not None)
     if now != seen:
         st.rerun()                # the page follows: polling on or off, the 'Train with the best' button
     objective = spec.get("objective", "")
@@ -249,6 +264,9 @@ def live_panel(name: str, spec: dict, created: float, seen: tuple) -> None:
         which = ", ".join(f"#{n}" for n in dead)
         st.warning(f"The search stopped while trial {which} {'was' if len(dead) == 1 else 'were'} running (the "
                    "server may have restarted). Press **Continue this search** to go on.")
+    elif died:
+        st.warning(f"The search process stopped before running all its trials. Its last message: “{died}”. "
+                   "Press **Continue this search** to go on.")
     best(info, objective)
     trial_table(rows, objective)
     st.subheader("Plots")
@@ -273,7 +291,8 @@ def results(studies: list[dict]) -> None:
     name, spec = chosen["name"], chosen["spec"] or {}
     jobs.mark_stale_runs()
     info, rows = search.summary(name), search.trials_table(name)
-    seen = (is_active(spec, chosen["created"], info, rows), info["best_value"] is not None)
+    died = process_died(name, spec, chosen["created"], info)
+    seen = (is_active(spec, chosen["created"], info, rows, died), info["best_value"] is not None)
     st.caption(f"Dataset **{spec.get('dataset_id', '?')}** · {spec.get('n_trials', '?')} trials of "
                f"{(spec.get('base') or {}).get('epochs', '?')} epochs · sampler {spec.get('sampler', '?')} · "
                f"pruning {spec.get('pruner', '?')} · created {w.when(chosen['created'])}. "
@@ -284,7 +303,7 @@ def results(studies: list[dict]) -> None:
     if left.button("Train with the best parameters", type="primary", disabled=not seen[1], key="search_train_best",
                    help="Queues an ordinary run with the best trial's settings.", width="stretch"):
         train_best(name)
-    if stalled(rows) and right.button("Continue this search", key="search_continue", width="stretch",
+    if (stalled(rows) or died) and right.button("Continue this search", key="search_continue", width="stretch",
                                       disabled=st.session_state.get("_search_continued") == name):
         continue_search(name)
     with st.expander("Settings of this search"):

@@ -151,3 +151,28 @@ def test_no_dataset_points_to_the_data_page(lb):
     info = lb.texts(at, "info")
     assert "**Data** page" in info and "No searches yet" in info
     assert "search_start" not in [b.key for b in at.button]
+
+
+def test_a_search_process_that_died_early_is_reported_and_can_be_continued(with_data, launched):
+    """The background search wrote an error and exited before its first trial: the page says so."""
+    import socket
+    import subprocess
+
+    from engine.data.dataset import list_datasets
+    lb = with_data
+    spec = search.StudySpec(dataset_id=list_datasets()[0]["id"], base=dict(BASE),
+                            space=search.SearchSpace(lr=(1e-3, 1e-2)), n_trials=3, sampler="random", pruner="none",
+                            seed=0, name="crashed")
+    search.create_study(spec)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    logs = lb.home / "logs"
+    logs.mkdir(exist_ok=True)
+    (logs / "crashed.log").write_text("error: The dataset 'x' was deleted.\n")
+    (logs / "crashed.pid").write_text(f"{gone.pid} {socket.gethostname()}")
+    at = open_page(lb)
+    assert at.selectbox(key="search_study").value == "crashed"
+    assert "The dataset 'x' was deleted." in lb.texts(at, "warning")
+    at.button(key="search_continue").click().run()
+    lb.no_exception(at)
+    assert launched == ["crashed"]

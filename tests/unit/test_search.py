@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -116,3 +117,24 @@ def test_trial_of_a_dead_worker_is_failed_and_retried(tiny_segmentation):
     assert result["states"]["complete"] == 2 and result["states"]["fail"] == 1
     retried = [t for t in search.trials_table(name) if t["state"] == "complete" and t["lr"] == pytest.approx(params["lr"])]
     assert retried, "the retried trial should train with the dead trial's parameters"
+
+
+def test_background_process_is_seen_alive_then_gone(lightbox_env):
+    """The Search page tells a running search process from one that died (a zombie child counts as gone)."""
+    import socket
+    logs = lightbox_env / "logs"
+    logs.mkdir(parents=True)
+    (logs / "s.log").write_text("trial 0 …\nerror: out of memory\n\n")
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        (logs / "s.pid").write_text(f"{proc.pid} {socket.gethostname()}")
+        assert search.background_process("s") == {"alive": True, "last_line": "error: out of memory"}
+        proc.kill()
+        time.sleep(0.2)                       # not waited for: a zombie
+        assert search.background_process("s")["alive"] is False
+    finally:
+        proc.wait()
+    assert search.background_process("s")["alive"] is False
+    (logs / "s.pid").write_text(f"{proc.pid} another-machine")
+    assert search.background_process("s") is None
+    assert search.background_process("never-started") is None

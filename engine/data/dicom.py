@@ -104,8 +104,13 @@ def _scale(raw: np.ndarray, ds: Dataset, window: tuple[float, float] | None) -> 
     if colour:
         rgb = _to_rgb(raw, ds, photometric)
         return [np.ascontiguousarray(f.transpose(2, 0, 1)) for f in rgb]
-    values = np.stack([apply_modality_lut(f, ds).astype(np.float32) for f in raw])
-    scaled = _window(values, ds, window)
+    values = np.stack([_rescale(f, ds, i) for i, f in enumerate(raw)])
+    windows = [_frame_item(ds, i, "FrameVOILUTSequence") for i in range(len(raw))]
+    if window is None and all(w is not None for w in windows):
+        # Enhanced multi-frame files keep each frame's window in its functional groups, not at the top level
+        scaled = np.stack([_window(v[None], w, None)[0] for v, w in zip(values, windows)])
+    else:
+        scaled = _window(values, ds, window)
     if photometric == "MONOCHROME1":
         scaled = 1.0 - scaled                    # pydicom leaves MONOCHROME1 as stored: low values are white
     return [f[None] for f in scaled]
@@ -170,6 +175,31 @@ def _to_rgb(raw: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
     # YBR_RCT/ICT come out of the JPEG 2000 decoder already as RGB
     top = 2 ** int(ds.get("BitsStored", 8) or 8) - 1
     return np.clip(raw.astype(np.float32) / top, 0.0, 1.0)
+
+
+def _frame_item(ds: Dataset, index: int, keyword: str) -> Dataset | None:
+    """A functional-group macro (e.g. PixelValueTransformationSequence) of one frame of an enhanced multi-frame
+    file: the frame's own value, else the shared one; None for classic files, which keep these at the top."""
+    groups = []
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame and index < len(per_frame):
+        groups.append(per_frame[index])
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        groups.append(shared[0])
+    for group in groups:
+        sequence = group.get(keyword)
+        if sequence:
+            return sequence[0]
+    return None
+
+
+def _rescale(frame: np.ndarray, ds: Dataset, index: int) -> np.ndarray:
+    """Stored values → modality values (e.g. Hounsfield units), with the frame's own slope and intercept."""
+    item = _frame_item(ds, index, "PixelValueTransformationSequence")
+    if item is not None and "RescaleSlope" in item and "RescaleIntercept" in item:
+        return (frame.astype(np.float32) * float(item.RescaleSlope) + float(item.RescaleIntercept)).astype(np.float32)
+    return apply_modality_lut(frame, ds).astype(np.float32)
 
 
 def _window(values: np.ndarray, ds: Dataset, window: tuple[float, float] | None) -> np.ndarray:

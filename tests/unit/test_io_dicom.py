@@ -254,3 +254,43 @@ def test_labels_follow_the_dataset_levels_first():
     np.testing.assert_array_equal(normalise_labels(np.array([[0, 170, 255]], np.uint8), levels=levels), [[0, 2, 3]])
     # values the dataset never had fall back to the usual rule
     np.testing.assert_array_equal(normalise_labels(np.array([[0, 2]], np.uint8), levels=levels), [[0, 2]])
+
+
+def test_enhanced_multiframe_uses_each_frames_own_rescale_and_window(tmp_path):
+    """Enhanced MR/CT keep slope, intercept and window per frame in functional groups, not at the top level."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    ds = pydicom.dcmread(sample_file("MR_small.dcm"))
+    frame = ds.pixel_array
+    ds.PixelData = np.stack([frame, frame, frame]).tobytes()
+    ds.NumberOfFrames = 3
+    for keyword in ("WindowCenter", "WindowWidth"):
+        delattr(ds, keyword)
+
+    def group(**macros) -> Dataset:
+        item = Dataset()
+        for keyword, values in macros.items():
+            inner = Dataset()
+            for name, value in values.items():
+                setattr(inner, name, value)
+            setattr(item, keyword, Sequence([inner]))
+        return item
+
+    shared = group(PixelValueTransformationSequence={"RescaleSlope": "2", "RescaleIntercept": "-100"})
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    ds.PerFrameFunctionalGroupsSequence = Sequence([
+        group(FrameVOILUTSequence={"WindowCenter": "600", "WindowWidth": "800"}),
+        group(FrameVOILUTSequence={"WindowCenter": "1200", "WindowWidth": "400"}),
+        group(FrameVOILUTSequence={"WindowCenter": "600", "WindowWidth": "800"},
+              PixelValueTransformationSequence={"RescaleSlope": "1", "RescaleIntercept": "0"}),
+    ])
+    path = tmp_path / "enhanced.dcm"
+    ds.save_as(path)
+    frames = read_image(path)
+    values = frame.astype(np.float64) * 2 - 100                    # the shared rescale
+    np.testing.assert_allclose(frames[0][0], dicom.apply_window(values, 600, 800), atol=1e-6)
+    np.testing.assert_allclose(frames[1][0], dicom.apply_window(values, 1200, 400), atol=1e-6)
+    np.testing.assert_allclose(frames[2][0], dicom.apply_window(frame, 600, 800), atol=1e-6)   # its own rescale
+    # an explicit window still wins, applied after each frame's rescale
+    chosen = read_image(path, window=(500, 1000))
+    np.testing.assert_allclose(chosen[2][0], dicom.apply_window(frame, 500, 1000), atol=1e-6)

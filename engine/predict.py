@@ -377,14 +377,30 @@ def output_stem(name: str, frame: int, frames: int) -> str:
     return f"{stem}_frame{frame:03d}" if frames > 1 else stem
 
 
+def masks_by_image_stem(named: Sequence[tuple[str, object]]) -> dict[str, object]:
+    """Masks keyed by the stem of the image they score: 'a.png' and 'a_mask.png' (or _seg, _gt, …) both score
+    'a.png'; a mask with exactly the image's stem wins over a suffixed one."""
+    from engine.data.ingest import MASK_SUFFIXES
+    out: dict[str, object] = {}
+    for name, mask in named:
+        out.setdefault(Path(name).stem, mask)
+    for name, mask in named:
+        stem = Path(name).stem
+        for suffix in MASK_SUFFIXES:
+            if stem.lower().endswith(suffix):
+                out.setdefault(stem[: -len(suffix)], mask)
+    return out
+
+
 def zip_members(archive, label: str) -> tuple[list, dict[str, object]]:
     """(image members, masks by file stem); folders, hidden files and macOS resource forks are skipped,
     and an archive with a path that leaves it is refused (it is built to write outside its folder)."""
     from engine import settings
+    from engine.data.ingest import MASK_FOLDERS
     members = [m for m in archive.infolist() if not m.is_dir()]
     if len(members) > settings.MAX_UPLOAD_FILES or sum(m.file_size for m in members) > settings.MAX_UPLOAD_BYTES:
         raise UserError(f"{label} is too large to predict on in one go; split it into smaller ZIPs.")
-    images, masks = [], {}
+    images, masks = [], []
     for member in members:
         parts = Path(member.filename.replace("\\", "/")).parts
         if member.filename.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
@@ -392,11 +408,11 @@ def zip_members(archive, label: str) -> tuple[list, dict[str, object]]:
                             "re-create the ZIP from a plain folder.")
         if any(p.startswith(".") or p == "__MACOSX" for p in parts):
             continue
-        if "masks" in parts[:-1]:
-            masks.setdefault(Path(parts[-1]).stem, member)
+        if MASK_FOLDERS & {p.lower() for p in parts[:-1]}:
+            masks.append((parts[-1], member))
         else:
             images.append(member)
-    return images, masks
+    return images, masks_by_image_stem(masks)
 
 
 def predict_zip(run_id: str, zip_path: Path | str, out_dir: Path | str, tta: bool | Sequence[str] = False,

@@ -24,7 +24,8 @@ scans.zip
 ├── normal/      img001.png, img002.dcm, …
 └── pneumonia/   img101.png, …
 ```
-**Segmentation**: images and masks with the same file names; masks hold class numbers (0 = background), 0/255, or a few grey levels such as 0/85/170/255 (read as classes 0–3).
+**Segmentation**: images and masks with the same file names (a mask may add `_mask`, `_seg` or `_gt`);
+masks hold class numbers (0 = background), 0/255, or a few grey levels such as 0/85/170/255 (classes 0–3).
 ```
 scans.zip
 ├── images/   case01.png, case02.png, …

@@ -11,8 +11,8 @@ import streamlit as st
 
 from engine.data.dataset import load_sample
 from engine.errors import UserError
-from engine.predict import (Prediction, Predictor, held_out_samples, load_predictor, mask_png, predict_zip,
-                            predictable_runs, results_csv)
+from engine.predict import (Prediction, Predictor, held_out_samples, load_predictor, mask_png, masks_by_image_stem,
+                            predict_zip, predictable_runs, results_csv)
 from pages import _widgets as w
 
 MAX_SHOWN = 12          # more images than this belong in a ZIP: every rerun predicts them all again
@@ -76,7 +76,7 @@ def from_uploads(predictor: Predictor, tta: bool) -> list[Prediction]:
     if predictor.task == "segmentation":
         uploads = st.file_uploader("Ground-truth masks (optional, same file names as the images)",
                                    accept_multiple_files=True, key="predict_masks")
-        masks = {Path(w.short_name(m.name)).stem: m for m in uploads or []}
+        masks = masks_by_image_stem([(w.short_name(m.name), m) for m in uploads or []])
     predictions = []
     for upload in (files or [])[:MAX_SHOWN]:
         name = w.short_name(upload.name)

@@ -188,7 +188,11 @@ def _write_files(files: list[tuple[str, bytes]], dest: Path) -> None:
 _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                 "test": "test", "testing": "test"}
 _IGNORED_NAMES = {"__macosx", "thumbs.db", "desktop.ini"}
-_MASK_SUFFIXES = ("_mask", "-mask", "_seg", "_label", "_labels")
+MASK_SUFFIXES = ("_mask", "-mask", "_seg", "-seg", "_segmentation", "_label", "-label", "_labels", "_gt")
+# Folder names public datasets use for the two halves of a segmentation upload
+IMAGE_FOLDERS = {"images", "image", "imgs", "img"}
+MASK_FOLDERS = {"masks", "mask", "labels", "label", "gt", "ground_truth", "groundtruth", "segmentations",
+                 "annotations"}
 
 
 @dataclass
@@ -244,7 +248,7 @@ def _unwrap(folder: Path, task: str) -> Path:
 
 
 def _is_layout_name(name: str) -> bool:
-    return name.lower() in _SPLIT_NAMES or name.lower() in ("images", "masks")
+    return name.lower() in _SPLIT_NAMES or name.lower() in IMAGE_FOLDERS | MASK_FOLDERS
 
 
 def _scan_classification(folder: Path, root: Path, files: list[Path], problems: list[dict]):
@@ -264,7 +268,8 @@ def _scan_classification(folder: Path, root: Path, files: list[Path], problems: 
     for child in (c for c in root.iterdir() if c.is_dir() and not _ignored([c.name])):
         subdirs = [d.name for d in child.iterdir() if d.is_dir() and not _ignored([d.name])]
         class_names.update(subdirs if child.name.lower() in _SPLIT_NAMES and subdirs else [child.name])
-    if {c.lower() for c in class_names} == {"images", "masks"}:
+    lowered = {c.lower() for c in class_names}
+    if lowered & IMAGE_FOLDERS and lowered & MASK_FOLDERS and lowered <= IMAGE_FOLDERS | MASK_FOLDERS:
         raise UserError("This upload has images/ and masks/ folders, which is a segmentation layout; "
                         "choose the segmentation task.")
     return items, sorted(class_names)
@@ -274,7 +279,7 @@ def _scan_segmentation(folder: Path, root: Path, files: list[Path], problems: li
     images, masks = {}, {}
     for file in files:
         parts = file.relative_to(root).parts
-        where = next((i for i, p in enumerate(parts[:-1]) if p.lower() in ("images", "masks")), None)
+        where = next((i for i, p in enumerate(parts[:-1]) if p.lower() in IMAGE_FOLDERS | MASK_FOLDERS), None)
         if where is None:
             problems.append(_problem(_rel(file, folder), "unsupported",
                                      "File is not inside an images/ or masks/ folder."))
@@ -287,7 +292,7 @@ def _scan_segmentation(folder: Path, root: Path, files: list[Path], problems: li
         split = _SPLIT_NAMES.get(parts[where - 1].lower()) if where else None
         if split is None and len(parts) > where + 2:      # images/train/a.png works too
             split = _SPLIT_NAMES.get(parts[where + 1].lower())
-        (images if parts[where].lower() == "images" else masks)[key] = (file, split)
+        (images if parts[where].lower() in IMAGE_FOLDERS else masks)[key] = (file, split)
     if not images and not masks:
         raise UserError("Segmentation uploads need an images/ folder and a masks/ folder with matching file names.")
     masks = {_mask_key(key, images): value for key, value in masks.items()}
@@ -310,7 +315,7 @@ def _mask_key(key: tuple, images: dict) -> tuple:
     prefix, stem = key
     if key in images:
         return key
-    for suffix in _MASK_SUFFIXES:
+    for suffix in MASK_SUFFIXES:
         if stem.lower().endswith(suffix) and (prefix, stem[: -len(suffix)]) in images:
             return prefix, stem[: -len(suffix)]
     return key

@@ -169,6 +169,20 @@ def test_multiclass_masks_in_a_wrapper_with_splits(workspace, tmp_path):
     assert {split for source, split in by_source.items() if "/train/" in source} <= {"train", "test"}
 
 
+def test_common_folder_names_and_mask_suffixes_of_public_datasets(workspace, tmp_path):
+    """image/ + labels/ with '_gt' masks, as exported from many public segmentation sets."""
+    files = {}
+    for i, suffix in enumerate(["_gt", "-seg", "_segmentation", "", "_mask"]):
+        mask = np.zeros((24, 24), np.uint8)
+        mask[4 + i: 14 + i, 5:15] = 1
+        files[f"lv/image/p{i}.png"] = png(picture(400 + i))
+        files[f"lv/labels/p{i}{suffix}.png"] = png(mask)
+    result = ingest(write(tmp_path / "src", files), "segmentation")
+    assert result.report.problems == [] and result.report.samples == 5
+    with pytest.raises(UserError, match="segmentation layout"):
+        ingest(write(tmp_path / "src2", files), "classification")
+
+
 def test_grey_level_masks_become_class_indices(workspace, tmp_path):
     """Masks saved as 0/85/170/255 so the classes are visible; one slice lacks class 2."""
     files = {}

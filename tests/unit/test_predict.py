@@ -363,3 +363,9 @@ def test_cli_predict_prints_results_and_writes_masks(seg, tmp_path, capsys):
     assert Path(entry["mask_path"]).exists() and (tmp_path / "results.csv").exists()
     assert main(["predict", "--run", run_id, str(tmp_path / "results.csv"), "--json"]) == 2
     assert "not an image Lightbox can read" in capsys.readouterr().err
+
+
+def test_masks_are_matched_to_images_with_or_without_a_suffix():
+    from engine.predict import masks_by_image_stem
+    found = masks_by_image_stem([("a_mask.png", 1), ("b.png", 2), ("b_gt.png", 3), ("c-seg.dcm", 4)])
+    assert found["a"] == 1 and found["b"] == 2 and found["c"] == 4     # the exact name wins for b

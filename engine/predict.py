@@ -380,7 +380,7 @@ def output_stem(name: str, frame: int, frames: int) -> str:
 def masks_by_image_stem(named: Sequence[tuple[str, object]]) -> dict[str, object]:
     """Masks keyed by the stem of the image they score: 'a.png' and 'a_mask.png' (or _seg, _gt, …) both score
     'a.png'; a mask with exactly the image's stem wins over a suffixed one."""
-    from engine.data.ingest import MASK_SUFFIXES
+    from engine.data.layout import MASK_SUFFIXES
     out: dict[str, object] = {}
     for name, mask in named:
         out.setdefault(Path(name).stem, mask)
@@ -396,7 +396,7 @@ def zip_members(archive, label: str) -> tuple[list, dict[str, object]]:
     """(image members, masks by file stem); folders, hidden files and macOS resource forks are skipped,
     and an archive with a path that leaves it is refused (it is built to write outside its folder)."""
     from engine import settings
-    from engine.data.ingest import MASK_FOLDERS
+    from engine.data.layout import MASK_FOLDERS
     members = [m for m in archive.infolist() if not m.is_dir()]
     if len(members) > settings.MAX_UPLOAD_FILES or sum(m.file_size for m in members) > settings.MAX_UPLOAD_BYTES:
         raise UserError(f"{label} is too large to predict on in one go; split it into smaller ZIPs.")

@@ -7,9 +7,7 @@ import os
 import re
 import secrets
 import shutil
-import stat
 import tempfile
-import zipfile
 from collections import Counter
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -23,7 +21,9 @@ import numpy as np
 from engine import settings
 from engine.data import dataset, io
 from engine.data.dicom import NotAnImage
+from engine.data.layout import Item, Layout, problem, scan
 from engine.data.splits import SPLITS, assign_splits
+from engine.data.uploads import extract_zip, write_files
 from engine.errors import UserError
 
 TASKS = ("classification", "segmentation")
@@ -62,7 +62,7 @@ class IngestResult:
 @dataclass
 class _Decoded:
     """The worker's answer for one upload file: frames already saved under temporary names."""
-    item: _Item
+    item: Item
     digest: str = ""
     frames: list[tuple[str, int, int, int]] = field(default_factory=list)   # (temp key, H, W, channels)
     dtype: str = ""
@@ -84,7 +84,7 @@ def ingest(src: Path, task: str, name: str | None = None, seed: int = 0,
         folder = src
         if src.is_file():
             folder = scratch / "upload"
-            _extract_zip(src, folder)          # checks every ZIP rule before writing anything
+            extract_zip(src, folder)          # checks every ZIP rule before writing anything
         return _ingest_folder(folder, task, name or _stem(src), src.name, seed, progress, workers, scratch)
 
 
@@ -95,7 +95,7 @@ def ingest_files(files: list[tuple[str, bytes]], task: str, name: str | None = N
         raise UserError("No files were uploaded; add images or a ZIP and try again.")
     with _scratch() as scratch:
         folder = scratch / "upload"
-        _write_files(files, folder)
+        write_files(files, folder)
         if len(files) == 1 and files[0][0].lower().endswith(".zip"):
             zipped = next(p for p in folder.rglob("*") if p.is_file())
             return ingest(zipped, task, name or _stem(zipped), seed, progress)
@@ -105,7 +105,7 @@ def ingest_files(files: list[tuple[str, bytes]], task: str, name: str | None = N
 
 def _ingest_folder(folder: Path, task: str, name: str, source: str, seed: int,
                    progress: Progress | None, workers: int | None, scratch: Path) -> IngestResult:
-    found = _scan(folder, task)
+    found = scan(folder, task)
     report = IngestReport(task=task, source=source, files_seen=found.files_seen, problems=list(found.problems))
     staging = scratch / "dataset"
     (staging / "images").mkdir(parents=True)
@@ -122,212 +122,9 @@ def _ingest_folder(folder: Path, task: str, name: str, source: str, seed: int,
     return IngestResult(dataset_id, report)
 
 
-# ---- uploads: ZIP and loose files, checked before anything is written -------------------------------
-
-def _safe_parts(name: str, archive: str) -> list[str]:
-    """Path parts of an upload entry; refuses absolute paths and '..' so nothing lands outside the folder."""
-    clean = name.replace("\\", "/")
-    parts = [p for p in clean.split("/") if p not in ("", ".")]
-    if clean.startswith("/") or re.match(r"^[A-Za-z]:", clean) or ".." in parts:
-        raise UserError(f"{archive} contains the path '{name}', which points outside the upload; it was refused.")
-    return parts
-
-
-def _check_limits(count: int, size: int, archive: str) -> None:
-    # Read at call time so a deployment (or a test) can change the limits after import
-    if count > settings.MAX_UPLOAD_FILES:
-        raise UserError(f"{archive} holds {count} files, more than the limit of {settings.MAX_UPLOAD_FILES}; "
-                        f"split it or raise LIGHTBOX_MAX_UPLOAD_FILES.")
-    if size > settings.MAX_UPLOAD_BYTES:
-        raise UserError(f"{archive} unpacks to {size / 1e6:.1f} MB, more than the limit of "
-                        f"{settings.MAX_UPLOAD_BYTES / 1e6:.1f} MB; split it or raise LIGHTBOX_MAX_UPLOAD_BYTES.")
-
-
-def _extract_zip(path: Path, dest: Path) -> None:
-    """Check every entry of the archive, then extract it; zipfile never inflates past an entry's declared size."""
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as err:
-        raise UserError(f"{path.name} is not a readable ZIP archive ({err}).") from err
-    with archive:
-        entries = archive.infolist()
-        for entry in entries:
-            if stat.S_ISLNK(entry.external_attr >> 16):
-                raise UserError(f"{path.name} contains a symbolic link ('{entry.filename}'); "
-                                f"zip the real files instead.")
-            _safe_parts(entry.filename, path.name)
-        _check_limits(len(entries), sum(e.file_size for e in entries), path.name)
-        dest.mkdir(parents=True, exist_ok=True)
-        for entry in entries:
-            parts = _safe_parts(entry.filename, path.name)
-            if _ignored(parts):
-                continue
-            target = dest.joinpath(*parts)
-            if entry.is_dir():                 # kept, so an empty class folder is reported as such
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with archive.open(entry) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out, 1 << 20)
-            except (RuntimeError, NotImplementedError, zipfile.BadZipFile, EOFError) as err:
-                raise UserError(f"{path.name} could not be unpacked at '{entry.filename}' ({err}); "
-                                f"re-create the ZIP without a password.") from err
-
-
-def _write_files(files: list[tuple[str, bytes]], dest: Path) -> None:
-    _check_limits(len(files), sum(len(data) for _, data in files), "The upload")
-    targets = [dest.joinpath(*_safe_parts(name, "The upload")) for name, _ in files]   # all checked first
-    for target, (_, data) in zip(targets, files):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-
-
-# ---- layout: which files are images, their class or mask, and any split fixed by folders --------------
-
-_SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                "test": "test", "testing": "test"}
-_IGNORED_NAMES = {"__macosx", "thumbs.db", "desktop.ini"}
-MASK_SUFFIXES = ("_mask", "-mask", "_seg", "-seg", "_segmentation", "_label", "-label", "_labels", "_gt")
-# Folder names public datasets use for the two halves of a segmentation upload
-IMAGE_FOLDERS = {"images", "image", "imgs", "img"}
-MASK_FOLDERS = {"masks", "mask", "labels", "label", "gt", "ground_truth", "groundtruth", "segmentations",
-                 "annotations"}
-
-
-@dataclass
-class _Item:
-    """One image file to decode, with its class folder or mask, and a split fixed by the folders (if any)."""
-    file: Path
-    path: str                          # relative to the upload root, with '/'
-    label: str | None = None
-    split: str | None = None
-    mask: Path | None = None
-    mask_path: str | None = None
-
-
-@dataclass
-class _Layout:
-    items: list[_Item]
-    class_names: list[str]
-    problems: list[dict]
-    files_seen: int
-
-
-def _ignored(parts: list[str] | tuple[str, ...]) -> bool:
-    """Hidden files, macOS resource forks and Windows thumbnails are not part of anyone's dataset."""
-    return any(p.startswith(".") or p.lower() in _IGNORED_NAMES for p in parts)
-
-
-def _scan(folder: Path, task: str) -> _Layout:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not _ignored(p.relative_to(folder).parts))
-    root = _unwrap(folder, task)
-    problems, inside = [], []
-    for file in files:
-        if root in file.parents:
-            inside.append(file)
-        else:
-            problems.append(_problem(_rel(file, folder), "unsupported", "File lies outside the dataset folder."))
-    scan = _scan_classification if task == "classification" else _scan_segmentation
-    items, class_names = scan(folder, root, inside, problems)
-    return _Layout(items, class_names, problems, len(files))
-
-
-def _unwrap(folder: Path, task: str) -> Path:
-    """Step into single wrapper folders (a ZIP of 'mydata/'), stopping at layout names or class folders."""
-    root = folder
-    while True:
-        children = [c for c in root.iterdir() if not _ignored([c.name])]
-        dirs = [c for c in children if c.is_dir()]
-        images = [c for c in children if c.is_file() and io.is_supported(c)]
-        if len(dirs) != 1 or images or _is_layout_name(dirs[0].name):
-            return root
-        if task == "classification" and not any(c.is_dir() for c in dirs[0].iterdir()):
-            return root                    # a single class folder: keep it, so the error names it
-        root = dirs[0]
-
-
-def _is_layout_name(name: str) -> bool:
-    return name.lower() in _SPLIT_NAMES or name.lower() in IMAGE_FOLDERS | MASK_FOLDERS
-
-
-def _scan_classification(folder: Path, root: Path, files: list[Path], problems: list[dict]):
-    items, class_names = [], set()
-    for file in files:
-        parts = file.relative_to(root).parts
-        split = _SPLIT_NAMES.get(parts[0].lower()) if len(parts) >= 3 else None
-        rest = parts[1:] if split else parts
-        if len(rest) < 2:
-            problems.append(_problem(_rel(file, folder), "unsupported", "File is not inside a class folder."))
-            continue
-        class_names.add(rest[0])
-        if not io.is_supported(file):
-            problems.append(_problem(_rel(file, folder), "unsupported", f"{file.name} is not an image file."))
-            continue
-        items.append(_Item(file, _rel(file, folder), label=rest[0], split=split))
-    for child in (c for c in root.iterdir() if c.is_dir() and not _ignored([c.name])):
-        subdirs = [d.name for d in child.iterdir() if d.is_dir() and not _ignored([d.name])]
-        class_names.update(subdirs if child.name.lower() in _SPLIT_NAMES and subdirs else [child.name])
-    lowered = {c.lower() for c in class_names}
-    if lowered & IMAGE_FOLDERS and lowered & MASK_FOLDERS and lowered <= IMAGE_FOLDERS | MASK_FOLDERS:
-        raise UserError("This upload has images/ and masks/ folders, which is a segmentation layout; "
-                        "choose the segmentation task.")
-    return items, sorted(class_names)
-
-
-def _scan_segmentation(folder: Path, root: Path, files: list[Path], problems: list[dict]):
-    images, masks = {}, {}
-    for file in files:
-        parts = file.relative_to(root).parts
-        where = next((i for i, p in enumerate(parts[:-1]) if p.lower() in IMAGE_FOLDERS | MASK_FOLDERS), None)
-        if where is None:
-            problems.append(_problem(_rel(file, folder), "unsupported",
-                                     "File is not inside an images/ or masks/ folder."))
-            continue
-        if not io.is_supported(file):
-            problems.append(_problem(_rel(file, folder), "unsupported", f"{file.name} is not an image file."))
-            continue
-        stem = "/".join((*parts[where + 1:-1], Path(parts[-1]).stem))
-        key = (tuple(p.lower() for p in parts[:where]), stem)
-        split = _SPLIT_NAMES.get(parts[where - 1].lower()) if where else None
-        if split is None and len(parts) > where + 2:      # images/train/a.png works too
-            split = _SPLIT_NAMES.get(parts[where + 1].lower())
-        (images if parts[where].lower() in IMAGE_FOLDERS else masks)[key] = (file, split)
-    if not images and not masks:
-        raise UserError("Segmentation uploads need an images/ folder and a masks/ folder with matching file names.")
-    masks = {_mask_key(key, images): value for key, value in masks.items()}
-    items = []
-    for key, (file, split) in images.items():
-        if key in masks:
-            mask = masks[key][0]
-            items.append(_Item(file, _rel(file, folder), split=split, mask=mask, mask_path=_rel(mask, folder)))
-        else:
-            problems.append(_problem(_rel(file, folder), "mask_missing", f"No mask named like {file.name} in masks/."))
-    for key, (file, _) in masks.items():
-        if key not in images:
-            problems.append(_problem(_rel(file, folder), "image_missing",
-                                     f"No image named like {file.name} in images/."))
-    return items, []
-
-
-def _mask_key(key: tuple, images: dict) -> tuple:
-    """Match 'a_mask.png' to 'a.png' when no image is called 'a_mask'."""
-    prefix, stem = key
-    if key in images:
-        return key
-    for suffix in MASK_SUFFIXES:
-        if stem.lower().endswith(suffix) and (prefix, stem[: -len(suffix)]) in images:
-            return prefix, stem[: -len(suffix)]
-    return key
-
-
-def _rel(file: Path, folder: Path) -> str:
-    return file.relative_to(folder).as_posix()
-
-
 # ---- decode, check, assemble ---------------------------------------------------------------------------
 
-def _decode_all(items: list[_Item], staging: Path, task: str,
+def _decode_all(items: list[Item], staging: Path, task: str,
                 progress: Progress | None, workers: int | None) -> list[_Decoded]:
     total, done, results = len(items), 0, []
     if progress:
@@ -344,7 +141,7 @@ def _decode_all(items: list[_Item], staging: Path, task: str,
     return sorted(results, key=lambda r: r.item.path)
 
 
-def _decode_one(index: int, item: _Item, staging: Path, task: str) -> _Decoded:
+def _decode_one(index: int, item: Item, staging: Path, task: str) -> _Decoded:
     out = _Decoded(item)
     try:
         data = item.file.read_bytes()
@@ -372,27 +169,27 @@ def _decode_one(index: int, item: _Item, staging: Path, task: str) -> _Decoded:
     return out
 
 
-def _read_masks(item: _Item, frames: list[np.ndarray], out: _Decoded) -> tuple[list, dict | None]:
+def _read_masks(item: Item, frames: list[np.ndarray], out: _Decoded) -> tuple[list, dict | None]:
     try:
         raw = io.read_mask_frames(item.mask.read_bytes(), item.mask_path)
     except io.LabelRangeError as err:
-        return [], _problem(item.mask_path, "mask_labels_out_of_range", str(err))
+        return [], problem(item.mask_path, "mask_labels_out_of_range", str(err))
     except UserError as err:
-        return [], _problem(item.mask_path, "unreadable", str(err))
+        return [], problem(item.mask_path, "unreadable", str(err))
     except Exception as err:  # as for images: one bad mask skips one sample
-        return [], _problem(item.mask_path, "unreadable",
+        return [], problem(item.mask_path, "unreadable",
                             f"{item.mask_path} could not be read ({type(err).__name__}: {err}).")
     if len(raw) != len(frames) or any(m.shape != f.shape[1:] for m, f in zip(raw, frames)):
         have = f"{len(raw)} frame(s) of {raw[0].shape[0]}x{raw[0].shape[1]}"
         want = f"{len(frames)} frame(s) of {frames[0].shape[1]}x{frames[0].shape[2]}"
-        return [], _problem(item.mask_path, "mask_size_mismatch",
+        return [], problem(item.mask_path, "mask_size_mismatch",
                             f"{item.mask_path} has {have} but its image {item.path} has {want}.")
     values = set().union(*(np.unique(m).tolist() for m in raw))
     if io.mask_levels(values) is None:       # e.g. a JPEG mask, whose edges smear into dozens of values
         try:
             io.normalise_labels(np.array(sorted(values), dtype=np.uint8), item.mask_path)
         except io.LabelRangeError as err:
-            return [], _problem(item.mask_path, "mask_labels_out_of_range", str(err))
+            return [], problem(item.mask_path, "mask_labels_out_of_range", str(err))
     out.mask_values = values
     return raw, None
 
@@ -405,7 +202,7 @@ def _drop_bad_and_duplicates(decoded: list[_Decoded], report: IngestReport) -> l
             report.problems.append(result.problem)
         elif result.digest in first_by_digest:
             original = first_by_digest[result.digest]
-            report.problems.append(_problem(result.item.path, "duplicate",
+            report.problems.append(problem(result.item.path, "duplicate",
                                             f"{result.item.path} has the same content as {original}; kept one."))
         else:
             first_by_digest[result.digest] = result.item.path
@@ -425,7 +222,7 @@ def _mask_levels(kept: list[_Decoded]) -> dict[int, int]:
     return levels
 
 
-def _classes(found: _Layout, kept: list[_Decoded], task: str, report: IngestReport,
+def _classes(found: Layout, kept: list[_Decoded], task: str, report: IngestReport,
              levels: dict[int, int]) -> tuple[list[str], list[int | None]]:
     if not kept:
         reasons = Counter(p["kind"] for p in report.problems)
@@ -438,7 +235,7 @@ def _classes(found: _Layout, kept: list[_Decoded], task: str, report: IngestRepo
         return classes, [None] * len(kept)
     used = sorted({r.item.label for r in kept})
     for empty in sorted(set(found.class_names) - set(used)):
-        report.problems.append(_problem(empty, "empty_class",
+        report.problems.append(problem(empty, "empty_class",
                                         f"Class folder '{empty}' has no usable image; it was left out."))
     if len(used) < 2:
         raise UserError(f"Classification needs at least 2 class folders with images; found {len(used)} "
@@ -510,12 +307,8 @@ def _fill_report(report: IngestReport, kept: list[_Decoded], rows: list[dict], c
 
 
 def _fail(out: _Decoded, file: str, kind: str, message: str) -> _Decoded:
-    out.problem = _problem(file, kind, message)
+    out.problem = problem(file, kind, message)
     return out
-
-
-def _problem(file: str, kind: str, message: str) -> dict:
-    return {"file": file, "kind": kind, "message": message}
 
 
 def _slug(name: str) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -247,6 +248,7 @@ def _manifest(dataset_id: str, name: str, task: str, source: str, kept: list[_De
               labels: list[int | None], seed: int, staging: Path, report: IngestReport,
               levels: dict[int, int]) -> dict:
     channels = 3 if any(c == 3 for r in kept for *_, c in r.frames) else 1
+    secret = settings.secret_key()
     rows, sample_labels, groups, fixed = [], [], [], []
     for result, label in zip(kept, labels):
         many = len(result.frames) > 1
@@ -256,7 +258,7 @@ def _manifest(dataset_id: str, name: str, task: str, source: str, kept: list[_De
             key = f"{len(rows):06d}"
             _finish_arrays(staging, temp_key, key, c, channels, levels)
             rows.append({"key": key, "source": result.item.path + (f"#{f}" if many else ""), "split": "",
-                         "patient": result.patient, "height": h, "width": w, "modality": result.modality}
+                         "patient": _pseudonym(result.patient, secret), "height": h, "width": w, "modality": result.modality}
                         | ({"label": label} if task == "classification" else {}))
             sample_labels.append(label)
             groups.append(group)
@@ -274,6 +276,14 @@ def _manifest(dataset_id: str, name: str, task: str, source: str, kept: list[_De
             "source": source, "channels": channels, "classes": classes, "num_classes": len(classes),
             "mask_levels": report.mask_levels, "samples": rows, "split_counts": report.per_split,
             "report": report.to_dict()}
+
+
+def _pseudonym(patient: str | None, key: bytes) -> str | None:
+    """A keyed hash of the PatientID: a patient's images still share a split and can be counted, but the
+    manifest (and anything built from it) holds no identifier."""
+    if not patient:
+        return None
+    return "patient-" + hmac.new(key, patient.encode(), hashlib.sha256).hexdigest()[:12]
 
 
 def _finish_arrays(staging: Path, temp_key: str, key: str, have: int, channels: int,

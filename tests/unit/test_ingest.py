@@ -240,6 +240,14 @@ def test_dicom_without_extension_patients_and_multiframe(workspace, tmp_path):
     for sample in manifest["samples"]:
         splits_by_patient.setdefault(sample["patient"], set()).add(sample["split"])
     assert all(len(splits) == 1 for splits in splits_by_patient.values())
+    # PatientIDs are kept only as keyed pseudonyms: same patient, same pseudonym; no ID in the manifest
+    assert len(splits_by_patient) == 9
+    text = (settings.datasets_dir() / result.dataset_id / "manifest.json").read_text()
+    assert "a-1" not in text and "b-3" not in text
+    assert all(p.startswith("patient-") for p in splits_by_patient)
+    again = load_manifest(ingest(write(tmp_path / "again", files), "classification").dataset_id)
+    assert [s["patient"] for s in again["samples"]] == [s["patient"] for s in manifest["samples"]]
+    assert [s["split"] for s in again["samples"]] == [s["split"] for s in manifest["samples"]]
     dose = [s for s in manifest["samples"] if s["source"].startswith("a/dose.dcm#")]
     assert len(dose) == 15 and dose[3]["source"] == "a/dose.dcm#3" and dose[0]["modality"] == "RTDOSE"
 

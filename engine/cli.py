@@ -48,6 +48,14 @@ def cmd_ingest(args) -> dict:
     return {"dataset_id": result.dataset_id, "report": result.report.to_dict()}
 
 
+@command("datasets")
+def cmd_datasets(args) -> dict:
+    from engine.data.dataset import list_datasets
+    keys = ("id", "name", "task", "created", "source", "classes", "channels", "split_counts")
+    return {"datasets": [{k: m.get(k) for k in keys} | {"samples": sum((m.get("split_counts") or {}).values())}
+                         for m in list_datasets()]}
+
+
 # ---- training ---------------------------------------------------------------------------------------------
 
 def _config_from(args):
@@ -230,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     add("demo-setup", "ingest the built-in demo datasets once")
+
+    add("datasets", "list the ingested datasets")
 
     p = add("ingest", "validate and cache a folder or ZIP of images")
     p.add_argument("src")

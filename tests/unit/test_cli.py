@@ -29,6 +29,9 @@ def test_demo_ingest_train_runs_predict_flow(tmp_path):
     ingested = _cli("ingest", str(tmp_path / "demo.zip"), "--task", "classification", "--json", "--quiet", home=home)
     assert ingested.returncode == 0, ingested.stderr
     dataset_id = _last_json(ingested)["dataset_id"]
+    (listed_data,) = _last_json(_cli("datasets", "--json", home=home))["datasets"]
+    assert listed_data["id"] == dataset_id and listed_data["task"] == "classification"
+    assert listed_data["samples"] == 24 and listed_data["classes"] == ["abdomen", "chest"]
     trained = _cli("train", "--dataset", dataset_id, "--arch", "lenet5", "--epochs", "1", "--image-size", "32",
                    "--json", "--quiet", home=home)
     assert trained.returncode == 0, trained.stderr

@@ -53,4 +53,5 @@ def register(add, command) -> None:
 
 def _default_arch(dataset_id: str) -> str:
     from engine.data.dataset import load_manifest
-    return "unet" if load_manifest(dataset_id)["task"] == "segmentation" else "resnet18"
+    from engine.models import DEFAULT_ARCH
+    return DEFAULT_ARCH[load_manifest(dataset_id)["task"]]

@@ -9,7 +9,7 @@ from engine.config import OPTIMIZERS, SCHEDULES, RunConfig, default_loss, defaul
 from engine.data.dataset import list_datasets
 from engine.errors import UserError
 from engine.losses import losses_for
-from engine.models import get_spec, models_for, parameter_count
+from engine.models import DEFAULT_ARCH, get_spec, models_for, parameter_count
 from pages import _widgets as w
 
 LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]   # steps of about ×3: a log scale
@@ -26,8 +26,10 @@ def architecture(manifest: dict) -> tuple[str, dict]:
     """The chosen architecture and its options, with what it is known for and how big it is."""
     task = manifest["task"]
     specs = {s.name: s for s in models_for(task)}
-    arch = st.selectbox("Architecture", list(specs), key=f"train_arch_{task}", format_func=lambda n: (
-        f"{specs[n].title} ({specs[n].year})" if specs[n].year else specs[n].title))
+    names = list(specs)
+    arch = st.selectbox("Architecture", names, index=names.index(DEFAULT_ARCH[task]), key=f"train_arch_{task}",
+                        format_func=lambda n: f"{specs[n].title} ({specs[n].year})" if specs[n].year
+                        else specs[n].title)
     spec = specs[arch]
     st.info(spec.note, icon=":material/school:")
     options = {}

@@ -3,6 +3,7 @@
 Importing this package registers all entries; the order of the imports below is the teaching order.
 """
 from engine.models.registry import (
+    DEFAULT_ARCH,
     MODELS,
     ModelSpec,
     Option,
@@ -15,5 +16,5 @@ from engine.models.registry import (
 )
 from engine.models import classic, fcn, unet, dilated, torchvision_seg  # noqa: E402,F401  (registration)
 
-__all__ = ["MODELS", "ModelSpec", "Option", "build_model", "count_parameters", "get_spec", "models_for",
+__all__ = ["DEFAULT_ARCH", "MODELS", "ModelSpec", "Option", "build_model", "count_parameters", "get_spec", "models_for",
            "parameter_count", "register"]

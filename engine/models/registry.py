@@ -64,6 +64,11 @@ def register(**meta: Any) -> Callable:
     return add
 
 
+# What a new run starts from: proven, quick to train on a CPU, and strong enough on real scans. The lists stay in
+# teaching order (MLP and FCN first), which is not the order of what to try first.
+DEFAULT_ARCH = {"classification": "resnet18", "segmentation": "unet"}
+
+
 def models_for(task: str) -> list[ModelSpec]:
     """Entries for one task, in teaching order (the order they are registered in)."""
     return [spec for spec in MODELS.values() if spec.task == task]

@@ -27,6 +27,15 @@ def test_architecture_card_shows_note_parameters_and_minimum_size(lb, seg_datase
     assert {m.label: m.value for m in at.metric}["Parameters"] != before
 
 
+def test_new_runs_start_from_a_strong_architecture_not_the_first_in_the_list(lb, seg_dataset, cls_dataset):
+    at = lb.app(TRAIN)
+    at.selectbox(key="train_dataset").set_value(seg_dataset).run()
+    assert at.selectbox(key="train_arch_segmentation").value == "unet"
+    assert at.selectbox(key="train_arch_segmentation").options[0].startswith("FCN")       # teaching order kept
+    at.selectbox(key="train_dataset").set_value(cls_dataset).run()
+    assert at.selectbox(key="train_arch_classification").value == "resnet18"
+
+
 def test_start_training_queues_the_chosen_settings_and_opens_monitor(lb, seg_dataset):
     at = lb.app(TRAIN)
     at.selectbox(key="train_arch_segmentation").set_value("unet").run()

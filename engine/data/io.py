@@ -6,7 +6,7 @@ from io import BytesIO
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 from engine.data import dicom
 from engine.errors import UserError
@@ -14,6 +14,7 @@ from engine.errors import UserError
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 SUPPORTED_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}) | DICOM_EXTENSIONS
 MAX_LABEL = 63          # masks hold class indices 0..MAX_LABEL, or 0/255 for binary
+ORIENTATION_TAG = 0x0112    # EXIF Orientation
 MAX_GREY_LEVELS = 16    # ... or this many grey levels at most (0/85/170/255 and the like), mapped to 0, 1, 2, …
 
 
@@ -141,6 +142,8 @@ def _open(source: Path | bytes, label: str) -> Image.Image:
         data = source if isinstance(source, bytes) else source.read_bytes()    # no file handle left open by Pillow
         image = Image.open(BytesIO(data))
         image.load()            # decode now, so truncated files fail here with a clear message
+        if getattr(image, "n_frames", 1) == 1 and image.getexif().get(ORIENTATION_TAG, 1) != 1:
+            image = ImageOps.exif_transpose(image)    # a photo or phone export shows upright, so store it upright
         return image
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         reason = "cannot identify image file" if isinstance(err, UnidentifiedImageError) else str(err).split("\n")[0]

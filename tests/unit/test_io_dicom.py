@@ -294,3 +294,18 @@ def test_enhanced_multiframe_uses_each_frames_own_rescale_and_window(tmp_path):
     # an explicit window still wins, applied after each frame's rescale
     chosen = read_image(path, window=(500, 1000))
     np.testing.assert_allclose(chosen[2][0], dicom.apply_window(frame, 500, 1000), atol=1e-6)
+
+
+def test_exif_orientation_is_applied_to_images_and_masks():
+    """A JPEG saved by a phone or viewer with 'rotate 90°' in its EXIF is read upright, and so is its mask."""
+    pixels = np.zeros((20, 40), np.uint8)
+    pixels[:, :10] = 255                                  # bright left strip, 40 wide × 20 high
+    exif = Image.Exif()
+    exif[0x0112] = 6                                      # stored sideways: display rotated 90° clockwise
+    buffer = bytes_io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", exif=exif)
+    (frame,) = read_image(buffer.getvalue(), "photo.png")
+    assert frame.shape == (1, 40, 20)                     # upright: 20 wide × 40 high
+    assert frame[0, :10].mean() > 0.9 and frame[0, -10:].mean() < 0.1    # the strip is now on top
+    mask = read_mask(buffer.getvalue(), "photo_mask.png")
+    assert mask.shape == (40, 20) and mask[:10].min() == 255

@@ -179,14 +179,17 @@ class PruningReporter:
 
 
 def fail_stale_trials(study: optuna.Study) -> int:
-    """Trials whose run died (interrupted, or heartbeat gone) are failed and queued again with their parameters."""
+    """Trials whose run died (interrupted, heartbeat gone, or deleted) are failed and queued again with their
+    parameters."""
     jobs.mark_stale_runs()
     retried = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         run_id = trial.user_attrs.get("run_id")
-        run = store.get_run(run_id) if run_id else None
-        if run is None or run["status"] not in ("interrupted", "failed", "cancelled"):
-            continue
+        if not run_id:
+            continue                    # asked a moment ago; its run is being created
+        run = store.get_run(run_id)
+        if run is not None and run["status"] not in ("interrupted", "failed", "cancelled"):
+            continue                    # a run deleted by the user counts as dead too
         study.tell(trial.number, state=TrialState.FAIL)
         if not trial.user_attrs.get("retry_of"):
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
@@ -271,7 +274,8 @@ def trials_table(name: str) -> list[dict[str, Any]]:
         run = store.get_run(t.user_attrs["run_id"]) if t.user_attrs.get("run_id") else None
         rows.append({"trial": t.number, "state": t.state.name.lower(), "value": t.value,
                      "epochs": len(t.intermediate_values), "run_id": t.user_attrs.get("run_id"),
-                     "run_status": run["status"] if run else None, **t.params})
+                     "run_status": run["status"] if run else ("deleted" if t.user_attrs.get("run_id") else None),
+                     **t.params})
     return rows
 
 

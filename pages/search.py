@@ -22,7 +22,7 @@ PRUNERS = {"median": "Median (stop below-median trials)", "hyperband": "Hyperban
 STATE_COLOURS = {"running": "blue", "complete": "green", "pruned": "orange", "fail": "red", "waiting": "gray"}
 PARAM_TITLES = {"lr": "learning rate", "weight_decay": "weight decay", "batch_size": "batch size",
                 "arch": "architecture", "loss": "loss", "optimizer": "optimizer", "augment_level": "augmentation"}
-DEAD_RUN = ("interrupted", "failed", "cancelled")
+DEAD_RUN = ("interrupted", "failed", "cancelled", "deleted")
 
 
 def level_note(level: str) -> str:

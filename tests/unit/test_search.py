@@ -119,6 +119,26 @@ def test_trial_of_a_dead_worker_is_failed_and_retried(tiny_segmentation):
     assert retried, "the retried trial should train with the dead trial's parameters"
 
 
+def test_a_trial_whose_run_was_deleted_is_failed_and_retried(tiny_segmentation):
+    """Deleting a stalled trial's run on the Monitor page must not leave the study waiting for it forever."""
+    from optuna.trial import TrialState
+
+    from engine import jobs
+    from engine.runner import create_run
+    name = search.create_study(_spec(tiny_segmentation, n_trials=2, pruner="none"))
+    study = search.load_study(name)
+    trial = study.ask()
+    params = search.suggest(trial, search.load_spec(name).space)
+    run_id = create_run(search.config_from_params(search.load_spec(name).base, params), status="interrupted",
+                        study=name, trial=trial.number)
+    trial.set_user_attr("run_id", run_id)
+    assert jobs.delete(run_id) == "deleted"
+    (row,) = search.trials_table(name)
+    assert row["state"] == "running" and row["run_status"] == "deleted"
+    assert search.fail_stale_trials(study) == 1
+    assert study.get_trials(deepcopy=False)[trial.number].state == TrialState.FAIL
+
+
 def test_background_process_is_seen_alive_then_gone(lightbox_env):
     """The Search page tells a running search process from one that died (a zombie child counts as gone)."""
     import socket

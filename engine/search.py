@@ -299,7 +299,7 @@ def launch_search(name: str) -> int:
 
 
 def background_process(name: str) -> dict[str, Any] | None:
-    """The search process the UI started for this study on this machine: {"alive", "last_line"}; None when
+    """The search process the UI started for this study on this machine: {"alive", "last_line", "started"}; None when
     there is none to know of (never launched from here, or launched on another machine)."""
     try:
         pid_text, host = _log_path(name, "pid").read_text().split()
@@ -310,7 +310,8 @@ def background_process(name: str) -> dict[str, Any] | None:
         return None
     lines = [line.strip() for line in _log_path(name, "log").read_text(errors="replace").splitlines()
              if line.strip()] if _log_path(name, "log").exists() else []
-    return {"alive": _alive(pid), "last_line": lines[-1] if lines else ""}
+    started = _log_path(name, "pid").stat().st_mtime       # its time limit counts from here, not from creation
+    return {"alive": _alive(pid), "last_line": lines[-1] if lines else "", "started": started}
 
 
 def _alive(pid: int) -> bool:

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import os
 import secrets
-import time
+import tempfile
 from pathlib import Path
+
+from engine.errors import UserError
 
 
 def home() -> Path:
@@ -30,18 +32,22 @@ def secret_key() -> bytes:
     """A random key made once per workspace (file .key, readable by its owner only); it turns DICOM PatientIDs
     into pseudonyms that cannot be reversed without it."""
     path = home() / ".key"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        for _ in range(50):            # another process may be writing it this very moment
-            key = path.read_bytes()
-            if len(key) == 32:
-                return key
-            time.sleep(0.01)
-        raise RuntimeError(f"{path} is damaged; delete it (existing datasets keep their pseudonyms).")
-    key = secrets.token_bytes(32)
-    with os.fdopen(fd, "wb") as out:
-        out.write(key)
+    if not path.exists():
+        # Written whole to a private temporary file, then linked into place: a crash never leaves a half key,
+        # and when two processes race, the first link wins and both read the same key.
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".key-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(secrets.token_bytes(32))
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(temp)
+    key = path.read_bytes()
+    if len(key) != 32:
+        raise UserError(f"{path} is damaged; delete it and try again (datasets made before keep their pseudonyms).")
     return key
 
 

@@ -164,13 +164,13 @@ def stalled(rows: list[dict]) -> list[int]:
     return [r["trial"] for r in rows if r["state"] == "running" and r["run_status"] in DEAD_RUN]
 
 
-def process_died(name: str, spec: dict, created: float, info: dict) -> str | None:
+def process_died(name: str, spec: dict, info: dict) -> str | None:
     """The last log line of a search process (started from this page) that died with trials still to run."""
     proc = search.background_process(name)
     if not proc or proc["alive"] or info["states"].get("running"):
         return None
     timeout = spec.get("timeout")
-    if timeout and time.time() > created + timeout:
+    if timeout and time.time() > proc["started"] + timeout:
         return None                                         # it stopped at its time limit, as asked
     finished = info["states"].get("complete", 0) + info["states"].get("pruned", 0)
     if finished >= spec.get("n_trials", 0):
@@ -253,7 +253,7 @@ def plots(name: str, objective: str) -> None:
 def live_panel(name: str, spec: dict, created: float, seen: tuple) -> None:
     jobs.mark_stale_runs()        # a run whose process died shows as interrupted, not running forever
     info, rows = search.summary(name), search.trials_table(name)
-    died = process_died(name, spec, created, info)
+    died = process_died(name, spec, info)
     now = (is_active(spec, created, info, rows, died), info["best_value"] is not None)
     if now != seen:
         st.rerun()                # the page follows: polling on or off, the 'Train with the best' button
@@ -291,7 +291,7 @@ def results(studies: list[dict]) -> None:
     name, spec = chosen["name"], chosen["spec"] or {}
     jobs.mark_stale_runs()
     info, rows = search.summary(name), search.trials_table(name)
-    died = process_died(name, spec, chosen["created"], info)
+    died = process_died(name, spec, info)
     seen = (is_active(spec, chosen["created"], info, rows, died), info["best_value"] is not None)
     st.caption(f"Dataset **{spec.get('dataset_id', '?')}** · {spec.get('n_trials', '?')} trials of "
                f"{(spec.get('base') or {}).get('epochs', '?')} epochs · sampler {spec.get('sampler', '?')} · "

@@ -148,7 +148,9 @@ def test_background_process_is_seen_alive_then_gone(lightbox_env):
     proc = subprocess.Popen(["sleep", "30"])
     try:
         (logs / "s.pid").write_text(f"{proc.pid} {socket.gethostname()}")
-        assert search.background_process("s") == {"alive": True, "last_line": "error: out of memory"}
+        found = search.background_process("s")
+        assert found["alive"] is True and found["last_line"] == "error: out of memory"
+        assert abs(found["started"] - time.time()) < 60
         proc.kill()
         time.sleep(0.2)                       # not waited for: a zombie
         assert search.background_process("s")["alive"] is False

@@ -25,3 +25,14 @@ def test_secret_key_is_made_once_private_and_shared_by_processes(lightbox_env):
         p.join(30)
     assert len(keys) == 1 and settings.secret_key() in keys and len(settings.secret_key()) == 32
     assert stat.S_IMODE((lightbox_env / ".key").stat().st_mode) == 0o600
+
+
+def test_a_damaged_key_is_a_readable_error_and_no_temporary_files_stay(lightbox_env):
+    import pytest
+
+    from engine.errors import UserError
+    settings.secret_key()
+    assert [p.name for p in lightbox_env.glob(".key*")] == [".key"]
+    (lightbox_env / ".key").write_bytes(b"")
+    with pytest.raises(UserError, match="damaged"):
+        settings.secret_key()

@@ -392,9 +392,10 @@ def masks_by_image_stem(named: Sequence[tuple[str, object]]) -> dict[str, object
     return out
 
 
-def zip_members(archive, label: str) -> tuple[list, dict[str, object]]:
+def zip_members(archive, label: str, with_masks: bool = True) -> tuple[list, dict[str, object]]:
     """(image members, masks by file stem); folders, hidden files and macOS resource forks are skipped,
-    and an archive with a path that leaves it is refused (it is built to write outside its folder)."""
+    and an archive with a path that leaves it is refused (it is built to write outside its folder). Without
+    `with_masks` (classification runs) files in labels/, gt/ … folders are images like any other."""
     from engine import settings
     from engine.data.layout import MASK_FOLDERS
     members = [m for m in archive.infolist() if not m.is_dir()]
@@ -408,7 +409,7 @@ def zip_members(archive, label: str) -> tuple[list, dict[str, object]]:
                             "re-create the ZIP from a plain folder.")
         if any(p.startswith(".") or p == "__MACOSX" for p in parts):
             continue
-        if MASK_FOLDERS & {p.lower() for p in parts[:-1]}:
+        if with_masks and MASK_FOLDERS & {p.lower() for p in parts[:-1]}:
             masks.append((parts[-1], member))
         else:
             images.append(member)
@@ -429,7 +430,7 @@ def predict_zip(run_id: str, zip_path: Path | str, out_dir: Path | str, tta: boo
         raise UserError(f"{label} is not a readable ZIP file; re-create it and upload again.") from err
     rows: list[dict] = []
     with archive:
-        images, masks = zip_members(archive, label)
+        images, masks = zip_members(archive, label, with_masks=predictor.task == "segmentation")
         if not images:
             raise UserError(f"{label} holds no files to predict on; put the images at the top level or in folders.")
         for done, member in enumerate(images, 1):

@@ -106,7 +106,8 @@ def _scale(raw: np.ndarray, ds: Dataset, window: tuple[float, float] | None) -> 
         return [np.ascontiguousarray(f.transpose(2, 0, 1)) for f in rgb]
     values = np.stack([_rescale(f, ds, i) for i, f in enumerate(raw)])
     windows = [_frame_item(ds, i, "FrameVOILUTSequence") for i in range(len(raw))]
-    if window is None and all(w is not None for w in windows):
+    if window is None and all(w is not None and _first(w.get("WindowCenter")) is not None
+                              and (_first(w.get("WindowWidth")) or 0) > 0 for w in windows):
         # Enhanced multi-frame files keep each frame's window in its functional groups, not at the top level
         scaled = np.stack([_window(v[None], w, None)[0] for v, w in zip(values, windows)])
     else:

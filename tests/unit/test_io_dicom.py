@@ -294,6 +294,12 @@ def test_enhanced_multiframe_uses_each_frames_own_rescale_and_window(tmp_path):
     # an explicit window still wins, applied after each frame's rescale
     chosen = read_image(path, window=(500, 1000))
     np.testing.assert_allclose(chosen[2][0], dicom.apply_window(frame, 500, 1000), atol=1e-6)
+    # a frame whose window item lacks a width: no per-frame windows, one stretch over the whole series
+    del ds.PerFrameFunctionalGroupsSequence[1].FrameVOILUTSequence[0].WindowWidth
+    ds.save_as(path)
+    stretched = np.stack([f[0] for f in read_image(path)])
+    assert stretched.min() == 0.0 and stretched.max() == 1.0
+    assert stretched[2].max() < 1.0          # frame 2 (its own rescale 1, 0) stays below frame 0 (× 2 − 100)
 
 
 def test_exif_orientation_is_applied_to_images_and_masks():

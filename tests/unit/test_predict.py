@@ -343,6 +343,19 @@ def test_zip_batch_writes_csv_and_masks(seg, tmp_path):
     assert mask.shape == (48, 48) and set(np.unique(mask)) <= {0, 255}
 
 
+def test_classification_zip_predicts_images_in_folders_named_like_mask_folders(cls, tmp_path):
+    import csv
+    from engine.predict import predict_zip
+    run_id, src = cls
+    first = sorted(src.rglob("*.png"))[0]
+    archive = tmp_path / "batch.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(first, "labels/a.png")                 # a folder name a segmentation ZIP would use for masks
+    rows = list(csv.DictReader(open(predict_zip(run_id, archive, tmp_path / "out"))))
+    assert [r["file"] for r in rows] == ["labels/a.png"] and rows[0].get("error", "") == ""
+    assert rows[0]["prediction"] in ("abdomen", "chest")
+
+
 def test_zip_with_an_escaping_path_is_refused(seg, tmp_path):
     from engine.predict import predict_zip
     archive = tmp_path / "evil.zip"

@@ -117,6 +117,12 @@ class Predictor:
         """Predict one (C, H, W) image in [0, 1]; a ground-truth mask (array, path or bytes) adds Dice/IoU."""
         return self.predict_arrays([image], tta, [mask], [name], [frame])[0]
 
+    def predict_stored(self, image: np.ndarray, labels: np.ndarray | None, tta: bool | Sequence[str] = False,
+                       name: str = "image") -> Prediction:
+        """Predict a sample of an ingested dataset: its mask already holds class indices, so it is scored as it
+        is (a ground truth from a file would first go through the dataset's grey-level mapping)."""
+        return self._predict([image], tta, [labels], [name], [0])[0]
+
     def predict_arrays(self, images: list[np.ndarray], tta: bool | Sequence[str] = False,
                        masks: Sequence[object] | None = None, names: Sequence[str] | None = None,
                        frames: Sequence[int] | None = None) -> list[Prediction]:

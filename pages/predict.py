@@ -123,7 +123,7 @@ def from_test_split(predictor: Predictor, tta: bool) -> list[Prediction]:
     out = []
     for key in keys:
         image, mask = load_sample(predictor.config.dataset_id, key)
-        out.append(predictor.predict_array(image, tta, mask, w.short_name(samples[key]["source"])))
+        out.append(predictor.predict_stored(image, mask, tta, w.short_name(samples[key]["source"])))
     return out
 
 

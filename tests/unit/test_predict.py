@@ -159,6 +159,27 @@ def test_grey_level_masks_score_as_the_training_masks_were_read(workspace, seg):
     assert as_grey.scores == as_labels.scores and "dice_class 3" in as_grey.scores
 
 
+def test_stored_masks_are_scored_as_class_indices_not_mapped_again(seg):
+    """Test-split masks are class indices already; the dataset's grey-level map must not touch them."""
+    from engine.data.dataset import load_manifest, load_sample
+    from engine.metrics import dice_per_class
+    from engine.predict import held_out_samples, load_predictor
+    run_id, _ = seg
+    predictor = load_predictor(run_id)
+    dataset_id = predictor.config.dataset_id
+    sample = held_out_samples(dataset_id)[0]
+    image, labels = load_sample(dataset_id, sample["key"])
+    assert load_manifest(dataset_id)["num_classes"] == 2 and set(np.unique(labels)) == {0, 1}
+    levels = dict(predictor.info.get("mask_levels") or {})
+    predictor.info["mask_levels"] = {"0": 0, "1": 0, "255": 1}      # raw value 1 would become background
+    try:
+        result = predictor.predict_stored(image, labels)
+    finally:
+        predictor.info["mask_levels"] = levels
+    expected = dice_per_class(result.label_map, labels, 2)[1]
+    assert result.scores["dice_foreground"] == pytest.approx(expected)
+
+
 def test_mask_of_another_shape_is_refused(seg):
     from engine.predict import load_predictor
     predictor = load_predictor(seg[0])

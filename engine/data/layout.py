@@ -117,7 +117,7 @@ def _scan_segmentation(folder: Path, root: Path, files: list[Path], problems: li
         (images if parts[where].lower() in IMAGE_FOLDERS else masks)[key] = (file, split)
     if not images and not masks:
         raise UserError("Segmentation uploads need an images/ folder and a masks/ folder with matching file names.")
-    masks = {_mask_key(key, images): value for key, value in masks.items()}
+    masks = _match_masks(masks, images, folder, problems)
     items = []
     for key, (file, split) in images.items():
         if key in masks:
@@ -130,6 +130,21 @@ def _scan_segmentation(folder: Path, root: Path, files: list[Path], problems: li
             problems.append(problem(rel(file, folder), "image_missing",
                                      f"No image named like {file.name} in images/."))
     return items, []
+
+
+def _match_masks(masks: dict, images: dict, folder: Path, problems: list[dict]) -> dict:
+    """Masks keyed like the image they belong to. Two masks for one image ('a.png' and 'a_mask.png'): the one
+    named exactly like the image is kept and the other reported, never silently dropped."""
+    matched: dict = {}
+    for key in sorted(masks, key=lambda k: _mask_key(k, images) != k):      # exact names first
+        target = _mask_key(key, images)
+        if target in matched:
+            file, kept = masks[key][0], matched[target][0]
+            problems.append(problem(rel(file, folder), "duplicate",
+                                    f"{file.name} is a second mask for the same image; {kept.name} was used."))
+            continue
+        matched[target] = masks[key]
+    return matched
 
 
 def _mask_key(key: tuple, images: dict) -> tuple:

@@ -179,6 +179,10 @@ def test_common_folder_names_and_mask_suffixes_of_public_datasets(workspace, tmp
         files[f"lv/labels/p{i}{suffix}.png"] = png(mask)
     result = ingest(write(tmp_path / "src", files), "segmentation")
     assert result.report.problems == [] and result.report.samples == 5
+    files["lv/labels/p3_mask.png"] = png(np.zeros((24, 24), np.uint8))      # a second mask for p3.png
+    again = ingest(write(tmp_path / "src3", files), "segmentation")
+    assert [(p["file"], p["kind"]) for p in again.report.problems] == [("lv/labels/p3_mask.png", "duplicate")]
+    assert again.report.samples == 5
     with pytest.raises(UserError, match="segmentation layout"):
         ingest(write(tmp_path / "src2", files), "classification")
 

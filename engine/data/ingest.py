@@ -186,11 +186,8 @@ def _read_masks(item: Item, frames: list[np.ndarray], out: _Decoded) -> tuple[li
         return [], problem(item.mask_path, "mask_size_mismatch",
                             f"{item.mask_path} has {have} but its image {item.path} has {want}.")
     values = set().union(*(np.unique(m).tolist() for m in raw))
-    if io.mask_levels(values) is None:       # e.g. a JPEG mask, whose edges smear into dozens of values
-        try:
-            io.normalise_labels(np.array(sorted(values), dtype=np.uint8), item.mask_path)
-        except io.LabelRangeError as err:
-            return [], problem(item.mask_path, "mask_labels_out_of_range", str(err))
+    if not io.usable_alone(values):          # e.g. a JPEG mask, whose edges smear into dozens of values
+        return [], problem(item.mask_path, "mask_labels_out_of_range", str(io.label_error(values, item.mask_path)))
     out.mask_values = values
     return raw, None
 
@@ -216,10 +213,15 @@ def _mask_levels(kept: list[_Decoded]) -> dict[int, int]:
     values = set().union(*(r.mask_values for r in kept))
     levels = io.mask_levels(values)
     if levels is None:
-        shown = ", ".join(str(v) for v in sorted(values)[:8]) + (", …" if len(values) > 8 else "")
-        raise UserError(f"The masks together hold {len(values)} different values ({shown}); masks must be 0/255, "
-                        f"class indices 0–{io.MAX_LABEL} or at most {io.MAX_GREY_LEVELS} grey levels. "
-                        "Save every mask with the same label values, as PNG.")
+        # Show how the masks disagree: the two most common sets of values, each with a file that has it
+        kinds = Counter(tuple(sorted(r.mask_values)) for r in kept).most_common(2)
+        examples = "; ".join(
+            f"{next(r.item.mask_path for r in kept if tuple(sorted(r.mask_values)) == kind)} holds "
+            f"{', '.join(map(str, kind[:6]))}{', …' if len(kind) > 6 else ''}" for kind, _ in kinds)
+        raise UserError(f"The masks use {len(values)} different values between them, which cannot be read as one "
+                        f"set of classes (e.g. {examples}). Save every mask with the same label values "
+                        f"(0/255, class indices 0–{io.MAX_LABEL}, or up to {io.MAX_GREY_LEVELS} grey levels), "
+                        "as PNG.")
     return levels
 
 

@@ -14,8 +14,9 @@ from engine.errors import UserError
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 SUPPORTED_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}) | DICOM_EXTENSIONS
 MAX_LABEL = 63          # masks hold class indices 0..MAX_LABEL, or 0/255 for binary
-ORIENTATION_TAG = 0x0112    # EXIF Orientation
 MAX_GREY_LEVELS = 16    # ... or this many grey levels at most (0/85/170/255 and the like), mapped to 0, 1, 2, …
+MIN_LEVEL_GAP = 8       # grey levels closer than this are smearing (JPEG, resizing), not classes
+ORIENTATION_TAG = 0x0112  # EXIF Orientation
 
 
 class LabelRangeError(UserError):
@@ -104,18 +105,25 @@ def normalise_labels(mask: np.ndarray, name: str = "mask", levels: dict | None =
         return (mask // 255).astype(np.uint8)
     if values.max() <= MAX_LABEL:
         return mask.astype(np.uint8)
+    raise label_error(values, name)
+
+
+def label_error(values, name: str) -> LabelRangeError:
+    """The one sentence for a mask whose values cannot be read as class labels."""
+    values = sorted({int(v) for v in values})
     shown = ", ".join(str(v) for v in values[:6]) + (", …" if len(values) > 6 else "")
-    raise LabelRangeError(f"{name} holds values {shown}: masks must be 0/255, class indices 0–{MAX_LABEL} or "
-                          f"at most {MAX_GREY_LEVELS} grey levels (a JPEG mask smears labels; save masks as PNG).")
+    return LabelRangeError(f"{name} holds values {shown}: masks must be 0/255, class indices 0–{MAX_LABEL} or "
+                           f"at most {MAX_GREY_LEVELS} grey levels (a JPEG mask smears labels; save masks as PNG).")
 
 
 def mask_levels(values) -> dict[int, int] | None:
     """Class of each value stored in a dataset's masks; None when they cannot be read as class labels.
 
-    0/255 → 0/1 and class indices 0..MAX_LABEL are the usual cases. Masks saved so that classes are visible use
-    a few evenly spaced grey levels from 0 to 255 (0/85/170/255 for four classes): those map to 0, 1, 2, … on the
-    smallest such grid (so a class absent from every mask keeps its number); any other small set of levels (a
-    single foreground value of 170, say) maps in order.
+    0/255 → 0/1 and class indices 0..MAX_LABEL are the usual cases, also mixed (some masks 0/1, some 0/255:
+    255 is then foreground, class 1). Masks saved so that classes are visible use a few evenly spaced grey levels
+    from 0 to 255 (0/85/170/255 for four classes): those map to 0, 1, 2, … on the smallest such grid (so a class
+    absent from every mask keeps its number); any other small set of well separated levels (a single foreground
+    value of 170, say) maps in order.
     """
     values = sorted({int(v) for v in values})
     if not values:
@@ -124,13 +132,31 @@ def mask_levels(values) -> dict[int, int] | None:
         return {v: v // 255 for v in values}
     if values[-1] <= MAX_LABEL:
         return {v: v for v in values}
-    if len(values) > MAX_GREY_LEVELS or values[0] != 0:
-        return None
-    for k in range(len(values), MAX_GREY_LEVELS + 1) if values[-1] == 255 else ():
-        step = 255 / (k - 1)
-        if all(abs(v / step - round(v / step)) * step <= 0.5 for v in values):
-            return {v: round(v / step) for v in values}
-    return {v: i for i, v in enumerate(values)}
+    if grey_levels(values):
+        for k in range(len(values), MAX_GREY_LEVELS + 1) if values[-1] == 255 else ():
+            step = 255 / (k - 1)
+            if all(abs(v / step - round(v / step)) * step <= 0.5 for v in values):
+                return {v: round(v / step) for v in values}
+        return {v: i for i, v in enumerate(values)}
+    if values[-1] == 255 and values[-2] <= 1:
+        return {v: (1 if v == 255 else v) for v in values}     # binary 0/1 and 0/255 masks side by side
+    return None
+
+
+def usable_alone(values) -> bool:
+    """Whether one mask's values can be class labels on their own: 0/255, class indices, or grey levels. A mask
+    mixing 255 with small indices (0, 1, 255: 255 often marks 'ignore') or a smeared one is not."""
+    values = {int(v) for v in values}
+    return values <= {0, 255} or max(values, default=0) <= MAX_LABEL or grey_levels(values)
+
+
+def grey_levels(values) -> bool:
+    """Whether values look like deliberately chosen grey levels: 0 among them, at most MAX_GREY_LEVELS, and at
+    least MIN_LEVEL_GAP apart. A JPEG-smeared mask (0, 1, 2, 253, 254, 255) is not."""
+    values = sorted({int(v) for v in values})
+    gaps = np.diff(values)
+    return (values[0] == 0 and len(values) <= MAX_GREY_LEVELS and (gaps >= MIN_LEVEL_GAP).all()
+            and values[-1] > MAX_LABEL)
 
 
 def _label(source: Path | bytes, name: str) -> str:

@@ -158,7 +158,7 @@ def test_multiclass_masks_in_a_wrapper_with_splits(workspace, tmp_path):
         for i in range(n):
             mask = np.zeros((24, 24), np.uint8)
             mask[2:8, 2:8], mask[10:20, 10:20] = 1, 2
-            files[f"study/{split}/images/{split}{i}.png"] = png(picture(hash((split, i)) % 1000))
+            files[f"study/{split}/images/{split}{i}.png"] = png(picture((100 if split == "val" else 0) + i))
             files[f"study/{split}/masks/{split}{i}_mask.png"] = png(mask)
     result = ingest(write(tmp_path / "src", files), "segmentation")
     manifest = load_manifest(result.dataset_id)
@@ -208,15 +208,38 @@ def test_grey_level_masks_become_class_indices(workspace, tmp_path):
     assert mask[5, 5] == 1 and mask[15, 15] == 3 and mask[0, 0] == 0 and set(np.unique(mask)) == {0, 1, 3}
 
 
+def test_binary_masks_saved_as_0_1_and_as_0_255_are_one_foreground(workspace, tmp_path):
+    files = {}
+    for i in range(4):
+        mask = np.zeros((24, 24), np.uint8)
+        mask[4 + i: 14 + i, 5:15] = 255 if i % 2 else 1
+        files[f"images/b{i}.png"] = png(picture(500 + i))
+        files[f"masks/b{i}.png"] = png(mask)
+    files["images/void.png"] = png(picture(600))
+    void = np.zeros((24, 24), np.uint8)
+    void[2:6, 2:6], void[10:14, 10:14] = 1, 255                # 255 beside a class: often 'ignore', refused
+    files["masks/void.png"] = png(void)
+    files["images/smeared.png"] = png(picture(601))
+    files["masks/smeared.png"] = png(np.array([[0, 1, 2, 253, 254, 255] * 4] * 24, np.uint8))
+    result = ingest(write(tmp_path / "src", files), "segmentation")
+    manifest = load_manifest(result.dataset_id)
+    assert manifest["classes"] == ["background", "foreground"]
+    assert {(p["file"], p["kind"]) for p in result.report.problems} == {
+        ("masks/void.png", "mask_labels_out_of_range"), ("masks/smeared.png", "mask_labels_out_of_range")}
+    for sample in manifest["samples"]:
+        mask = np.load(settings.datasets_dir() / result.dataset_id / "masks" / f"{sample['key']}.npy")
+        assert set(np.unique(mask)) == {0, 1}
+
+
 def test_masks_that_disagree_on_their_values_are_refused_whole(workspace, tmp_path):
     files = {}
     for i in range(6):
         mask = np.zeros((24, 24), np.uint8)
-        for k in range(1, 4):
-            mask[k * 5: k * 5 + 3, 2:8] = 64 + 10 * i + k       # each file its own three levels
+        for k, level in enumerate((70, 140, 200), start=1):
+            mask[k * 5: k * 5 + 3, 2:8] = level + 8 * i          # each file its own three grey levels
         files[f"images/c{i}.png"] = png(picture(300 + i))
         files[f"masks/c{i}.png"] = png(mask)
-    with pytest.raises(UserError, match="masks together hold 19 different values"):
+    with pytest.raises(UserError, match=r"masks use 19 different values .*masks/c\d\.png holds 0, \d+, \d+, \d+"):
         ingest(write(tmp_path / "src", files), "segmentation")
     assert list_datasets() == []
 

@@ -243,8 +243,10 @@ def test_grey_level_masks_map_to_classes_on_the_smallest_even_grid():
     assert mask_levels([0, 85, 255]) == {0: 0, 85: 1, 255: 3}                   # class 2 absent everywhere
     assert mask_levels([0, 128, 255]) == {0: 0, 128: 1, 255: 2}                 # 255/2 rounded either way
     assert mask_levels([0, 100, 200]) == {0: 0, 100: 1, 200: 2}                 # not a grid: in order
-    assert mask_levels([0, 1, 255]) == {0: 0, 1: 1, 255: 2}
     assert mask_levels([0, 170]) == {0: 0, 170: 1}                              # one foreground level
+    assert mask_levels([0, 1, 255]) == {0: 0, 1: 1, 255: 1}                     # 0/1 and 0/255 masks mixed
+    assert mask_levels([0, 1, 2, 253, 254, 255]) is None                        # smeared, not grey levels
+    assert mask_levels([0, 1, 2, 255]) is None                                  # is 255 class 1, or 'ignore'?
     assert mask_levels(range(0, 255, 10)) is None                               # 26 levels: a smeared mask
     assert mask_levels([10, 200]) is None                                       # no background value
 

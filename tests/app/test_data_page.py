@@ -108,6 +108,28 @@ def test_a_folder_upload_for_segmentation(lb):
     assert (dataset["task"], dataset["name"], dataset["num_classes"]) == ("segmentation", "Uploaded images", 2)
 
 
+def test_grey_level_masks_are_explained_after_upload(lb):
+    """Masks saved as 0/85/170/255 (classes visible in a viewer) become classes 0-3, and the page says so."""
+    masks = []
+    for i in range(4):
+        m = np.zeros((24, 24), np.uint8)
+        m[2:8, 2:8], m[10:16, 10:16], m[18:22, 2:6] = 85, 170, 255
+        masks.append(m)
+    files = [(f"lv/image/case{i}.png", png(80 + i), "image/png") for i in range(4)]
+    files += [(f"lv/gt/case{i}_gt.png", png_of(m), "image/png") for i, m in enumerate(masks)]
+    at = lb.app(DATA)
+    at.radio(key="upload_task").set_value("segmentation")
+    at.radio(key="upload_kind").set_value("folder").run()
+    at.file_uploader(key="folder_0").set_value(files)
+    at.run()
+    at.button(key="ingest").click().run()
+    lb.no_exception(at)
+    (dataset,) = list_datasets()
+    assert dataset["num_classes"] == 4
+    at = open_section(lb.app(DATA), "Explore a dataset")
+    assert "read as 0 → class 0, 85 → class 1, 170 → class 2, 255 → class 3" in lb.texts(at, "caption")
+
+
 def test_demo_dataset_from_the_data_page(lb, monkeypatch):
     from engine.data import demo
     monkeypatch.setitem(demo.DEMOS["segmentation"], "n", 12)

@@ -34,6 +34,7 @@ METRIC_TITLES = {"dice": "Dice", "iou": "IoU", "pixel_accuracy": "Pixel accuracy
                  "f1_macro": "F1 (macro)", "loss": "Loss"}
 TASK_METRICS = {"segmentation": ("dice", "iou", "pixel_accuracy"),
                 "classification": ("accuracy", "balanced_accuracy", "auc", "f1_macro")}
+UNIT_METRICS = {"dice", "iou", "pixel_accuracy", "accuracy", "balanced_accuracy", "auc", "f1_macro"}   # in [0, 1]
 DISCLAIMER = "For research and teaching only. Lightbox is not a medical device; never use it for diagnosis."
 
 
@@ -245,13 +246,17 @@ def smooth(y: np.ndarray, weight: float = 0.9) -> np.ndarray:
     return pd.Series(y).ewm(alpha=1 - weight, adjust=True).mean().to_numpy()
 
 
-def _figure(traces: list[dict], frame: pd.DataFrame, title: str, x_title: str, y_title: str) -> go.Figure:
+def _figure(traces: list[dict], frame: pd.DataFrame, title: str, x_title: str, y_title: str,
+            unit: bool = False) -> go.Figure:
     """One Figure from plain trace dicts. Building it in one call, not trace by trace with add_scatter and
     update_layout, makes a live refresh ~4x cheaper — CPU that a CPU training run would otherwise lose."""
     xaxis: dict = {"title": {"text": x_title}}
     if x_title == "epoch" and len(frame) and frame["epoch"].max() <= 20:
         xaxis["dtick"] = 1          # whole epochs only (no 1.2, 1.4 …) while they are few enough to label
-    layout = {"title": {"text": title}, "xaxis": xaxis, "yaxis": {"title": {"text": y_title}}, "height": 340,
+    yaxis: dict = {"title": {"text": y_title}}
+    if unit:
+        yaxis["range"] = [-0.02, 1.02]      # scores live in [0, 1]: a flat 1.0 must not get a 0-2 axis
+    layout = {"title": {"text": title}, "xaxis": xaxis, "yaxis": yaxis, "height": 340,
               "margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "legend": {"orientation": "h", "y": -0.25}}
     return go.Figure(data=traces, layout=layout)
 
@@ -294,7 +299,7 @@ def metric_figure(frame: pd.DataFrame, task: str) -> go.Figure:
         if len(train):
             traces.append(_line(train["epoch"], train["value"], f"train {METRIC_TITLES[name]}",
                                 line={"color": colour, "dash": "dash"}))
-    return _figure(traces, frame, "Scores (validation solid, training dashed)", "epoch", "score")
+    return _figure(traces, frame, "Scores (validation solid, training dashed)", "epoch", "score", unit=True)
 
 
 def compare_figure(frame: pd.DataFrame, split: str, name: str, labels: dict[str, str], title: str) -> go.Figure:
@@ -304,7 +309,7 @@ def compare_figure(frame: pd.DataFrame, split: str, name: str, labels: dict[str,
         curve = series(part, split, name)
         if len(curve):
             traces.append(_line(curve["epoch"], curve["value"], labels.get(run_id, run_id), mode="lines+markers"))
-    return _figure(traces, frame, title, "epoch", METRIC_TITLES.get(name, name))
+    return _figure(traces, frame, title, "epoch", METRIC_TITLES.get(name, name), unit=name in UNIT_METRICS)
 
 
 def confusion_figure(matrix: list[list[float]], classes: list[str], title: str) -> go.Figure:

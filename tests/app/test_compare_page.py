@@ -1,6 +1,8 @@
 """Compare page: leaderboard (ranked, filtered, exported), overlaid curves and confusion matrices."""
 from __future__ import annotations
 
+import json
+
 from engine import store
 
 COMPARE = "pages/compare.py"
@@ -60,6 +62,8 @@ def test_overlaid_curves_and_confusion_matrices(lb, cls_dataset):
     assert len(charts) == 2 + 2                # metric + loss, and one confusion matrix per run
     assert at.selectbox(key="compare_metric").value == "accuracy"
     assert "Confusion matrices at the best epoch" in [s.value for s in at.subheader]
+    axes = [json.loads(c.proto.spec)["layout"]["yaxis"] for c in charts[:2]]
+    assert axes[0]["range"] == [-0.02, 1.02] and "range" not in axes[1]    # scores on [0, 1]; loss free
     at.selectbox(key="compare_metric").set_value("auc").run()
     lb.no_exception(at)
     at.multiselect(key="compare_runs").set_value([runs[0]]).run()

@@ -69,7 +69,9 @@ def filters(runs: list[dict]) -> list[dict]:
 def curves(runs: list[dict]) -> None:
     by_id = {r["id"]: r for r in runs}
     scored = [r["id"] for r in runs if r.get("best_value") is not None]
-    picked = st.multiselect("Runs to overlay", list(by_id), default=scored[:3], key="compare_runs",
+    # Curves compare best on one dataset: start from the newest scored run and its dataset's next newest
+    default = [i for i in scored if by_id[i]["dataset_id"] == by_id[scored[0]]["dataset_id"]][:3] if scored else []
+    picked = st.multiselect("Runs to overlay", list(by_id), default=default, key="compare_runs",
                             format_func=lambda i: w.run_label(by_id[i]))
     if not picked:
         st.caption("Pick runs above to overlay their curves.")

@@ -70,6 +70,16 @@ def test_overlaid_curves_and_confusion_matrices(lb, cls_dataset):
     assert len(lb.charts(at)) == 3
 
 
+def test_curves_start_from_runs_on_the_newest_runs_dataset(lb, cls_dataset, seg_dataset):
+    older = lb.fake_run(cls_dataset, "classification", name="classifier")
+    seg = [lb.fake_run(seg_dataset, "segmentation", name=f"seg {i}") for i in range(2)]
+    at = lb.app(COMPARE)
+    lb.no_exception(at)
+    assert set(at.multiselect(key="compare_runs").value) == set(seg) and older not in at.multiselect(
+        key="compare_runs").value
+    assert at.selectbox(key="compare_metric").value == "dice"
+
+
 def test_runs_without_epochs_yet_say_so(lb, seg_dataset):
     run_id = store.create_run({"dataset_id": seg_dataset, "arch": "unet", "task": "segmentation", "epochs": 5})
     at = lb.app(COMPARE)

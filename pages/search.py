@@ -10,7 +10,7 @@ from engine import jobs, search, settings
 from engine.config import OPTIMIZERS, default_loss
 from engine.data.dataset import list_datasets
 from engine.losses import losses_for
-from engine.models import models_for
+from engine.models import DEFAULT_ARCH, models_for
 from engine.search_plots import PLOT_NOTES, available_plots, fingerprint
 from pages import _widgets as w
 
@@ -40,7 +40,7 @@ def search_form(manifest: dict) -> dict | None:
     objectives = [m for m in w.TASK_METRICS[task] if m in search.OBJECTIVES]
     with st.form("search_form"):
         v: dict = {"task": task, "models": models}
-        v["archs"] = st.multiselect("Architectures to try", list(models), default=list(models)[:1],
+        v["archs"] = st.multiselect("Architectures to try", list(models), default=[DEFAULT_ARCH[task]],
                                     format_func=lambda n: models[n].title, key=f"search_archs_{task}",
                                     help="With more than one, the search also picks the architecture.")
         left, right = st.columns(2)

@@ -103,6 +103,7 @@ def test_start_search_from_the_form(with_data, launched):
     lb = with_data
     at = open_page(lb)
     assert "No searches yet" in lb.texts(at, "info")
+    assert at.multiselect(key="search_archs_segmentation").value == ["unet"]       # the Train page's default
     at.multiselect(key="search_archs_segmentation").set_value(["unet", "fcn_simple"])
     at.selectbox(key="search_objective_segmentation").set_value("iou")
     at.text_input(key="search_name").set_value("my sweep")

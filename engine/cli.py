@@ -56,6 +56,12 @@ def cmd_datasets(args) -> dict:
                          for m in list_datasets()]}
 
 
+@command("delete-dataset")
+def cmd_delete_dataset(args) -> dict:
+    from engine import jobs
+    return {"dataset_id": args.dataset_id, "status": jobs.delete_dataset(args.dataset_id)}
+
+
 # ---- training ---------------------------------------------------------------------------------------------
 
 def _config_from(args):
@@ -240,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("demo-setup", "ingest the built-in demo datasets once")
 
     add("datasets", "list the ingested datasets")
+    add("delete-dataset", "delete an ingested dataset (runs trained on it keep their results)").add_argument(
+        "dataset_id")
 
     p = add("ingest", "validate and cache a folder or ZIP of images")
     p.add_argument("src")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -123,6 +124,21 @@ def delete(run_id: str) -> str:
     if not store.delete_run(run_id):
         raise UserError(f"Run {run_id} changed state meanwhile; try again.")
     shutil.rmtree(settings.runs_dir() / run_id, ignore_errors=True)      # checkpoints, samples, train.log
+    return "deleted"
+
+
+def delete_dataset(dataset_id: str) -> str:
+    """Delete an ingested dataset (its images, masks and caches). Refused while a queued or running run uses
+    it; finished runs keep their results and checkpoints, and can still predict."""
+    from engine.data.dataset import delete_dataset as remove_folder, load_manifest
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", dataset_id) or ".." in dataset_id:
+        raise UserError(f"There is no dataset '{dataset_id}'.")        # and never a path outside the workspace
+    load_manifest(dataset_id)                                           # a readable error when it does not exist
+    busy = [r["id"] for r in store.list_runs(status=store.ACTIVE) if r["dataset_id"] == dataset_id]
+    if busy:
+        raise UserError(f"{len(busy)} run(s) queued or running use this dataset ({', '.join(busy[:3])}); "
+                        "stop them before deleting it.")
+    remove_folder(dataset_id)
     return "deleted"
 
 

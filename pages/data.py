@@ -8,9 +8,10 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from engine import jobs
 from engine.augment import AUGMENTATIONS, preview
 from engine.data import dicom
-from engine.data.dataset import SPLITS, delete_dataset, list_datasets, load_manifest
+from engine.data.dataset import SPLITS, list_datasets, load_manifest
 from engine.data.demo import DEMOS, ensure_demo_dataset
 from engine.data.ingest import ingest
 from pages import _widgets as w
@@ -163,7 +164,7 @@ def explore() -> None:
         sure = st.checkbox(f"Yes, delete {manifest['name']}", key="delete_sure")
         if st.button("Delete", disabled=not sure, key="delete_dataset"):
             with w.shows_errors("Deleting the dataset"):
-                delete_dataset(manifest["id"])
+                jobs.delete_dataset(manifest["id"])
                 st.session_state.pop("dataset_id", None)
                 st.rerun()
 

@@ -195,6 +195,16 @@ def test_delete_a_dataset(lb, seg_dataset):
     assert "No datasets yet" in lb.texts(at, "info")
 
 
+def test_a_dataset_in_use_is_not_deleted(lb, seg_dataset):
+    lb.fake_run(seg_dataset, "segmentation", status="queued")
+    at = open_section(lb.app(DATA), "Explore a dataset")
+    at.checkbox(key="delete_sure").check().run()
+    at.button(key="delete_dataset").click().run()
+    lb.no_exception(at)
+    assert len(list_datasets()) == 1
+    assert "stop them before deleting it" in lb.texts(at, "error")
+
+
 def test_dicom_viewer_windows_the_sample_ct(lb):
     at = open_section(lb.app(DATA), "DICOM viewer")
     lb.no_exception(at)

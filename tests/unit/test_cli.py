@@ -56,6 +56,7 @@ def test_demo_ingest_train_runs_predict_flow(tmp_path):
     (["train", "--dataset", "nope", "--arch", "unet"], "does not exist"),
     (["cancel", "no-such-run"], "no run"),
     (["delete", "no-such-run"], "no run"),
+    (["delete-dataset", "no-such-dataset"], "does not exist"),
 ])
 def test_bad_input_is_one_readable_line(tmp_path, args, fragment):
     proc = _cli(*args, "--json", home=tmp_path / "ws")

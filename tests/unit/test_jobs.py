@@ -134,3 +134,20 @@ def test_delete_refuses_active_runs_and_removes_everything_of_a_finished_one(tin
         assert conn.execute(select(store.jobs).where(store.jobs.c.run_id == run_id)).all() == []
     with pytest.raises(UserError, match="no run"):
         jobs.delete(run_id)
+
+
+def test_delete_dataset_refuses_while_a_run_uses_it_and_never_leaves_the_workspace(tiny_classification):
+    from engine import settings
+    from engine.data.dataset import list_datasets
+    run_id = jobs.submit(RunConfig(dataset_id=tiny_classification, arch="lenet5", epochs=1, image_size=32))
+    with pytest.raises(UserError, match="queued or running use this dataset"):
+        jobs.delete_dataset(tiny_classification)
+    for evil in ("..", "../datasets", "/tmp", "a/../.."):
+        with pytest.raises(UserError):
+            jobs.delete_dataset(evil)
+    assert settings.datasets_dir().exists() and len(list_datasets()) == 1
+    jobs.cancel(run_id)
+    assert jobs.delete_dataset(tiny_classification) == "deleted"
+    assert list_datasets() == [] and store.get_run(run_id)["status"] == "cancelled"      # runs keep their rows
+    with pytest.raises(UserError, match="does not exist"):
+        jobs.delete_dataset(tiny_classification)

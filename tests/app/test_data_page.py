@@ -37,6 +37,20 @@ def zipped(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
+def upload_many(lb, task: str, kind: str, files: list, name: str = ""):
+    """Upload several files ("files") or a folder ("folder") for a task and press Ingest."""
+    at = lb.app(DATA)
+    at.radio(key="upload_task").set_value(task)
+    if name:
+        at.text_input(key="upload_name").set_value(name)
+    at.radio(key="upload_kind").set_value(kind).run()
+    at.file_uploader(key=f"{kind}_0").set_value(files)
+    at.run()
+    at.button(key="ingest").click().run()
+    lb.no_exception(at)
+    return at
+
+
 def test_zip_upload_is_ingested_with_a_report(lb, tmp_path):
     archive = write_demo("classification", tmp_path / "xray.zip", n=16, size=32, seed=2).read_bytes()
     at = lb.app(DATA)
@@ -79,14 +93,7 @@ def test_a_file_that_is_not_a_zip_is_refused(lb):
 def test_loose_files_keep_their_class_folders(lb):
     files = [(f"{label}/img{i}.png", png(40 + 150 * (label == 'bright') + i), "image/png")
              for label in ("dark", "bright") for i in range(4)]
-    at = lb.app(DATA)
-    at.radio(key="upload_task").set_value("classification")
-    at.text_input(key="upload_name").set_value("Loose pilot")
-    at.radio(key="upload_kind").set_value("files").run()
-    at.file_uploader(key="files_0").set_value(files)
-    at.run()
-    at.button(key="ingest").click().run()
-    lb.no_exception(at)
+    upload_many(lb, "classification", "files", files, name="Loose pilot")
     (dataset,) = list_datasets()
     assert dataset["name"] == "Loose pilot"
     assert sorted(dataset["classes"]) == ["bright", "dark"]
@@ -117,13 +124,7 @@ def test_grey_level_masks_are_explained_after_upload(lb):
         masks.append(m)
     files = [(f"lv/image/case{i}.png", png(80 + i), "image/png") for i in range(4)]
     files += [(f"lv/gt/case{i}_gt.png", png_of(m), "image/png") for i, m in enumerate(masks)]
-    at = lb.app(DATA)
-    at.radio(key="upload_task").set_value("segmentation")
-    at.radio(key="upload_kind").set_value("folder").run()
-    at.file_uploader(key="folder_0").set_value(files)
-    at.run()
-    at.button(key="ingest").click().run()
-    lb.no_exception(at)
+    upload_many(lb, "segmentation", "folder", files)
     (dataset,) = list_datasets()
     assert dataset["num_classes"] == 4
     at = open_section(lb.app(DATA), "Explore a dataset")

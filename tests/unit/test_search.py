@@ -95,17 +95,23 @@ def test_two_processes_share_one_study(tiny_segmentation):
     assert {t["state"] for t in trials} == {"complete"}
 
 
-def test_trial_of_a_dead_worker_is_failed_and_retried(tiny_segmentation):
-    """A trial whose run stopped heartbeating (worker killed) is failed and queued again with its parameters."""
-    from optuna.trial import TrialState
+def _trial_with_run(dataset_id: str, status: str):
+    """A two-trial study whose first trial was asked and given a run, as `run_trial` does before training."""
     from engine.runner import create_run
-    name = search.create_study(_spec(tiny_segmentation, n_trials=2, pruner="none"))
+    name = search.create_study(_spec(dataset_id, n_trials=2, pruner="none"))
     study = search.load_study(name)
     trial = study.ask()
     params = search.suggest(trial, search.load_spec(name).space)
-    run_id = create_run(search.config_from_params(search.load_spec(name).base, params), status="running",
+    run_id = create_run(search.config_from_params(search.load_spec(name).base, params), status=status,
                         study=name, trial=trial.number)
     trial.set_user_attr("run_id", run_id)
+    return name, study, trial, params, run_id
+
+
+def test_trial_of_a_dead_worker_is_failed_and_retried(tiny_segmentation):
+    """A trial whose run stopped heartbeating (worker killed) is failed and queued again with its parameters."""
+    from optuna.trial import TrialState
+    name, study, trial, params, run_id = _trial_with_run(tiny_segmentation, "running")
     store.update_run(run_id, heartbeat_at=store.now() - 3600)       # its process died an hour ago
     assert search.fail_stale_trials(study) == 1
     assert store.get_run(run_id)["status"] == "interrupted"
@@ -124,14 +130,7 @@ def test_a_trial_whose_run_was_deleted_is_failed_and_retried(tiny_segmentation):
     from optuna.trial import TrialState
 
     from engine import jobs
-    from engine.runner import create_run
-    name = search.create_study(_spec(tiny_segmentation, n_trials=2, pruner="none"))
-    study = search.load_study(name)
-    trial = study.ask()
-    params = search.suggest(trial, search.load_spec(name).space)
-    run_id = create_run(search.config_from_params(search.load_spec(name).base, params), status="interrupted",
-                        study=name, trial=trial.number)
-    trial.set_user_attr("run_id", run_id)
+    name, study, trial, _, run_id = _trial_with_run(tiny_segmentation, "interrupted")
     assert jobs.delete(run_id) == "deleted"
     (row,) = search.trials_table(name)
     assert row["state"] == "running" and row["run_status"] == "deleted"

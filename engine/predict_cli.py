@@ -25,7 +25,8 @@ def register(add: Callable[[str, str], argparse.ArgumentParser], command: Callab
 
 
 def cmd_predict(args) -> dict[str, Any]:
-    from engine.predict import load_predictor, results_csv
+    from engine.predict import load_predictor
+    from engine.predict_batch import results_csv
     paths = [Path(f) for f in args.files]
     for path in paths:
         if not path.is_file():
@@ -48,7 +49,7 @@ def _result(prediction, frames: int, out: Path | None) -> dict[str, Any]:
     """One JSON entry; with --out, segmentation masks and overlays are written next to results.csv."""
     from PIL import Image
 
-    from engine.predict import mask_png, output_stem
+    from engine.predict_batch import mask_png, output_stem
     entry: dict[str, Any] = {"file": prediction.name, "frame": prediction.frame}
     if prediction.task == "classification":
         entry.update(prediction=prediction.label, probabilities=prediction.probabilities)
@@ -65,7 +66,7 @@ def _result(prediction, frames: int, out: Path | None) -> dict[str, Any]:
 
 
 def _predict_zip(run_id: str, path: Path, out: Path | None, tta: bool) -> list[dict[str, Any]]:
-    from engine.predict import predict_zip
+    from engine.predict_batch import predict_zip
     if out is None:
         raise UserError(f"Predicting on {path.name} writes many files; add --out FOLDER.")
     target = out / path.stem

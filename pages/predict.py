@@ -11,8 +11,8 @@ import streamlit as st
 
 from engine.data.dataset import load_sample
 from engine.errors import UserError
-from engine.predict import (Prediction, Predictor, held_out_samples, load_predictor, mask_png, masks_by_image_stem,
-                            predict_zip, predictable_runs, results_csv)
+from engine.predict import Prediction, Predictor, held_out_samples, load_predictor, predictable_runs
+from engine.predict_batch import mask_png, masks_by_image_stem, predict_zip, results_csv
 from pages import _widgets as w
 
 MAX_SHOWN = 12          # more images than this belong in a ZIP: every rerun predicts them all again

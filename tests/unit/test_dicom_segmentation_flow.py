@@ -18,7 +18,7 @@ from engine.config import RunConfig
 from engine.data.dataset import load_manifest
 from engine.data.demo import write_demo
 from engine.data.ingest import ingest
-from engine.predict import predict_zip
+from engine.predict_batch import predict_zip
 from engine.runner import create_run
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

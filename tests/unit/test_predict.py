@@ -347,7 +347,7 @@ def test_gradcam_is_for_classification_only(seg):
 
 def test_zip_batch_writes_csv_and_masks(seg, tmp_path):
     import csv
-    from engine.predict import predict_zip
+    from engine.predict_batch import predict_zip
     run_id, src = seg
     archive = tmp_path / "batch.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -366,7 +366,7 @@ def test_zip_batch_writes_csv_and_masks(seg, tmp_path):
 
 def test_classification_zip_predicts_images_in_folders_named_like_mask_folders(cls, tmp_path):
     import csv
-    from engine.predict import predict_zip
+    from engine.predict_batch import predict_zip
     run_id, src = cls
     first = sorted(src.rglob("*.png"))[0]
     archive = tmp_path / "batch.zip"
@@ -378,7 +378,7 @@ def test_classification_zip_predicts_images_in_folders_named_like_mask_folders(c
 
 
 def test_zip_with_an_escaping_path_is_refused(seg, tmp_path):
-    from engine.predict import predict_zip
+    from engine.predict_batch import predict_zip
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("../outside.png", _png(np.zeros((32, 32), np.uint8)))
@@ -400,6 +400,6 @@ def test_cli_predict_prints_results_and_writes_masks(seg, tmp_path, capsys):
 
 
 def test_masks_are_matched_to_images_with_or_without_a_suffix():
-    from engine.predict import masks_by_image_stem
+    from engine.predict_batch import masks_by_image_stem
     found = masks_by_image_stem([("a_mask.png", 1), ("b.png", 2), ("b_gt.png", 3), ("c-seg.dcm", 4)])
     assert found["a"] == 1 and found["b"] == 2 and found["c"] == 4     # the exact name wins for b

@@ -250,6 +250,7 @@ def _manifest(dataset_id: str, name: str, task: str, source: str, kept: list[_De
               labels: list[int | None], seed: int, staging: Path, report: IngestReport,
               levels: dict[int, int]) -> dict:
     channels = 3 if any(c == 3 for r in kept for *_, c in r.frames) else 1
+    remap = levels if any(value != label for value, label in levels.items()) else {}    # grey levels → classes
     secret = settings.secret_key()
     rows, sample_labels, groups, fixed = [], [], [], []
     for result, label in zip(kept, labels):
@@ -258,10 +259,10 @@ def _manifest(dataset_id: str, name: str, task: str, source: str, kept: list[_De
         group = result.patient or (f"file:{result.item.path}" if many else None)
         for f, (temp_key, h, w, c) in enumerate(result.frames):
             key = f"{len(rows):06d}"
-            _finish_arrays(staging, temp_key, key, c, channels, levels)
+            _finish_arrays(staging, temp_key, key, c, channels, remap)
             rows.append({"key": key, "source": result.item.path + (f"#{f}" if many else ""), "split": "",
-                         "patient": _pseudonym(result.patient, secret), "height": h, "width": w, "modality": result.modality}
-                        | ({"label": label} if task == "classification" else {}))
+                         "patient": _pseudonym(result.patient, secret), "height": h, "width": w,
+                         "modality": result.modality} | ({"label": label} if task == "classification" else {}))
             sample_labels.append(label)
             groups.append(group)
             fixed.append(result.item.split)
@@ -272,8 +273,8 @@ def _manifest(dataset_id: str, name: str, task: str, source: str, kept: list[_De
     for leftover in staging.glob("*/*-*.npy"):
         leftover.unlink()                                  # arrays of skipped duplicates
     _fill_report(report, kept, rows, classes, channels, task)
-    if any(value != label for value, label in levels.items()):
-        report.mask_levels = {str(value): label for value, label in sorted(levels.items())}
+    if remap:
+        report.mask_levels = {str(value): label for value, label in sorted(remap.items())}
     return {"id": dataset_id, "name": name, "task": task, "created": datetime.now(timezone.utc).isoformat(),
             "source": source, "channels": channels, "classes": classes, "num_classes": len(classes),
             "mask_levels": report.mask_levels, "samples": rows, "split_counts": report.per_split,
@@ -289,17 +290,15 @@ def _pseudonym(patient: str | None, key: bytes) -> str | None:
 
 
 def _finish_arrays(staging: Path, temp_key: str, key: str, have: int, channels: int,
-                   levels: dict[int, int]) -> None:
+                   remap: dict[int, int]) -> None:
     image = staging / "images" / f"{temp_key}.npy"
     if have != channels:        # a gray image in a colour dataset is repeated to 3 channels
         np.save(image, np.repeat(np.load(image), channels, axis=0))
     image.rename(staging / "images" / f"{key}.npy")
     mask = staging / "masks" / f"{temp_key}.npy"
     if mask.exists():
-        if any(value != label for value, label in levels.items()):       # stored values → class indices
-            lut = np.zeros(256, dtype=np.uint8)
-            lut[list(levels)] = list(levels.values())
-            np.save(mask, lut[np.load(mask)])
+        if remap:                                   # stored values → class indices
+            np.save(mask, io.apply_levels(np.load(mask), remap))
         mask.rename(staging / "masks" / f"{key}.npy")
 
 

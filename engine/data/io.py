@@ -97,15 +97,20 @@ def normalise_labels(mask: np.ndarray, name: str = "mask", levels: dict | None =
     """
     values = np.unique(mask)
     if levels and all(int(v) in levels for v in values):
-        lut = np.zeros(256, dtype=np.uint8)
-        for value, label in levels.items():
-            lut[int(value)] = label
-        return lut[mask]
+        return apply_levels(mask, levels)
     if np.isin(values, (0, 255)).all():
         return (mask // 255).astype(np.uint8)
     if values.max() <= MAX_LABEL:
         return mask.astype(np.uint8)
     raise label_error(values, name)
+
+
+def apply_levels(mask: np.ndarray, levels: dict) -> np.ndarray:
+    """A uint8 mask with each stored value replaced by its class (values missing from `levels` become 0)."""
+    lut = np.zeros(256, dtype=np.uint8)
+    for value, label in levels.items():
+        lut[int(value)] = label
+    return lut[mask]
 
 
 def label_error(values, name: str) -> LabelRangeError:

@@ -299,19 +299,28 @@ def launch_search(name: str) -> int:
 
 
 def background_process(name: str) -> dict[str, Any] | None:
-    """The search process the UI started for this study on this machine: {"alive", "last_line", "started"}; None when
-    there is none to know of (never launched from here, or launched on another machine)."""
+    """The search process the UI started for this study on this machine: {"alive", "last_line", "started"};
+    None when there is none to know of (never launched from here, or launched on another machine)."""
+    pid_file = _log_path(name, "pid")
     try:
-        pid_text, host = _log_path(name, "pid").read_text().split()
-        pid = int(pid_text)
+        pid_text, host = pid_file.read_text().split()
+        pid, started = int(pid_text), pid_file.stat().st_mtime   # its time limit counts from the launch
     except (OSError, ValueError):
         return None
     if host != socket.gethostname():
         return None
-    lines = [line.strip() for line in _log_path(name, "log").read_text(errors="replace").splitlines()
-             if line.strip()] if _log_path(name, "log").exists() else []
-    started = _log_path(name, "pid").stat().st_mtime       # its time limit counts from here, not from creation
-    return {"alive": _alive(pid), "last_line": lines[-1] if lines else "", "started": started}
+    return {"alive": _alive(pid), "last_line": _last_line(pid_file.with_suffix(".log")), "started": started}
+
+
+def _last_line(path: Path, tail: int = 4096) -> str:
+    """The last non-blank line of a log, reading only its end (the page asks every few seconds)."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - tail))
+            lines = [line.strip() for line in log.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
 
 
 def _alive(pid: int) -> bool:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine import jobs, settings, store
+from engine import device, workspace
+from engine.runs import queue, store, worker
 from pages import _widgets as w
 
 st.set_page_config(page_title="Lightbox", page_icon=":material/biotech:", layout="wide")
@@ -26,7 +27,7 @@ PAGES = (  # (file, title, icon); pages written elsewhere join the menu as soon 
 @st.cache_resource(show_spinner=False)
 def device_name() -> str:
     """The accelerator the worker will use; asked once per server (it imports torch)."""
-    return jobs.device_name()
+    return device.device_name()
 
 
 def start_worker_once() -> None:
@@ -34,7 +35,7 @@ def start_worker_once() -> None:
     if os.environ.get("LIGHTBOX_NO_AUTOWORKER") == "1":
         return
     try:
-        if jobs.ensure_worker():
+        if worker.ensure_worker():
             st.session_state["worker_started"] = True
     except Exception:  # noqa: BLE001 - the app still works without a worker; the sidebar says so
         w.log.exception("could not start a worker")
@@ -45,9 +46,9 @@ def start_worker_once() -> None:
 def queue_panel() -> None:
     """Queue counts and workers, refreshed every few seconds without rerunning the page."""
     with w.shows_errors("Reading the queue"):
-        jobs.mark_stale_runs()
+        queue.mark_stale_runs()
         counts = store.run_counts()
-        workers = [x for x in jobs.live_workers() if x.get("device") != "starting"]
+        workers = [x for x in worker.live_workers() if x.get("device") != "starting"]
         left, right = st.columns(2)
         left.metric("Running", counts.get("running", 0))
         right.metric("Queued", counts.get("queued", 0))
@@ -61,7 +62,7 @@ def queue_panel() -> None:
 
 def sidebar() -> None:
     with st.sidebar:
-        st.caption(f"Workspace: `{settings.home()}`")
+        st.caption(f"Workspace: `{workspace.home()}`")
         st.caption(f"Training device: **{device_name()}**")
         if st.session_state.get("worker_started"):
             st.info("Started a background training worker for the queue.", icon=":material/play_circle:")

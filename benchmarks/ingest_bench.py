@@ -24,9 +24,9 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.data.dataset import load_split          # noqa: E402  (after the path fix above)
-from engine.data.ingest import ingest               # noqa: E402
-from engine.data.io import read_image               # noqa: E402
+from engine.data.dataset import load_split  # noqa: E402  (after the path fix above)
+from engine.data.ingest import ingest  # noqa: E402
+from engine.data.io import read_image  # noqa: E402
 
 
 def mr_slice(rng: np.random.Generator, size: int) -> np.ndarray:

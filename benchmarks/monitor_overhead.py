@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 def live_panel_only(run_id: str, root: str) -> None:
     import sys
     sys.path.insert(0, root)
-    from engine import store
+    from engine.runs import store
     from pages.monitor import live_panel
     live_panel(run_id, store.get_run(run_id)["status"])
 
@@ -39,6 +39,7 @@ def monitor_page(home: str, run_id: str, mode: str, on, stop, out) -> None:
     os.environ["LIGHTBOX_NO_AUTOWORKER"] = "1"
     os.chdir(ROOT)
     from streamlit.testing.v1 import AppTest
+
     from pages.monitor import POLL_SECONDS
     if mode == "page":
         at = AppTest.from_file(str(ROOT / "pages" / "monitor.py"), default_timeout=60)
@@ -65,15 +66,15 @@ def main() -> None:
     args = parser.parse_args()
     home = tempfile.mkdtemp(prefix="lightbox-monitor-")
     os.environ["LIGHTBOX_HOME"] = home
-    from engine import jobs, store
     from engine.config import RunConfig
     from engine.data.dataset import load_manifest
     from engine.data.demo import write_demo
     from engine.data.ingest import ingest
+    from engine.runs import store
 
     dataset_id = ingest(write_demo("segmentation", Path(home) / "src", n=args.n, size=128, seed=2),
                         task="segmentation").dataset_id
-    run_id = jobs.submit(RunConfig(dataset_id=dataset_id, arch="unet", epochs=args.epochs, batch_size=16,
+    run_id = submit.submit(RunConfig(dataset_id=dataset_id, arch="unet", epochs=args.epochs, batch_size=16,
                                    image_size=128))
     ctx = mp.get_context("spawn")
     on, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()

@@ -28,16 +28,16 @@ BATCH = 16
 
 def build_run(task: str, arch: str, size: int, options: dict, scratch: Path) -> str:
     """A real run: demo data → ingest → 1 epoch through the runner (as `engine train` does)."""
-    from engine import jobs
     from engine.config import RunConfig
     from engine.data.demo import write_demo
     from engine.data.ingest import ingest
-    from engine.runner import create_run
+    from engine.runs import execute
+    from engine.runs.submit import create_run
     src = write_demo(task, scratch / task, n=12, size=size, seed=0)
     config = RunConfig(dataset_id=ingest(src, task=task).dataset_id, arch=arch, epochs=1, batch_size=4,
                        image_size=size, model_options=options, device="cpu", preview_samples=0)
     run_id = create_run(config, status="running")
-    run = jobs.run_job(run_id)
+    run = execute.run_job(run_id)
     if run["status"] != "done":
         raise SystemExit(f"training {arch} failed: {run['message']}")
     return run_id
@@ -51,7 +51,8 @@ def percentile(values: list[float], q: float) -> float:
 def measure(run_id: str, size: int, rounds: int) -> dict:
     import numpy as np
     import torch
-    from engine.predict import load_predictor
+
+    from engine.inference.predict import load_predictor
     predictor = load_predictor(run_id, device="cpu")
     rng = np.random.default_rng(0)
     images = [rng.random((predictor.channels, size, size), dtype=np.float32) for _ in range(BATCH)]

@@ -28,7 +28,7 @@ def reader(home: str, url: str, stop, out: "mp.Queue") -> None:
     os.environ["LIGHTBOX_HOME"] = home
     if url:
         os.environ["LIGHTBOX_DB_URL"] = url
-    from engine import store
+    from engine.runs import store
     latencies = []
     while not stop.is_set():
         started = time.perf_counter()
@@ -57,11 +57,11 @@ def main() -> None:
     os.environ["LIGHTBOX_HOME"] = home
     if args.db_url:
         os.environ["LIGHTBOX_DB_URL"] = args.db_url
-    from engine import jobs, store
     from engine.config import RunConfig
     from engine.data.dataset import load_manifest
     from engine.data.demo import write_demo
     from engine.data.ingest import ingest
+    from engine.runs import store
 
     dataset_id = ingest(write_demo("classification", Path(home) / "src", n=24, size=32, seed=1),
                         task="classification").dataset_id
@@ -69,7 +69,7 @@ def main() -> None:
     config = dict(dataset_id=dataset_id, arch="lenet5", epochs=2, batch_size=4, image_size=32, preview_samples=1)
     run_ids, submitted = [], {}
     for i in range(args.runs):
-        run_id = jobs.submit(RunConfig(**config, seed=i))
+        run_id = submit.submit(RunConfig(**config, seed=i))
         run_ids.append(run_id)
         submitted[run_id] = time.time()
 

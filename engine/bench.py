@@ -16,6 +16,16 @@ from pathlib import Path
 
 import torch
 
+from engine.config import RunConfig
+from engine.data.demo import write_demo
+from engine.data.ingest import ingest
+from engine.models.network import build_network
+from engine.runs.paths import run_dir
+from engine.runs.submit import create_run
+from engine.training.events import Events
+from engine.training.handlers import StoreLogger
+from engine.training.trainer import Trainer
+
 CASES = {
     "unet": {"task": "segmentation", "arch": "unet", "size": 128, "batch": 16},
     "resnet18": {"task": "classification", "arch": "resnet18", "size": 224, "batch": 16},
@@ -24,13 +34,6 @@ CASES = {
 
 def _prepare_trainer(case: dict, steps: int, device: str):
     """A real run in a scratch workspace: demo data ingested, Trainer with the store handlers attached."""
-    from engine.config import RunConfig
-    from engine.data.demo import write_demo
-    from engine.data.ingest import ingest
-    from engine.events import Events
-    from engine.handlers import StoreLogger
-    from engine.runner import create_run, run_dir
-    from engine.train import Trainer
 
     n = int(case["batch"] * steps / 0.6) + 8     # enough for `steps` full batches in the train split
     src = write_demo(case["task"], Path(os.environ["LIGHTBOX_HOME"]) / f"demo-{case['arch']}",
@@ -50,7 +53,6 @@ def _prepare_trainer(case: dict, steps: int, device: str):
 
 def _plain_loop(trainer, memory_format, amp_dtype):
     """The loop a PyTorch user would write by hand, on a fresh copy of the same architecture."""
-    from engine.train import build_network
     model = build_network(trainer.config, trainer.info, [0.5] * trainer.info["channels"],
                           [0.25] * trainer.info["channels"]).to(trainer.device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=trainer.config.lr)

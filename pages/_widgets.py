@@ -19,22 +19,20 @@ import plotly.graph_objects as go
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from engine import settings
+from engine import workspace
 from engine.data.dataset import load_sample  # noqa: F401 - pages call it as w.load_sample
 from engine.errors import UserError
-from engine.config import check_config  # noqa: F401 - pages call it as w.check_config
+from engine.preflight import check_config  # noqa: F401 - pages call it as w.check_config
+from engine.runs import store
+from engine.tasks import METRIC_TITLES, TASK_METRICS, UNIT_METRICS  # noqa: F401 - pages use them as w.*
+from engine.training.augment import AUGMENTATIONS
+from engine.visualize.images import to_rgb, with_mask  # noqa: F401 - pages call them as w.*
 
 log = logging.getLogger("lightbox.ui")
 
 MAX_POINTS = 2000           # a live chart resends the whole figure on every tick: keep it small
 STATUS_COLOURS = {"queued": "gray", "running": "blue", "done": "green", "failed": "red",
                   "cancelled": "orange", "interrupted": "orange"}
-METRIC_TITLES = {"dice": "Dice", "iou": "IoU", "pixel_accuracy": "Pixel accuracy", "hd95": "95% Hausdorff",
-                 "accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy", "auc": "ROC AUC",
-                 "f1_macro": "F1 (macro)", "loss": "Loss"}
-TASK_METRICS = {"segmentation": ("dice", "iou", "pixel_accuracy"),
-                "classification": ("accuracy", "balanced_accuracy", "auc", "f1_macro")}
-UNIT_METRICS = {"dice", "iou", "pixel_accuracy", "accuracy", "balanced_accuracy", "auc", "f1_macro"}   # in [0, 1]
 DISCLAIMER = "For research and teaching only. Lightbox is not a medical device; never use it for diagnosis."
 
 
@@ -127,7 +125,6 @@ def pick_dataset(datasets: list[dict], key: str, label: str = "Dataset") -> dict
 
 def augmentation_sliders(names: list[str], prefix: str) -> dict[str, dict[str, float]]:
     """One slider per parameter of each chosen augmentation (Data preview and Train use the same ones)."""
-    from engine.augment import AUGMENTATIONS
     values: dict[str, dict[str, float]] = {}
     for name in names:
         spec = AUGMENTATIONS[name]
@@ -144,7 +141,7 @@ def augmentation_sliders(names: list[str], prefix: str) -> dict[str, dict[str, f
 # ---- uploads ----------------------------------------------------------------------------------------------
 
 def uploads_dir() -> Path:
-    path = settings.home() / "uploads"
+    path = workspace.home() / "uploads"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -196,20 +193,6 @@ def short_name(path: str) -> str:
 
 
 # ---- pictures ---------------------------------------------------------------------------------------------
-
-def to_rgb(image: np.ndarray) -> np.ndarray:
-    """(C,H,W) float in [0,1] → (H,W,3) uint8 for st.image."""
-    array = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
-    array = np.repeat(array[:1], 3, axis=0) if array.shape[0] != 3 else array
-    return (array.transpose(1, 2, 0) * 255).astype(np.uint8)
-
-
-def with_mask(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """RGB picture of an image with its label mask blended on top in colour (background left as is)."""
-    from engine.handlers import overlay
-    rgb = to_rgb(image)
-    return rgb if mask is None else overlay(rgb, np.asarray(mask))
-
 
 def image_grid(pictures: list[np.ndarray], captions: list[str], columns: int = 4) -> None:
     for start in range(0, len(pictures), columns):
@@ -330,7 +313,6 @@ def metric_rows(run: dict) -> list[dict]:
 
     A resume deletes rows after the last checkpoint, so the cache restarts whenever the run starts again.
     """
-    from engine import store
     token = (run["id"], run.get("attempts"), run.get("started_at"))
     cache = st.session_state.get("_metric_cache")
     if not cache or cache["token"] != token:

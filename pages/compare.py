@@ -4,12 +4,11 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine import store
 from engine.data.dataset import load_manifest
 from engine.errors import UserError
+from engine.runs import store
+from engine.tasks import LOWER_IS_BETTER
 from pages import _widgets as w
-
-LOWER_IS_BETTER = {"loss", "hd95"}
 
 
 def leaderboard(runs: list[dict]) -> pd.DataFrame:

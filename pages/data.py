@@ -8,12 +8,12 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from engine import jobs
-from engine.augment import AUGMENTATIONS, preview
 from engine.data import dicom
 from engine.data.dataset import SPLITS, list_datasets, load_manifest
 from engine.data.demo import DEMOS, ensure_demo_dataset
 from engine.data.ingest import ingest
+from engine.runs import lifecycle
+from engine.training.augment import AUGMENTATIONS, preview
 from pages import _widgets as w
 
 SECTIONS = ("Bring data", "Explore a dataset", "DICOM viewer", "Augmentation preview")
@@ -164,7 +164,7 @@ def explore() -> None:
         sure = st.checkbox(f"Yes, delete {manifest['name']}", key="delete_sure")
         if st.button("Delete", disabled=not sure, key="delete_dataset"):
             with w.shows_errors("Deleting the dataset"):
-                jobs.delete_dataset(manifest["id"])
+                lifecycle.delete_dataset(manifest["id"])
                 st.session_state.pop("dataset_id", None)
                 st.rerun()
 

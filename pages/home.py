@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine import jobs
 from engine.config import RunConfig
 from engine.data.demo import DEMOS, ensure_demo_dataset
+from engine.models.registry import get_spec
+from engine.runs import submit
 from pages import _widgets as w
 
 # The demo buttons and the model each demo trains with its defaults.
@@ -18,7 +19,6 @@ DEMO_EPOCHS = 8
 
 def demo_config(dataset_id: str, task: str) -> RunConfig:
     """Sensible, quick defaults for a first run on a demo dataset (a few minutes on a laptop CPU)."""
-    from engine.models.registry import get_spec
     _, arch, title = DEMO_CHOICES[task]
     spec = get_spec(arch)
     return RunConfig(dataset_id=dataset_id, arch=arch, task=task, name=f"Demo: {title}",
@@ -58,7 +58,7 @@ else:
                "Change any of it later on the Train page.")
     if st.button(f"Train a {title} with defaults", type="primary", key="demo_train"):
         with w.shows_errors("Starting the demo run"):
-            run_id = jobs.submit(demo_config(dataset_id, task))
+            run_id = submit.submit(demo_config(dataset_id, task))
             w.open_run(run_id)
 st.markdown("**3. Watch it learn** on the Monitor page, which opens by itself.")
 

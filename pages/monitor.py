@@ -6,9 +6,9 @@ import re
 
 import streamlit as st
 
-from engine import jobs, store
-from engine.handlers import latest_preview
-from engine.runner import run_dir
+from engine.errors import UserError
+from engine.runs import lifecycle, queue, store, worker
+from engine.runs.paths import latest_preview
 from pages import _widgets as w
 
 # A refresh every 2 s slowed CPU training by 3.3 % (benchmarks/monitor.md); 5 s keeps it within 2 %.
@@ -23,7 +23,7 @@ def can_resume(run: dict) -> bool:
 def stop(run_id: str) -> None:
     """Button callback: runs before the page redraws, so the page shows the new status at once."""
     try:
-        outcome = jobs.cancel(run_id)
+        outcome = lifecycle.cancel(run_id)
         st.session_state["monitor_notice"] = ("info", {
             "cancelled": "Cancelled before it started.",
             "cancelling": "Stopping at the next training step; the last finished epoch is kept.",
@@ -34,7 +34,7 @@ def stop(run_id: str) -> None:
 
 def resume(run_id: str) -> None:
     try:
-        jobs.resume(run_id)
+        lifecycle.resume(run_id)
         st.session_state["monitor_notice"] = ("success", "Queued again: it continues from its last finished epoch.")
     except Exception as err:  # noqa: BLE001
         st.session_state["monitor_notice"] = ("error", _sentence(err, "Could not resume the run"))
@@ -42,7 +42,7 @@ def resume(run_id: str) -> None:
 
 def delete(run_id: str) -> None:
     try:
-        jobs.delete(run_id)
+        lifecycle.delete(run_id)
         st.session_state.pop("run_id", None)
         st.session_state["monitor_notice"] = ("success", f"Deleted run {run_id} with its checkpoints and curves.")
     except Exception as err:  # noqa: BLE001
@@ -60,7 +60,6 @@ def delete_panel(run: dict) -> None:
 
 
 def _sentence(err: Exception, what: str) -> str:
-    from engine.errors import UserError
     if isinstance(err, UserError):
         return str(err)
     w.log.exception(what)
@@ -104,7 +103,7 @@ def header(run: dict) -> None:
         st.info(message or "Stopped by the user.")
     elif run["status"] == "done":
         st.success(message or "Finished.")
-    elif run["status"] == "queued" and not any(x.get("device") != "starting" for x in jobs.live_workers()):
+    elif run["status"] == "queued" and not any(x.get("device") != "starting" for x in worker.live_workers()):
         st.warning("Waiting for a worker: none is running. It starts with the app, or run `python -m engine worker`.")
 
 
@@ -144,7 +143,7 @@ def numbers(run: dict, frame) -> None:
 
 
 def sample_predictions(run: dict) -> None:
-    path = latest_preview(run_dir(run["id"]))
+    path = latest_preview(run["id"])
     if path is None:
         st.caption("Sample predictions appear after the first epoch.")
         return
@@ -181,7 +180,7 @@ def live_panel(run_id: str, seen_status: str) -> None:
 def main() -> None:
     st.title("Monitor")
     with w.shows_errors("Reading the runs"):
-        jobs.mark_stale_runs()
+        queue.mark_stale_runs()
         runs = store.list_runs()
         if not runs:
             st.info("No runs yet. Start one on the **Train** page, or from a demo on **Home**.")

@@ -11,8 +11,10 @@ import streamlit as st
 
 from engine.data.dataset import load_sample
 from engine.errors import UserError
-from engine.predict import Prediction, Predictor, held_out_samples, load_predictor, predictable_runs
-from engine.predict_batch import mask_png, masks_by_image_stem, predict_zip, results_csv
+from engine.inference.batch import mask_png, masks_by_image_stem, predict_zip, results_csv
+from engine.inference.export import export_zip
+from engine.inference.predict import Prediction, Predictor, held_out_samples, load_predictor, predictable_runs
+from engine.models.registry import get_spec
 from pages import _widgets as w
 
 MAX_SHOWN = 12          # more images than this belong in a ZIP: every rerun predicts them all again
@@ -31,7 +33,6 @@ def pick_run() -> dict | None:
 
 def run_card(run: dict, predictor: Predictor) -> None:
     """Architecture, validation and held-out test results of the chosen run."""
-    from engine.models.registry import get_spec
     spec = get_spec(run["arch"])
     st.markdown(f"**{spec.title}** · {predictor.task} · classes: {', '.join(predictor.classes)} · "
                 f"input {predictor.size}×{predictor.size} px")
@@ -174,7 +175,6 @@ def _title(prediction: Prediction) -> str:
 
 
 def export_panel(run_id: str) -> None:
-    from engine.export import export_zip
     st.subheader("Export the model")
     st.caption("TorchScript model, preprocessing.json and a model card, for use outside Lightbox.")
     key = f"predict_export_{run_id}"

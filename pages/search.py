@@ -6,12 +6,14 @@ import time
 import pandas as pd
 import streamlit as st
 
-from engine import jobs, search, settings
+from engine import workspace
 from engine.config import OPTIMIZERS, default_loss
 from engine.data.dataset import list_datasets
-from engine.losses import losses_for
 from engine.models import DEFAULT_ARCH, models_for
-from engine.search_plots import PLOT_NOTES, available_plots, fingerprint
+from engine.runs import queue, submit
+from engine.search import study as search
+from engine.search.plots import PLOT_NOTES, available_plots, fingerprint
+from engine.training.losses import losses_for
 from pages import _widgets as w
 
 POLL_SECONDS = 3
@@ -235,7 +237,7 @@ def trial_table(rows: list[dict], objective: str) -> None:
 def plots(name: str, objective: str) -> None:
     """Optuna's plots, recomputed only when a trial changed (each tick would otherwise refit importances)."""
     study = search.load_study(name)
-    token = (settings.db_url(), name, fingerprint(study))
+    token = (workspace.db_url(), name, fingerprint(study))
     cache = st.session_state.get("_search_plots")
     if not cache or cache[0] != token:
         cache = st.session_state["_search_plots"] = (token, available_plots(
@@ -251,7 +253,7 @@ def plots(name: str, objective: str) -> None:
 
 
 def live_panel(name: str, spec: dict, created: float, seen: tuple) -> None:
-    jobs.mark_stale_runs()        # a run whose process died shows as interrupted, not running forever
+    queue.mark_stale_runs()        # a run whose process died shows as interrupted, not running forever
     info, rows = search.summary(name), search.trials_table(name)
     died = process_died(name, spec, info)
     now = (is_active(spec, created, info, rows, died), info["best_value"] is not None)
@@ -282,14 +284,14 @@ def continue_search(name: str) -> None:
 
 def train_best(name: str) -> None:
     with w.shows_errors("Queueing the best settings"):
-        run_id = jobs.submit(search.best_config(name))
+        run_id = submit.submit(search.best_config(name))
         w.open_run(run_id)
 
 
 def results(studies: list[dict]) -> None:
     chosen = choose_study(studies)
     name, spec = chosen["name"], chosen["spec"] or {}
-    jobs.mark_stale_runs()
+    queue.mark_stale_runs()
     info, rows = search.summary(name), search.trials_table(name)
     died = process_died(name, spec, info)
     seen = (is_active(spec, chosen["created"], info, rows, died), info["best_value"] is not None)

@@ -9,7 +9,6 @@ Training reads only cache/<size>/: no Pillow or pydicom call happens during an e
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -19,10 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine import settings
+from engine.data.manifest import SPLITS, dataset_dir, list_datasets, load_manifest  # noqa: F401 - re-exported
 from engine.errors import UserError
 
-SPLITS = ("train", "val", "test")
 # Stored images are capped at this many pixels on their longest side (aspect kept): a 3000-px radiograph would
 # otherwise cost 18 MB per file in the cache, and no model here trains above 1024 px.
 MAX_STORED_SIDE = int(os.environ.get("LIGHTBOX_MAX_STORED_SIDE", 1024))
@@ -33,31 +31,6 @@ class SplitArrays:
     images: np.ndarray      # float16 (N, C, S, S)
     targets: np.ndarray     # int64 (N,) class labels, or uint8 (N, S, S) masks
     keys: list[str]
-
-
-def dataset_dir(dataset_id: str) -> Path:
-    return settings.datasets_dir() / dataset_id
-
-
-def load_manifest(dataset_id: str) -> dict:
-    path = dataset_dir(dataset_id) / "manifest.json"
-    if not path.exists():
-        raise UserError(f"Dataset '{dataset_id}' does not exist; ingest it first or pick one from the list.")
-    return json.loads(path.read_text())
-
-
-def list_datasets() -> list[dict]:
-    """Manifests of all ingested datasets, newest first (without the per-sample list)."""
-    found = []
-    for path in settings.datasets_dir().glob("*/manifest.json"):
-        manifest = json.loads(path.read_text())
-        manifest.pop("samples", None)
-        found.append(manifest)
-    return sorted(found, key=lambda m: m.get("created", ""), reverse=True)
-
-
-def delete_dataset(dataset_id: str) -> None:
-    shutil.rmtree(dataset_dir(dataset_id), ignore_errors=True)
 
 
 def load_sample(dataset_id: str, key: str) -> tuple[np.ndarray, np.ndarray | None]:

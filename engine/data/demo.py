@@ -12,7 +12,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from engine import settings
+from engine import workspace
+from engine.data.dataset import list_datasets
+from engine.data.ingest import ingest
 
 DEMOS = {
     "segmentation": {
@@ -52,8 +54,6 @@ def write_demo(kind: str, out: Path, n: int | None = None, size: int = 128, seed
 
 def ensure_demo_dataset(kind: str) -> str:
     """The id of the ingested demo dataset of this kind, generating and ingesting it on first use."""
-    from engine.data.dataset import list_datasets      # late imports: ingest pulls in pydicom
-    from engine.data.ingest import ingest
 
     title = DEMOS[kind]["title"]
 
@@ -67,12 +67,12 @@ def ensure_demo_dataset(kind: str) -> str:
     if found:
         return found
     # `make run`, the app and a worker may all ask for the demos at once: one process builds, the rest wait.
-    with open(settings.home() / f".demo-{kind}.lock", "w") as lock:
+    with open(workspace.home() / f".demo-{kind}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         found = existing()
         if found:
             return found
-        with tempfile.TemporaryDirectory(dir=settings.home()) as tmp:
+        with tempfile.TemporaryDirectory(dir=workspace.home()) as tmp:
             folder = write_demo(kind, Path(tmp) / title.lower().replace(" ", "-"))
             return ingest(folder, kind, name=title).dataset_id
 

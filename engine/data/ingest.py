@@ -10,8 +10,8 @@ import secrets
 import shutil
 import tempfile
 from collections import Counter
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,15 +19,15 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from engine import settings
+from engine import workspace
 from engine.data import dataset, io
 from engine.data.dicom import NotAnImage
 from engine.data.layout import Item, Layout, problem, scan
 from engine.data.splits import SPLITS, assign_splits
 from engine.data.uploads import extract_zip, write_files
 from engine.errors import UserError
+from engine.tasks import TASKS
 
-TASKS = ("classification", "segmentation")
 Progress = Callable[[int, int], None]
 
 
@@ -75,7 +75,7 @@ class _Decoded:
 
 def ingest(src: Path, task: str, name: str | None = None, seed: int = 0,
            progress: Progress | None = None, workers: int | None = None) -> IngestResult:
-    """Ingest a folder or .zip into settings.datasets_dir()/<id>/; bad files are reported and skipped."""
+    """Ingest a folder or .zip into workspace.datasets_dir()/<id>/; bad files are reported and skipped."""
     src = Path(src)
     if task not in TASKS:
         raise UserError(f"Unknown task '{task}'; choose classification or segmentation.")
@@ -119,7 +119,7 @@ def _ingest_folder(folder: Path, task: str, name: str, source: str, seed: int,
     dataset_id = f"{_slug(name)}-{secrets.token_hex(3)}"
     manifest = _manifest(dataset_id, name, task, source, kept, classes, labels, seed, staging, report, levels)
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    staging.rename(settings.datasets_dir() / dataset_id)   # the dataset appears whole or not at all
+    staging.rename(workspace.datasets_dir() / dataset_id)   # the dataset appears whole or not at all
     return IngestResult(dataset_id, report)
 
 
@@ -251,7 +251,7 @@ def _manifest(dataset_id: str, name: str, task: str, source: str, kept: list[_De
               levels: dict[int, int]) -> dict:
     channels = 3 if any(c == 3 for r in kept for *_, c in r.frames) else 1
     remap = levels if any(value != label for value, label in levels.items()) else {}    # grey levels → classes
-    secret = settings.secret_key()
+    secret = workspace.secret_key()
     rows, sample_labels, groups, fixed = [], [], [], []
     for result, label in zip(kept, labels):
         many = len(result.frames) > 1
@@ -334,7 +334,7 @@ def _stem(path: Path) -> str:
 @contextmanager
 def _scratch() -> Iterator[Path]:
     """A temporary folder inside the workspace (same disk, so the final rename is atomic), removed afterwards."""
-    root = settings.home() / "tmp"
+    root = workspace.home() / "tmp"
     root.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix="ingest-", dir=root))
     try:

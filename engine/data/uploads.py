@@ -8,7 +8,7 @@ import stat
 import zipfile
 from pathlib import Path
 
-from engine import settings
+from engine import workspace
 from engine.data.layout import ignored
 from engine.errors import UserError
 
@@ -24,12 +24,12 @@ def safe_parts(name: str, archive: str) -> list[str]:
 
 def check_limits(count: int, size: int, archive: str) -> None:
     # Read at call time so a deployment (or a test) can change the limits after import
-    if count > settings.MAX_UPLOAD_FILES:
-        raise UserError(f"{archive} holds {count} files, more than the limit of {settings.MAX_UPLOAD_FILES}; "
+    if count > workspace.MAX_UPLOAD_FILES:
+        raise UserError(f"{archive} holds {count} files, more than the limit of {workspace.MAX_UPLOAD_FILES}; "
                         f"split it or raise LIGHTBOX_MAX_UPLOAD_FILES.")
-    if size > settings.MAX_UPLOAD_BYTES:
+    if size > workspace.MAX_UPLOAD_BYTES:
         raise UserError(f"{archive} unpacks to {size / 1e6:.1f} MB, more than the limit of "
-                        f"{settings.MAX_UPLOAD_BYTES / 1e6:.1f} MB; split it or raise LIGHTBOX_MAX_UPLOAD_BYTES.")
+                        f"{workspace.MAX_UPLOAD_BYTES / 1e6:.1f} MB; split it or raise LIGHTBOX_MAX_UPLOAD_BYTES.")
 
 
 def extract_zip(path: Path, dest: Path) -> None:

@@ -7,9 +7,8 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from engine.models.pretrained import ImageNetSource, set_in_channels
 from engine.models.registry import Option, register
-
+from engine.models.weights import ImageNetSource, set_in_channels
 
 # ---------------------------------------------------------------- written here
 

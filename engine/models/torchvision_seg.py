@@ -5,8 +5,8 @@ import torch
 from torch import nn
 from torchvision.models import segmentation
 
-from engine.models.pretrained import ImageNetSource, set_in_channels
 from engine.models.registry import Option, register
+from engine.models.weights import ImageNetSource, set_in_channels
 
 
 class SegmentationLogits(nn.Module):

@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:         # pages import `pages._widgets` and `engine` from the repository root
     sys.path.insert(0, str(ROOT))
 
-from engine import store  # noqa: E402
 from engine.config import RunConfig  # noqa: E402
+from engine.runs import store  # noqa: E402
 
 TIMEOUT = 60
 
@@ -100,7 +100,7 @@ def fake_run(dataset_id: str, task: str, *, arch: str | None = None, status: str
     arch = arch or ("unet" if task == "segmentation" else "resnet18")
     config = RunConfig(dataset_id=dataset_id, arch=arch, task=task, name=name, epochs=epochs, lr=lr,
                        image_size=32, augment=["hflip"])
-    run_id = store.create_run(config.to_dict(), status=status, params=123_456)
+    run_id = store.insert_run(config.to_dict(), status=status, params=123_456)
     names = ("dice", "iou") if task == "segmentation" else ("accuracy", "balanced_accuracy", "auc")
     done_epochs = epochs if status == "done" else max(1, epochs - 1)
     rows = []

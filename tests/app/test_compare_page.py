@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from engine import store
+from engine.runs import store, submit
 
 COMPARE = "pages/compare.py"
 
@@ -81,7 +81,7 @@ def test_curves_start_from_runs_on_the_newest_runs_dataset(lb, cls_dataset, seg_
 
 
 def test_runs_without_epochs_yet_say_so(lb, seg_dataset):
-    run_id = store.create_run({"dataset_id": seg_dataset, "arch": "unet", "task": "segmentation", "epochs": 5})
+    run_id = store.insert_run({"dataset_id": seg_dataset, "arch": "unet", "task": "segmentation", "epochs": 5})
     at = lb.app(COMPARE)
     at.multiselect(key="compare_runs").set_value([run_id]).run()
     lb.no_exception(at)
@@ -90,11 +90,11 @@ def test_runs_without_epochs_yet_say_so(lb, seg_dataset):
 
 
 def test_a_real_classification_run_draws_its_confusion_matrix(lb, cls_dataset):
-    from engine import jobs
     from engine.config import RunConfig
-    run_id = jobs.submit(RunConfig(dataset_id=cls_dataset, arch="lenet5", epochs=1, batch_size=4, image_size=32,
+    from engine.runs import execute
+    run_id = submit.submit(RunConfig(dataset_id=cls_dataset, arch="lenet5", epochs=1, batch_size=4, image_size=32,
                                    device="cpu"))
-    jobs.run_job(run_id)
+    execute.run_job(run_id)
     at = lb.app(COMPARE)
     lb.no_exception(at)
     assert leaderboard(at).loc[0, "Status"] == "done"

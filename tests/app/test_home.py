@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from engine import jobs, store
 from engine.data import demo
 from engine.data.dataset import list_datasets
 from engine.errors import UserError
+from engine.runs import store, worker
 
 
 @pytest.fixture
@@ -27,14 +27,14 @@ def test_home_explains_and_sidebar_shows_workspace_device_and_queue(lb, home):
     assert "not a medical device" in sidebar
     assert [m.label for m in at.sidebar.metric] == ["Running", "Queued"]
     # Under tests no worker is started (LIGHTBOX_NO_AUTOWORKER=1).
-    assert jobs.live_workers() == []
+    assert worker.live_workers() == []
     assert "Started a background" not in lb.texts(at.sidebar, "info")
 
 
 def test_sidebar_says_when_it_started_a_worker(lb, monkeypatch):
     monkeypatch.delenv("LIGHTBOX_NO_AUTOWORKER")
     calls = []
-    monkeypatch.setattr(jobs, "ensure_worker", lambda: calls.append(1) or True)
+    monkeypatch.setattr(worker, "ensure_worker", lambda: calls.append(1) or True)
     at = lb.app()
     lb.no_exception(at)
     assert calls

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from engine import jobs, store
 from engine.config import RunConfig
-from engine.runner import run_dir
+from engine.runs import execute, store, submit
+from engine.runs.paths import run_dir
 
 MONITOR = "pages/monitor.py"
 
@@ -125,9 +125,9 @@ def test_latest_sample_prediction_is_shown(lb, seg_dataset):
 
 def test_a_real_tiny_training_run(lb, seg_dataset):
     """One real 2-epoch run through the queue's executor: the page draws what the trainer actually logs."""
-    run_id = jobs.submit(RunConfig(dataset_id=seg_dataset, arch="fcn_simple", epochs=2, batch_size=4,
+    run_id = submit.submit(RunConfig(dataset_id=seg_dataset, arch="fcn_simple", epochs=2, batch_size=4,
                                    image_size=32, device="cpu"))
-    jobs.run_job(run_id)
+    execute.run_job(run_id)
     at = lb.app()
     at.session_state["run_id"] = run_id
     at.switch_page(MONITOR).run()

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import jobs
 from engine.config import RunConfig
-from engine.runner import create_run
+from engine.runs import execute
+from engine.runs.submit import create_run
 
 PAGE = "predict.py"
 
@@ -18,7 +18,7 @@ def _train(dataset_id: str, arch: str, **options) -> str:
     config = RunConfig(dataset_id=dataset_id, arch=arch, epochs=1, batch_size=8, image_size=32, preview_samples=0,
                        model_options=options)
     run_id = create_run(config, status="running")
-    assert jobs.run_job(run_id)["status"] == "done"
+    assert execute.run_job(run_id)["status"] == "done"
     return run_id
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import search, store
+from engine.runs import store
+from engine.search import study as search
 
 BASE = {"arch": "unet", "epochs": 2, "image_size": 32, "batch_size": 8, "preview_samples": 0,
         "model_options": {"depth": 2, "base": 8}}

@@ -1,7 +1,7 @@
 """Train page: settings become a queued RunConfig; impossible settings are explained and never queued."""
 from __future__ import annotations
 
-from engine import store
+from engine.runs import store
 
 TRAIN = "pages/train.py"
 
@@ -17,31 +17,31 @@ def test_architecture_card_shows_note_parameters_and_minimum_size(lb, seg_datase
     at = lb.app(TRAIN)
     lb.no_exception(at)
     assert "segmentation" in lb.texts(at, "caption")
-    at.selectbox(key="train_arch_segmentation").set_value("unet").run()
+    at.selectbox(key="train_arch__segmentation").set_value("unet").run()
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Smallest image"] == "32 px"
     assert metrics["Parameters"].endswith(" M") or metrics["Parameters"].replace(",", "").isdigit()
     assert "skip connections" in lb.texts(at, "info")
     before = metrics["Parameters"]
-    at.number_input(key="train_opt_unet_base").set_value(32).run()     # a wider U-Net has more weights
+    at.number_input(key="train_model_options__unet_base").set_value(32).run()     # a wider U-Net has more weights
     assert {m.label: m.value for m in at.metric}["Parameters"] != before
 
 
 def test_new_runs_start_from_a_strong_architecture_not_the_first_in_the_list(lb, seg_dataset, cls_dataset):
     at = lb.app(TRAIN)
-    at.selectbox(key="train_dataset").set_value(seg_dataset).run()
-    assert at.selectbox(key="train_arch_segmentation").value == "unet"
-    assert at.selectbox(key="train_arch_segmentation").options[0].startswith("FCN")       # teaching order kept
-    at.selectbox(key="train_dataset").set_value(cls_dataset).run()
-    assert at.selectbox(key="train_arch_classification").value == "resnet18"
+    at.selectbox(key="train_dataset_id").set_value(seg_dataset).run()
+    assert at.selectbox(key="train_arch__segmentation").value == "unet"
+    assert at.selectbox(key="train_arch__segmentation").options[0].startswith("FCN")       # teaching order kept
+    at.selectbox(key="train_dataset_id").set_value(cls_dataset).run()
+    assert at.selectbox(key="train_arch__classification").value == "resnet18"
 
 
 def test_start_training_queues_the_chosen_settings_and_opens_monitor(lb, seg_dataset):
     at = lb.app(TRAIN)
-    at.selectbox(key="train_arch_segmentation").set_value("unet").run()
+    at.selectbox(key="train_arch__segmentation").set_value("unet").run()
     at.multiselect(key="train_augment").set_value(["hflip", "rotate"]).run()
-    at.slider(key="train_aug_rotate_degrees").set_value(30.0)
-    at.selectbox(key="train_loss_segmentation").set_value("dice")
+    at.slider(key="train_augment_params__aug_rotate_degrees").set_value(30.0)
+    at.selectbox(key="train_loss__segmentation").set_value("dice")
     at.selectbox(key="train_optimizer").set_value("sgd").run()
     at.slider(key="train_momentum").set_value(0.8)
     at.select_slider(key="train_lr").set_value(3e-2)
@@ -49,9 +49,9 @@ def test_start_training_queues_the_chosen_settings_and_opens_monitor(lb, seg_dat
     at.slider(key="train_decay_rate").set_value(0.95)
     at.number_input(key="train_decay_steps").set_value(50)
     at.number_input(key="train_epochs").set_value(3)
-    at.number_input(key="train_batch").set_value(4)
-    at.number_input(key="train_size_unet").set_value(64)
-    at.number_input(key="train_patience").set_value(2)
+    at.number_input(key="train_batch_size").set_value(4)
+    at.number_input(key="train_image_size__unet").set_value(64)
+    at.number_input(key="train_early_stopping").set_value(2)
     at.number_input(key="train_seed").set_value(7)
     at.selectbox(key="train_device").set_value("cpu")
     at.text_input(key="train_name").set_value("sgd baseline").run()
@@ -77,7 +77,7 @@ def test_start_training_queues_the_chosen_settings_and_opens_monitor(lb, seg_dat
 
 def test_add_to_queue_stays_on_the_page(lb, cls_dataset):
     at = lb.app(TRAIN)
-    at.selectbox(key="train_arch_classification").set_value("lenet5").run()
+    at.selectbox(key="train_arch__classification").set_value("lenet5").run()
     at.selectbox(key="train_schedule").set_value("step").run()
     at.number_input(key="train_step_size").set_value(3)
     at.slider(key="train_gamma").set_value(0.5)
@@ -93,23 +93,35 @@ def test_add_to_queue_stays_on_the_page(lb, cls_dataset):
 
 def test_inception_at_64_px_is_explained_and_not_queued(lb, cls_dataset):
     at = lb.app(TRAIN)
-    at.selectbox(key="train_arch_classification").set_value("inception_v3").run()
-    at.number_input(key="train_size_inception_v3").set_value(64).run()
+    at.selectbox(key="train_arch__classification").set_value("inception_v3").run()
+    at.number_input(key="train_image_size__inception_v3").set_value(64).run()
     lb.no_exception(at)
     assert "Inception-v3 needs images of at least 75 px" in lb.texts(at, "error")
     assert at.button(key="train_start").disabled and at.button(key="train_queue").disabled
     assert store.list_runs() == []
-    at.number_input(key="train_size_inception_v3").set_value(80).run()
+    at.number_input(key="train_image_size__inception_v3").set_value(80).run()
     assert not at.error and not at.button(key="train_start").disabled
 
 
-def test_transfer_learning_choices(lb, cls_dataset):
+def test_transfer_learning_choices(lb, cls_dataset, tmp_path, monkeypatch):
+    """'Available' means the weight file is on this machine; otherwise the download message shows before launch."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     at = lb.app(TRAIN)
-    at.selectbox(key="train_arch_classification").set_value("lenet5").run()
-    assert at.radio(key="train_start_lenet5").options == ["From scratch (random weights)", "Upload a weights file"]
-    at.selectbox(key="train_arch_classification").set_value("resnet18").run()
-    at.radio(key="train_start_resnet18").set_value("imagenet").run()
-    at.radio(key="train_freeze").set_value("head").run()
+    at.selectbox(key="train_arch__classification").set_value("lenet5").run()
+    assert at.radio(key="train_pretrained__lenet5").options == ["From scratch (random weights)",
+                                                                "Upload a weights file"]
+    at.selectbox(key="train_arch__classification").set_value("resnet18").run()
+    assert "not on this machine" in [m.value for m in at.metric if m.label == "ImageNet weights"][0]
+    at.radio(key="train_pretrained__resnet18").set_value("imagenet").run()
+    assert "ImageNet weights for ResNet-18 are not on this machine" in lb.texts(at, "error")
+    assert at.button(key="train_queue").disabled and store.list_runs() == []
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / "resnet18-f37072fd.pth").write_bytes(b"present; its hash is checked when the run loads it")
+    at.run()
+    assert [m.value for m in at.metric if m.label == "ImageNet weights"] == ["on this machine"]
+    at.checkbox(key="train_freeze_backbone").check().run()
+    assert not at.error
     at.button(key="train_queue").click().run()
     lb.no_exception(at)
     (run,) = store.list_runs()
@@ -118,8 +130,8 @@ def test_transfer_learning_choices(lb, cls_dataset):
 
 def test_uploaded_weights_are_saved_in_the_workspace(lb, cls_dataset):
     at = lb.app(TRAIN)
-    at.selectbox(key="train_arch_classification").set_value("resnet18").run()
-    at.radio(key="train_start_resnet18").set_value("file").run()
+    at.selectbox(key="train_arch__classification").set_value("resnet18").run()
+    at.radio(key="train_pretrained__resnet18").set_value("file").run()
     assert "Upload a weights file" in lb.texts(at, "error")
     assert at.button(key="train_queue").disabled
     upload = ("Patient Smith/weights.pt", b"not checked here", "application/octet-stream")
@@ -135,12 +147,12 @@ def test_uploaded_weights_are_saved_in_the_workspace(lb, cls_dataset):
 
 
 def test_a_refusal_from_the_queue_is_shown_as_its_sentence(lb, cls_dataset, monkeypatch):
-    from engine import jobs
     from engine.errors import UserError
+    from engine.runs import lifecycle
 
     def refuse(config):
         raise UserError("The queue is closed for maintenance; try again in a minute.")
-    monkeypatch.setattr(jobs, "submit", refuse)
+    monkeypatch.setattr(lifecycle, "submit", refuse)
     at = lb.app(TRAIN)
     at.button(key="train_start").click().run()
     lb.no_exception(at)
@@ -154,3 +166,44 @@ def test_page_on_its_own_still_queues_and_says_where_to_look(lb, seg_dataset):
     lb.no_exception(at)
     (run,) = store.list_runs()
     assert f"Run {run['id']} is queued; open the Monitor page" in lb.texts(at, "success")
+
+
+def _widget_keys(at) -> set[str]:
+    kinds = ("selectbox", "number_input", "checkbox", "radio", "select_slider", "slider", "multiselect",
+             "text_input", "toggle")
+    return {w.key for kind in kinds for w in getattr(at, kind) if w.key}
+
+
+def test_every_run_setting_has_a_widget_on_the_train_page(lb, seg_dataset):
+    """Parity with engine.config.SETTINGS: each RunConfig field is shown (conditional ones once revealed)."""
+    from engine.config import SETTINGS
+    at = lb.app(TRAIN)
+    seen = _widget_keys(at)
+    at.selectbox(key="train_optimizer").set_value("sgd").run()
+    at.multiselect(key="train_augment").set_value(["rotate"]).run()
+    seen |= _widget_keys(at)
+    for schedule in ("exponential", "step"):
+        at.selectbox(key="train_schedule").set_value(schedule).run()
+        seen |= _widget_keys(at)
+    at.radio(key="train_pretrained__unet").set_value("file").run()
+    seen |= _widget_keys(at)
+    lb.no_exception(at)
+    missing = [s.name for s in SETTINGS
+               if not any(k == f"train_{s.name}" or k.startswith(f"train_{s.name}__") for k in seen)]
+    assert missing == []
+
+
+def test_a_model_option_out_of_range_is_explained_not_kept(lb, seg_dataset):
+    at = lb.app(TRAIN)
+    at.selectbox(key="train_arch__segmentation").set_value("unet").run()
+    at.number_input(key="train_model_options__unet_depth").set_value(9).run()
+    lb.no_exception(at)
+    assert "'Depth (levels)' must be between 2 and 5, not 9" in lb.texts(at, "error")
+    assert at.button(key="train_start").disabled and store.list_runs() == []
+
+
+def test_a_batch_larger_than_the_training_split_is_mentioned(lb, seg_dataset):
+    at = lb.app(TRAIN)
+    at.number_input(key="train_batch_size").set_value(1000).run()
+    lb.no_exception(at)
+    assert "larger than the training split" in lb.texts(at, "warning")

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from engine import store
+from engine.runs import store
 
 PG_URL = os.environ.get("LIGHTBOX_DB_URL", "")
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.augment import AUGMENTATIONS, build_pipeline, preview
 from engine.errors import UserError
+from engine.training.augment import AUGMENTATIONS, build_pipeline, preview
 
 GEOMETRIC = {
     "hflip": {"p": 1.0},

@@ -13,13 +13,13 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from engine import jobs
 from engine.config import RunConfig
 from engine.data.dataset import load_manifest
 from engine.data.demo import write_demo
 from engine.data.ingest import ingest
-from engine.predict_batch import predict_zip
-from engine.runner import create_run
+from engine.inference.batch import predict_zip
+from engine.runs import execute
+from engine.runs.submit import create_run
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -55,7 +55,7 @@ def test_dicom_upload_trains_and_predicts_with_the_same_dice(lightbox_env, tmp_p
     assert result.report.mask_levels == {"0": 0, "170": 1}
     config = RunConfig(dataset_id=result.dataset_id, arch="unet", epochs=2, batch_size=4, image_size=48,
                        lr=3e-3, preview_samples=0, model_options={"depth": 2, "base": 8})
-    run = jobs.run_job(create_run(config, status="running"))
+    run = execute.run_job(create_run(config, status="running"))
     assert run["status"] == "done", run["message"]
 
     test = [s["source"] for s in load_manifest(result.dataset_id)["samples"] if s["split"] == "test"]

@@ -11,9 +11,9 @@ from io import BytesIO
 import pytest
 import torch
 
-from engine import jobs
 from engine.config import RunConfig
-from engine.runner import create_run
+from engine.runs import execute
+from engine.runs.submit import create_run
 
 S = 32
 
@@ -39,15 +39,15 @@ def runs(tmp_path_factory):
             config = RunConfig(dataset_id=ingest(src, task=task).dataset_id, arch=arch, epochs=1, batch_size=8,
                                image_size=S, model_options=options, preview_samples=0)
             run_id = create_run(config, status="running")
-            assert jobs.run_job(run_id)["status"] == "done"
+            assert execute.run_job(run_id)["status"] == "done"
             found[task] = run_id
         yield found
 
 
 @pytest.mark.parametrize("task", ["segmentation", "classification"])
 def test_torchscript_reloads_in_a_fresh_process_with_the_same_outputs(runs, task, tmp_path):
-    from engine.export import export_run
-    from engine.predict import checkpoint_path, model_from_checkpoint
+    from engine.inference.export import export_run
+    from engine.inference.predict import checkpoint_path, model_from_checkpoint
     run_id = runs[task]
     paths = export_run(run_id, tmp_path / "export")
     x = torch.rand(3, 1, S, S, generator=torch.Generator().manual_seed(7))   # batch 3: not the traced batch size
@@ -64,7 +64,7 @@ def test_torchscript_reloads_in_a_fresh_process_with_the_same_outputs(runs, task
 
 
 def test_preprocessing_json_describes_the_input(runs, tmp_path):
-    from engine.export import export_run
+    from engine.inference.export import export_run
     paths = export_run(runs["segmentation"], tmp_path)
     info = json.loads(paths["preprocessing"].read_text())
     assert info["input"]["shape"] == ["N", 1, S, S] and info["input"]["range"] == [0.0, 1.0]
@@ -74,8 +74,8 @@ def test_preprocessing_json_describes_the_input(runs, tmp_path):
 
 
 def test_model_card_states_it_is_not_a_medical_device_and_gives_the_metrics(runs, tmp_path):
-    from engine import store
-    from engine.export import NOT_A_DEVICE, export_run
+    from engine.inference.export import NOT_A_DEVICE, export_run
+    from engine.runs import store
     run_id = runs["classification"]
     card = export_run(run_id, tmp_path)["model_card"].read_text()
     run = store.get_run(run_id)
@@ -87,8 +87,8 @@ def test_model_card_states_it_is_not_a_medical_device_and_gives_the_metrics(runs
 
 
 def test_export_zip_and_cli(runs, tmp_path, capsys):
-    from engine.cli import main
-    from engine.export import export_zip
+    from engine.cli.main import main
+    from engine.inference.export import export_zip
     run_id = runs["segmentation"]
     names = zipfile.ZipFile(BytesIO(export_zip(run_id))).namelist()
     assert sorted(names) == sorted(f"lightbox-{run_id}/{n}" for n in

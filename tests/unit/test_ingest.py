@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from engine import settings
+from engine import workspace as lbx_workspace
 from engine.data.dataset import list_datasets, load_manifest, load_split
 from engine.data.ingest import ingest, ingest_files
 from engine.errors import UserError
@@ -51,7 +51,7 @@ def problems_of(result, kind: str) -> list[dict]:
 
 
 def nothing_written(home: Path) -> bool:
-    return not any(settings.datasets_dir().iterdir()) and not any((home / "tmp").glob("*"))
+    return not any(lbx_workspace.datasets_dir().iterdir()) and not any((home / "tmp").glob("*"))
 
 
 # ---- the contract: manifest, arrays, temp folders ------------------------------------------------
@@ -73,7 +73,7 @@ def test_zip_with_wrapper_folder_and_junk_makes_a_dataset(workspace, tmp_path):
     assert sample["key"] == "000000" and sample["source"] == "mydata/cat/0.png" and sample["label"] == 0
     assert (sample["height"], sample["width"], sample["patient"], sample["modality"]) == (24, 24, None, None)
     assert sum(manifest["split_counts"].values()) == 12 and manifest["report"]["per_class"] == {"cat": 6, "dog": 6}
-    image = np.load(settings.datasets_dir() / result.dataset_id / "images" / "000000.npy")
+    image = np.load(lbx_workspace.datasets_dir() / result.dataset_id / "images" / "000000.npy")
     assert image.dtype == np.float16 and image.shape == (1, 24, 24) and 0 <= image.min() and image.max() <= 1
     np.testing.assert_allclose(image[0], picture(0) / 255.0, atol=1e-3)
     assert not any((workspace / "tmp").iterdir())                     # extraction folder cleaned up
@@ -92,7 +92,7 @@ def test_colour_image_makes_the_dataset_rgb(workspace, tmp_path):
     result = ingest(write(tmp_path / "src", files), "classification", name="Mixed colours!")
     manifest = load_manifest(result.dataset_id)
     assert manifest["channels"] == 3 and result.dataset_id.startswith("mixed-colours-")
-    folder = settings.datasets_dir() / result.dataset_id / "images"
+    folder = lbx_workspace.datasets_dir() / result.dataset_id / "images"
     gray = np.load(folder / "000000.npy")
     assert gray.shape == (3, 24, 24) and (gray[0] == gray[2]).all()
 
@@ -116,7 +116,7 @@ def test_classification_problem_kinds(workspace, tmp_path):
     assert empty["file"] == "empty"
     assert load_manifest(result.dataset_id)["classes"] == ["cat", "dog"]
     assert result.report.samples == 12
-    assert not list((settings.datasets_dir() / result.dataset_id / "images").glob("*-*.npy"))
+    assert not list((lbx_workspace.datasets_dir() / result.dataset_id / "images").glob("*-*.npy"))
 
 
 def segmentation_files(n: int = 5, prefix: str = "") -> dict[str, bytes]:
@@ -147,7 +147,7 @@ def test_segmentation_problem_kinds(workspace, tmp_path):
                      "unreadable": "masks/badmask.png"}
     manifest = load_manifest(result.dataset_id)
     assert manifest["classes"] == ["background", "foreground"] and result.report.mask_values == [0, 255]
-    mask = np.load(settings.datasets_dir() / result.dataset_id / "masks" / "000000.npy")
+    mask = np.load(lbx_workspace.datasets_dir() / result.dataset_id / "masks" / "000000.npy")
     assert mask.dtype == np.uint8 and mask.shape == (24, 24) and set(np.unique(mask)) == {0, 1}
     assert "label" not in manifest["samples"][0]
 
@@ -204,7 +204,7 @@ def test_grey_level_masks_become_class_indices(workspace, tmp_path):
     assert manifest["classes"] == ["background", "class 1", "class 2", "class 3"]
     assert manifest["mask_levels"] == {"0": 0, "85": 1, "170": 2, "255": 3}
     first = next(s["key"] for s in manifest["samples"] if s["source"] == "images/c0.png")
-    mask = np.load(settings.datasets_dir() / result.dataset_id / "masks" / f"{first}.npy")
+    mask = np.load(lbx_workspace.datasets_dir() / result.dataset_id / "masks" / f"{first}.npy")
     assert mask[5, 5] == 1 and mask[15, 15] == 3 and mask[0, 0] == 0 and set(np.unique(mask)) == {0, 1, 3}
 
 
@@ -227,7 +227,7 @@ def test_binary_masks_saved_as_0_1_and_as_0_255_are_one_foreground(workspace, tm
     assert {(p["file"], p["kind"]) for p in result.report.problems} == {
         ("masks/void.png", "mask_labels_out_of_range"), ("masks/smeared.png", "mask_labels_out_of_range")}
     for sample in manifest["samples"]:
-        mask = np.load(settings.datasets_dir() / result.dataset_id / "masks" / f"{sample['key']}.npy")
+        mask = np.load(lbx_workspace.datasets_dir() / result.dataset_id / "masks" / f"{sample['key']}.npy")
         assert set(np.unique(mask)) == {0, 1}
 
 
@@ -269,7 +269,7 @@ def test_dicom_without_extension_patients_and_multiframe(workspace, tmp_path):
     assert all(len(splits) == 1 for splits in splits_by_patient.values())
     # PatientIDs are kept only as keyed pseudonyms: same patient, same pseudonym; no ID in the manifest
     assert len(splits_by_patient) == 9
-    text = (settings.datasets_dir() / result.dataset_id / "manifest.json").read_text()
+    text = (lbx_workspace.datasets_dir() / result.dataset_id / "manifest.json").read_text()
     assert "a-1" not in text and "b-3" not in text
     assert all(p.startswith("patient-") for p in splits_by_patient)
     again = load_manifest(ingest(write(tmp_path / "again", files), "classification").dataset_id)
@@ -312,11 +312,11 @@ def test_zip_symlink_entries_are_refused(workspace, tmp_path):
 
 def test_zip_size_and_count_limits(workspace, tmp_path, monkeypatch):
     archive = zip_with(tmp_path, good_entries())
-    monkeypatch.setattr(settings, "MAX_UPLOAD_BYTES", 1000)
+    monkeypatch.setattr(lbx_workspace, "MAX_UPLOAD_BYTES", 1000)
     with pytest.raises(UserError, match="more than the limit of 0.0 MB"):
         ingest(archive, "classification")
-    monkeypatch.setattr(settings, "MAX_UPLOAD_BYTES", 10**9)
-    monkeypatch.setattr(settings, "MAX_UPLOAD_FILES", 5)
+    monkeypatch.setattr(lbx_workspace, "MAX_UPLOAD_BYTES", 10**9)
+    monkeypatch.setattr(lbx_workspace, "MAX_UPLOAD_FILES", 5)
     with pytest.raises(UserError, match="holds 12 files, more than the limit of 5"):
         ingest(archive, "classification")
     assert nothing_written(workspace)
@@ -348,12 +348,12 @@ def test_ingest_files_keeps_folders_and_reads_a_single_zip(workspace, tmp_path):
     assert load_manifest(result.dataset_id)["name"] == "zipped"
     with pytest.raises(UserError, match="points outside"):
         ingest_files([("../x.png", png(picture(3)))] + loose, "classification")
-    assert len(list(settings.datasets_dir().iterdir())) == 2
+    assert len(list(lbx_workspace.datasets_dir().iterdir())) == 2
 
 
 def test_dataset_manifest_is_json_with_report(workspace, tmp_path):
     result = ingest(write(tmp_path / "src", classification_files()), "classification", seed=3)
-    raw = json.loads((settings.datasets_dir() / result.dataset_id / "manifest.json").read_text())
+    raw = json.loads((lbx_workspace.datasets_dir() / result.dataset_id / "manifest.json").read_text())
     assert raw["report"] == result.report.to_dict() and raw["report"]["sizes"] == {"24x24": 12}
     again = ingest(write(tmp_path / "src", classification_files()), "classification", seed=3)
     first = [s["split"] for s in raw["samples"]]
@@ -365,6 +365,7 @@ def test_large_images_are_stored_capped_with_aspect_kept(workspace, tmp_path, mo
     """A radiograph bigger than the cap is stored scaled down (aspect kept); its mask scales with it."""
     import numpy as np
     from PIL import Image
+
     from engine.data import dataset
     from engine.data.ingest import ingest
     monkeypatch.setattr(dataset, "MAX_STORED_SIDE", 64)

@@ -14,8 +14,16 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 
 from engine.data import dicom
-from engine.data.io import (LabelRangeError, decode_file, is_dicom, mask_levels, normalise_labels, read_image, read_mask,
-                            SUPPORTED_EXTENSIONS)
+from engine.data.io import (
+    SUPPORTED_EXTENSIONS,
+    LabelRangeError,
+    decode_file,
+    is_dicom,
+    mask_levels,
+    normalise_labels,
+    read_image,
+    read_mask,
+)
 from engine.errors import UserError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")   # pydicom warns about quirks of its own test files

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import UserError
-from engine.losses import LOSSES, build_loss, class_weights_from_counts, focal, losses_for
+from engine.training.losses import LOSSES, build_loss, class_weights_from_counts, focal, losses_for
 
 CLS_LOGITS = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
 CLS_TARGET = torch.tensor([0, 1])

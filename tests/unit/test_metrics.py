@@ -5,8 +5,19 @@ import numpy as np
 import pytest
 import torch
 
-from engine.metrics import (ClassificationMeter, SegmentationMeter, accuracy, balanced_accuracy, confusion_matrix,
-                            dice_per_class, hausdorff95, iou_per_class, pixel_accuracy, precision_recall_f1, roc_auc)
+from engine.metrics import (
+    ClassificationMeter,
+    SegmentationMeter,
+    accuracy,
+    balanced_accuracy,
+    confusion_matrix,
+    dice_per_class,
+    hausdorff95,
+    iou_per_class,
+    pixel_accuracy,
+    precision_recall_f1,
+    roc_auc,
+)
 
 
 def test_confusion_matrix_rows_are_truth_columns_prediction():

@@ -10,7 +10,7 @@ import torchvision
 
 from engine.errors import UserError
 from engine.models import MODELS, build_model, count_parameters, get_spec, models_for, parameter_count
-from engine.models import pretrained
+from engine.models import weights as pretrained
 from engine.models.dilated import ContextModule, DilatedContextNet
 
 torch.set_num_threads(1)

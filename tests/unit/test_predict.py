@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from engine import jobs
 from engine.config import RunConfig
 from engine.errors import UserError
-from engine.runner import create_run
+from engine.runs import execute
+from engine.runs.submit import create_run
 
 S = 32      # image size of every tiny run here
 
@@ -38,7 +38,7 @@ def _train(dataset_id: str, arch: str, **overrides) -> str:
     config = dict(dataset_id=dataset_id, arch=arch, epochs=2, batch_size=8, image_size=S, lr=3e-3, preview_samples=0)
     config.update(overrides)
     run_id = create_run(RunConfig(**config), status="running")
-    run = jobs.run_job(run_id)
+    run = execute.run_job(run_id)
     assert run["status"] == "done", run["message"]
     return run_id
 
@@ -77,7 +77,7 @@ def _quantised(predictor, key: str) -> np.ndarray:
 
 @pytest.mark.parametrize("which", ["seg", "cls"])
 def test_png_file_gives_the_in_memory_prediction(which, request):
-    from engine.predict import held_out_samples, load_predictor
+    from engine.inference.predict import held_out_samples, load_predictor
     run_id, _ = request.getfixturevalue(which)
     predictor = load_predictor(run_id)
     key = held_out_samples(predictor.config.dataset_id)[0]["key"]
@@ -95,7 +95,7 @@ def test_png_file_gives_the_in_memory_prediction(which, request):
 
 
 def test_predictor_is_cached_until_the_checkpoint_changes(seg):
-    from engine.predict import checkpoint_path, load_predictor
+    from engine.inference.predict import checkpoint_path, load_predictor
     run_id, _ = seg
     first = load_predictor(run_id)
     assert load_predictor(run_id) is first
@@ -105,7 +105,7 @@ def test_predictor_is_cached_until_the_checkpoint_changes(seg):
 
 
 def test_tta_averages_softmax_over_flips(seg):
-    from engine.predict import load_predictor
+    from engine.inference.predict import load_predictor
     predictor = load_predictor(seg[0])
     x = torch.rand(1, 1, S, S)
     with torch.no_grad():
@@ -118,8 +118,8 @@ def test_tta_averages_softmax_over_flips(seg):
 # ---- ground truth -------------------------------------------------------------------------------------
 
 def test_dice_against_a_mask_matches_engine_metrics(seg):
+    from engine.inference.predict import load_predictor
     from engine.metrics import dice_per_class, iou_per_class
-    from engine.predict import load_predictor
     run_id, src = seg
     predictor = load_predictor(run_id)
     image, mask = src / "images" / "case_001.png", src / "masks" / "case_001.png"
@@ -138,7 +138,7 @@ def test_dice_against_a_mask_matches_engine_metrics(seg):
 def test_grey_level_masks_score_as_the_training_masks_were_read(workspace, seg):
     """A model trained on 0/85/170/255 masks is scored against a mask saved the same way."""
     from engine.data.ingest import ingest
-    from engine.predict import load_predictor
+    from engine.inference.predict import load_predictor
     _, src = seg
     grey = workspace / "grey-src"
     for folder in ("images", "masks"):
@@ -162,8 +162,8 @@ def test_grey_level_masks_score_as_the_training_masks_were_read(workspace, seg):
 def test_stored_masks_are_scored_as_class_indices_not_mapped_again(seg):
     """Test-split masks are class indices already; the dataset's grey-level map must not touch them."""
     from engine.data.dataset import load_manifest, load_sample
+    from engine.inference.predict import held_out_samples, load_predictor
     from engine.metrics import dice_per_class
-    from engine.predict import held_out_samples, load_predictor
     run_id, _ = seg
     predictor = load_predictor(run_id)
     dataset_id = predictor.config.dataset_id
@@ -181,7 +181,7 @@ def test_stored_masks_are_scored_as_class_indices_not_mapped_again(seg):
 
 
 def test_mask_of_another_shape_is_refused(seg):
-    from engine.predict import load_predictor
+    from engine.inference.predict import load_predictor
     predictor = load_predictor(seg[0])
     image = seg[1] / "images" / "case_001.png"
     with pytest.raises(UserError, match=r"mask .* is 20×10 pixels but the image is 48×48"):
@@ -199,7 +199,7 @@ def test_mask_of_another_shape_is_refused(seg):
     (_png(np.zeros((8, 12), np.uint8)), "tiny.png", "tiny.png is only 12×8 pixels; use images of at least 16 px"),
 ], ids=["not-an-image", "truncated", "too-small"])
 def test_unusable_uploads_raise_one_sentence(cls, data, name, expected):
-    from engine.predict import load_predictor
+    from engine.inference.predict import load_predictor
     with pytest.raises(UserError) as err:
         load_predictor(cls[0]).predict_file(data, name)
     message = str(err.value)
@@ -207,7 +207,7 @@ def test_unusable_uploads_raise_one_sentence(cls, data, name, expected):
 
 
 def test_missing_run_is_a_user_error(workspace):
-    from engine.predict import load_predictor
+    from engine.inference.predict import load_predictor
     with pytest.raises(UserError, match="no saved model"):
         load_predictor("no-such-run")
 
@@ -234,9 +234,9 @@ def _cache_matches_predictor(src: Path) -> None:
     from engine.data.dataset import load_manifest, load_split, to_model_input
     from engine.data.ingest import ingest
     from engine.data.io import read_image
-    from engine.models.registry import build_model
-    from engine.predict import Predictor
-    from engine.train import LightboxModel
+    from engine.inference.predict import Predictor
+    from engine.models.builder import build_model
+    from engine.models.network import LightboxModel
     dataset_id = ingest(src, task="classification").dataset_id
     manifest = load_manifest(dataset_id)
     config = RunConfig(dataset_id=dataset_id, arch="lenet5", task="classification", image_size=S)
@@ -272,7 +272,7 @@ def test_images_above_the_size_cap_are_prepared_as_for_training(workspace):
 
 
 def test_multiframe_dicom_gives_one_prediction_per_frame(cls):
-    from engine.predict import load_predictor
+    from engine.inference.predict import load_predictor
     path = Path(get_testdata_file("SC_rgb_rle_2frame.dcm"))
     results = load_predictor(cls[0]).predict_file(path)
     assert [r.frame for r in results] == [0, 1]
@@ -305,7 +305,7 @@ def squares(workspace):
 
 def test_gradcam_points_at_the_discriminative_quadrant(squares):
     from engine.data.dataset import load_sample
-    from engine.predict import held_out_samples, load_predictor
+    from engine.inference.predict import held_out_samples, load_predictor
     predictor = load_predictor(squares)
     positives = [s for s in held_out_samples(predictor.config.dataset_id) if s["source"].startswith("pos/")]
     assert positives
@@ -322,9 +322,9 @@ def test_gradcam_points_at_the_discriminative_quadrant(squares):
 
 
 def test_gradcam_leaves_the_model_as_it_was_and_refuses_the_mlp():
-    from engine.gradcam import NO_CONV, grad_cam, saliency
-    from engine.models.registry import build_model
-    from engine.train import LightboxModel
+    from engine.models.builder import build_model
+    from engine.models.network import LightboxModel
+    from engine.visualize.gradcam import NO_CONV, grad_cam, saliency
     model = LightboxModel(build_model("lenet5", 1, 2), [0.5], [0.25]).eval()
     heat, index, layer = grad_cam(model, torch.rand(1, S, S))
     assert heat.shape == (S, S) and layer == "net.features" and index in (0, 1)
@@ -338,7 +338,7 @@ def test_gradcam_leaves_the_model_as_it_was_and_refuses_the_mlp():
 
 
 def test_gradcam_is_for_classification_only(seg):
-    from engine.predict import load_predictor
+    from engine.inference.predict import load_predictor
     with pytest.raises(UserError, match="Grad-CAM explains classification"):
         load_predictor(seg[0]).explain(np.zeros((1, S, S), np.float32))
 
@@ -347,7 +347,8 @@ def test_gradcam_is_for_classification_only(seg):
 
 def test_zip_batch_writes_csv_and_masks(seg, tmp_path):
     import csv
-    from engine.predict_batch import predict_zip
+
+    from engine.inference.batch import predict_zip
     run_id, src = seg
     archive = tmp_path / "batch.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -366,7 +367,8 @@ def test_zip_batch_writes_csv_and_masks(seg, tmp_path):
 
 def test_classification_zip_predicts_images_in_folders_named_like_mask_folders(cls, tmp_path):
     import csv
-    from engine.predict_batch import predict_zip
+
+    from engine.inference.batch import predict_zip
     run_id, src = cls
     first = sorted(src.rglob("*.png"))[0]
     archive = tmp_path / "batch.zip"
@@ -378,7 +380,7 @@ def test_classification_zip_predicts_images_in_folders_named_like_mask_folders(c
 
 
 def test_zip_with_an_escaping_path_is_refused(seg, tmp_path):
-    from engine.predict_batch import predict_zip
+    from engine.inference.batch import predict_zip
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("../outside.png", _png(np.zeros((32, 32), np.uint8)))
@@ -387,7 +389,7 @@ def test_zip_with_an_escaping_path_is_refused(seg, tmp_path):
 
 
 def test_cli_predict_prints_results_and_writes_masks(seg, tmp_path, capsys):
-    from engine.cli import main
+    from engine.cli.main import main
     run_id, src = seg
     image = src / "images" / "case_003.png"
     assert main(["predict", "--run", run_id, str(image), "--out", str(tmp_path), "--tta", "--json"]) == 0
@@ -400,6 +402,6 @@ def test_cli_predict_prints_results_and_writes_masks(seg, tmp_path, capsys):
 
 
 def test_masks_are_matched_to_images_with_or_without_a_suffix():
-    from engine.predict_batch import masks_by_image_stem
+    from engine.inference.batch import masks_by_image_stem
     found = masks_by_image_stem([("a_mask.png", 1), ("b.png", 2), ("b_gt.png", 3), ("c-seg.dcm", 4)])
     assert found["a"] == 1 and found["b"] == 2 and found["c"] == 4     # the exact name wins for b

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from engine import search, store
 from engine.config import RunConfig
+from engine.runs import store
+from engine.search import study as search
 
 pytestmark = pytest.mark.postgres
 
@@ -97,7 +98,7 @@ def test_two_processes_share_one_study(tiny_segmentation):
 
 def _trial_with_run(dataset_id: str, status: str):
     """A two-trial study whose first trial was asked and given a run, as `run_trial` does before training."""
-    from engine.runner import create_run
+    from engine.runs.submit import create_run
     name = search.create_study(_spec(dataset_id, n_trials=2, pruner="none"))
     study = search.load_study(name)
     trial = study.ask()
@@ -129,9 +130,9 @@ def test_a_trial_whose_run_was_deleted_is_failed_and_retried(tiny_segmentation):
     """Deleting a stalled trial's run on the Monitor page must not leave the study waiting for it forever."""
     from optuna.trial import TrialState
 
-    from engine import jobs
+    from engine.runs import lifecycle
     name, study, trial, _, run_id = _trial_with_run(tiny_segmentation, "interrupted")
-    assert jobs.delete(run_id) == "deleted"
+    assert lifecycle.delete(run_id) == "deleted"
     (row,) = search.trials_table(name)
     assert row["state"] == "running" and row["run_status"] == "deleted"
     assert search.fail_stale_trials(study) == 1

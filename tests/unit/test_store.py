@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from engine import store
+from engine.runs import store
 
 pytestmark = pytest.mark.postgres
 
@@ -14,17 +14,17 @@ CONFIG = {"dataset_id": "d1", "arch": "unet", "task": "segmentation", "epochs": 
 
 
 def test_create_and_read_run(lightbox_env):
-    run_id = store.create_run(CONFIG, params=123)
+    run_id = store.insert_run(CONFIG, params=123)
     run = store.get_run(run_id)
     assert run["status"] == "queued" and run["params"] == 123 and run["config"]["arch"] == "unet"
     assert [r["id"] for r in store.list_runs()] == [run_id]
     assert store.get_run("missing") is None
     assert run["started_at"] is None
-    assert store.get_run(store.create_run(CONFIG, status="running"))["started_at"] is not None
+    assert store.get_run(store.insert_run(CONFIG, status="running"))["started_at"] is not None
 
 
 def test_status_guard_only_moves_from_allowed_states(lightbox_env):
-    run_id = store.create_run(CONFIG)
+    run_id = store.insert_run(CONFIG)
     assert store.set_status(run_id, "running", only_if=("queued",))
     assert not store.set_status(run_id, "running", only_if=("queued",))
     assert store.set_status(run_id, "done", "finished")
@@ -33,7 +33,7 @@ def test_status_guard_only_moves_from_allowed_states(lightbox_env):
 
 
 def test_metrics_roundtrip_and_truncate(lightbox_env):
-    run_id = store.create_run(CONFIG)
+    run_id = store.insert_run(CONFIG)
     store.log_metrics(run_id, [(1, 1, "train", "loss", 0.5), (1, 1, "val", "dice", 0.7),
                                (2, 2, "train", "loss", float("nan")), (3, 3, "val", "dice", 0.8)])
     rows = store.get_metrics(run_id)
@@ -45,7 +45,7 @@ def test_metrics_roundtrip_and_truncate(lightbox_env):
 
 
 def test_best_json_roundtrip(lightbox_env):
-    run_id = store.create_run(CONFIG)
+    run_id = store.insert_run(CONFIG)
     store.update_run(run_id, best={"dice": 0.9, "confusion": [[1, 0], [0, 1]]})
     assert store.get_run(run_id)["best"] == {"dice": 0.9, "confusion": [[1, 0], [0, 1]]}
 
@@ -55,7 +55,7 @@ def _writer(home: str, url: str, run_id: str, batches: int, per_batch: int) -> N
     os.environ["LIGHTBOX_HOME"] = home
     if url:
         os.environ["LIGHTBOX_DB_URL"] = url
-    from engine import store as s
+    from engine.runs import store as s
     for b in range(batches):
         s.log_metrics(run_id, [(b, b * per_batch + i, "train", "loss", float(i)) for i in range(per_batch)])
         s.update_run(run_id, heartbeat_at=s.now(), epoch=b)
@@ -64,7 +64,7 @@ def _writer(home: str, url: str, run_id: str, batches: int, per_batch: int) -> N
 def test_reader_and_writer_in_two_processes(lightbox_env):
     """The UI polls while a trainer writes: neither side may fail or lose rows."""
     import os
-    run_id = store.create_run(CONFIG)
+    run_id = store.insert_run(CONFIG)
     batches, per_batch = 150, 20
     ctx = mp.get_context("spawn")
     writer = ctx.Process(target=_writer, args=(os.environ["LIGHTBOX_HOME"], os.environ.get("LIGHTBOX_DB_URL", ""),
@@ -110,7 +110,7 @@ def _open_store(home: str, url: str, barrier) -> None:
     os.environ["LIGHTBOX_HOME"] = home
     if url:
         os.environ["LIGHTBOX_DB_URL"] = url
-    from engine import store as s
+    from engine.runs import store as s
     barrier.wait()
     s.list_runs()
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import jobs, store
 from engine.config import RunConfig
-from engine.handlers import RunCancelled
-from engine.runner import create_run, run_dir
-from engine.train import build_scheduler
+from engine.runs import execute, store
+from engine.runs.paths import run_dir
+from engine.runs.submit import create_run
+from engine.training.events import Event
+from engine.training.stops import RunCancelled
+from engine.training.trainer import build_scheduler
 
 
 def _config(dataset_id, **overrides) -> RunConfig:
@@ -24,7 +26,7 @@ def _val_history(run_id: str, name: str) -> list[tuple[int, float]]:
 
 def test_segmentation_run_writes_everything(tiny_segmentation):
     run_id = create_run(_config(tiny_segmentation), status="running")
-    run = jobs.run_job(run_id)
+    run = execute.run_job(run_id)
     assert run["status"] == "done", run["message"]
     folder = run_dir(run_id)
     assert (folder / "best.pt").exists() and (folder / "last.pt").exists()
@@ -40,7 +42,7 @@ def test_segmentation_run_writes_everything(tiny_segmentation):
 
 def test_classification_run(tiny_classification):
     run_id = create_run(_config(tiny_classification, arch="lenet5", epochs=2, model_options={}), status="running")
-    run = jobs.run_job(run_id)
+    run = execute.run_job(run_id)
     assert run["status"] == "done", run["message"]
     assert run["best_metric"] == "accuracy"
     assert len(run["best"]["confusion"]) == 2
@@ -49,37 +51,43 @@ def test_classification_run(tiny_classification):
 def test_resume_continues_with_identical_history(tiny_segmentation):
     """Stopping after epoch 2 and resuming must give the same 4-epoch history as an uninterrupted run."""
     straight = create_run(_config(tiny_segmentation, epochs=4), status="running")
-    jobs.run_job(straight)
+    execute.run_job(straight)
 
-    def stop_after_two(trainer, events):
-        def maybe_stop(epoch, **_):
+    class StopAfterTwo:
+        def attach(self, events):
+            events.on(Event.EPOCH_END, self.maybe_stop)
+
+        def maybe_stop(self, epoch, **_):
             if epoch == 2:
                 raise RunCancelled()
-        events.on("epoch_end", maybe_stop)
 
     interrupted = create_run(_config(tiny_segmentation, epochs=4), status="running")
-    assert jobs.run_job(interrupted, on_trainer=stop_after_two)["status"] == "cancelled"
+    assert execute.run_job(interrupted, handlers=[StopAfterTwo()])["status"] == "cancelled"
     assert [e for e, _ in _val_history(interrupted, "dice")] == [1, 2]
     store.set_status(interrupted, "running")
-    assert jobs.run_job(interrupted, resume=True)["status"] == "done"
+    assert execute.run_job(interrupted, resume=True)["status"] == "done"
     a, b = _val_history(straight, "dice"), _val_history(interrupted, "dice")
     assert [e for e, _ in b] == [1, 2, 3, 4]
     assert [v for _, v in a] == pytest.approx([v for _, v in b], abs=1e-4)
 
 
 def test_nan_loss_stops_with_a_message(tiny_segmentation):
-    def poison(trainer, events):
-        real = trainer.loss_fn
-        trainer.loss_fn = lambda logits, target: real(logits, target) * float("nan")
+    class Poison:
+        def attach(self, events):
+            events.on(Event.FIT_START, self.poison)
+
+        def poison(self, trainer):
+            real = trainer.loss_fn
+            trainer.loss_fn = lambda logits, target: real(logits, target) * float("nan")
 
     run_id = create_run(_config(tiny_segmentation), status="running")
-    run = jobs.run_job(run_id, on_trainer=poison)
+    run = execute.run_job(run_id, handlers=[Poison()])
     assert run["status"] == "failed"
     assert "NaN" in run["message"] and "lower the learning rate" in run["message"]
 
 
 def test_epochs_read_only_the_cache(tiny_segmentation, monkeypatch):
-    from engine.train import Trainer
+    from engine.training.trainer import Trainer
     trainer = Trainer(_config(tiny_segmentation, epochs=1), run_dir("cache-check"))
 
     def forbidden(*args, **kwargs):
@@ -118,7 +126,7 @@ def test_schedules(schedule, step, expected):
 def test_mixed_precision_path_trains_and_checkpoints(tiny_segmentation, monkeypatch):
     """The autocast branch (CUDA only in production; no GPU in CI) run on the CPU with bfloat16: the forward,
     the float32 loss inside autocast, the scaler (disabled for bf16), evaluation and checkpoints all work."""
-    from engine.train import Trainer
+    from engine.training.trainer import Trainer
     monkeypatch.setattr(Trainer, "_amp_dtype", lambda self: torch.bfloat16)
     seen = []
     real_step = Trainer.step
@@ -128,7 +136,7 @@ def test_mixed_precision_path_trains_and_checkpoints(tiny_segmentation, monkeypa
         seen.append((loss.dtype, logits.dtype))
         return loss, logits
     monkeypatch.setattr(Trainer, "step", step)
-    run = jobs.run_job(create_run(_config(tiny_segmentation, preview_samples=0), status="running"))
+    run = execute.run_job(create_run(_config(tiny_segmentation, preview_samples=0), status="running"))
     assert run["status"] == "done", run["message"]
     assert seen and all(loss == torch.float32 and logits == torch.bfloat16 for loss, logits in seen)
     assert run["best_value"] == run["best_value"] and run["test"]["dice"] >= 0.0      # no NaN

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.errors import UserError
+from engine.tasks import TASKS
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
-TASKS = ("classification", "segmentation")
 DICE_EPS = 1e-5      # keeps 0/0 finite: a class absent from target and prediction scores Dice 1
 FOCAL_GAMMA = 2.0
 

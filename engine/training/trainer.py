@@ -14,16 +14,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.config import RunConfig, check_config
+from engine.config import RunConfig
 from engine.data.dataset import load_split
+from engine.device import pick_device
 from engine.errors import UserError
-from engine.events import Events
-
-LOWER_IS_BETTER = {"loss", "hd95"}
-
-
-class TrainingStopped(Exception):
-    """The run cannot go on; the message says why and what to change."""
+from engine.metrics import ClassificationMeter, SegmentationMeter
+from engine.models.network import IMAGENET_MEAN, IMAGENET_STD, build_network
+from engine.preflight import check_config
+from engine.tasks import LOWER_IS_BETTER
+from engine.training.augment import build_pipeline
+from engine.training.events import Event, Events
+from engine.training.losses import build_loss, class_weights_from_counts
+from engine.training.stops import TrainingStopped
 
 
 @dataclass
@@ -39,52 +41,10 @@ class TrainState:
     stop_reason: str = ""
 
 
-class Normalize(nn.Module):
-    """Per-channel standardisation baked into the model, so exported models take [0,1] images."""
-
-    def __init__(self, mean: list[float], std: list[float]) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
-
-class LightboxModel(nn.Module):
-    """Normalisation + network: the unit that is checkpointed, predicted with and exported."""
-
-    def __init__(self, net: nn.Module, mean: list[float], std: list[float]) -> None:
-        super().__init__()
-        self.normalize = Normalize(mean, std)
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.normalize(x))
-
-
-IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("A GPU was requested but none is available here; choose 'auto' or 'cpu'.")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def build_network(config: RunConfig, info: dict, mean: list[float], std: list[float]) -> LightboxModel:
-    from engine.models.registry import build_model
-    net = build_model(config.arch, info["channels"], info["num_classes"], pretrained=config.pretrained,
-                      freeze_backbone=config.freeze_backbone, options=config.model_options)
-    return LightboxModel(net, mean, std)
 
 
 def normalisation_for(config: RunConfig, images: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -132,7 +92,7 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 class Trainer:
-    """Trains one model on one dataset; emits step_end, epoch_end and fit_end events."""
+    """Trains one model on one dataset; emits the Event members FIT_START, STEP_END, EPOCH_END, FIT_END."""
 
     def __init__(self, config: RunConfig, run_dir: Path, events: Events | None = None) -> None:
         manifest = check_config(config)      # the same checks a run passes before it is queued
@@ -175,7 +135,6 @@ class Trainer:
         self.val_keys = val.keys
 
     def _build_loss(self):
-        from engine.losses import build_loss, class_weights_from_counts
         weights = None
         if self.config.class_weights:
             k = self.info["num_classes"]
@@ -186,7 +145,6 @@ class Trainer:
     def _build_augmenter(self):
         if not self.config.augment:
             return None
-        from engine.augment import build_pipeline
         return build_pipeline(self.config.augment, self.config.augment_params)
 
     def _amp_dtype(self) -> torch.dtype | None:
@@ -195,14 +153,13 @@ class Trainer:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
     def new_meter(self, with_hd95: bool = False):
-        from engine.metrics import ClassificationMeter, SegmentationMeter
         if self.segmentation:
             return SegmentationMeter(self.info["num_classes"], with_hd95=with_hd95)
         return ClassificationMeter(self.info["num_classes"])
 
     # ---- loop -----------------------------------------------------------------------------------------
     def fit(self, start_epoch: int = 0) -> TrainState:
-        self.events.emit("fit_start", trainer=self)
+        self.events.emit(Event.FIT_START, trainer=self)
         for epoch in range(start_epoch + 1, self.config.epochs + 1):
             started = time.perf_counter()
             train_metrics = self.train_epoch(epoch)
@@ -210,11 +167,11 @@ class Trainer:
             self.state.epoch = epoch
             self.state.last_metrics = val_metrics
             self._track_best(val_metrics)
-            self.events.emit("epoch_end", trainer=self, epoch=epoch, train=train_metrics, val=val_metrics,
+            self.events.emit(Event.EPOCH_END, trainer=self, epoch=epoch, train=train_metrics, val=val_metrics,
                              seconds=time.perf_counter() - started)
             if self.state.should_stop:
                 break
-        self.events.emit("fit_end", trainer=self)
+        self.events.emit(Event.FIT_END, trainer=self)
         return self.state
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -232,7 +189,7 @@ class Trainer:
             losses.append(loss)
             meter.update(logits.detach(), targets)
             self.state.step += 1
-            self.events.emit("step_end", trainer=self, epoch=epoch, step=self.state.step, loss=loss)
+            self.events.emit(Event.STEP_END, trainer=self, epoch=epoch, step=self.state.step, loss=loss)
             if self.state.should_stop:
                 break
         values = torch.stack(losses).float() if losses else torch.zeros(1)

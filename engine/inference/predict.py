@@ -11,8 +11,16 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import RunConfig
+from engine.data.dataset import cap_image, load_manifest, to_model_input
+from engine.data.io import SUPPORTED_EXTENSIONS, is_dicom, normalise_labels, read_image, read_mask_frames
+from engine.device import pick_device
 from engine.errors import UserError
-from engine.train import LightboxModel, build_network, pick_device
+from engine.metrics import dice_per_class, iou_per_class
+from engine.models.network import LightboxModel, build_network
+from engine.runs import store
+from engine.runs.paths import checkpoint_path, has_best_checkpoint
+from engine.visualize.gradcam import explain_image
+from engine.visualize.images import overlay, to_rgb
 
 READABLE = "PNG, JPEG, TIFF, BMP or DICOM"
 MIN_SIDE = 16                      # the smallest image size a run can be trained at (RunConfig.validate)
@@ -36,7 +44,6 @@ class Prediction:
     scores: dict[str, float] = field(default_factory=dict)           # vs ground truth: dice_/iou_<class>, *_mean
 
     def rgb(self) -> np.ndarray:
-        from engine.handlers import to_rgb
         return to_rgb(torch.from_numpy(self.image))
 
     @property
@@ -46,7 +53,6 @@ class Prediction:
 
     def blend(self, alpha: float) -> np.ndarray:
         """The image with the predicted mask at a chosen opacity (the image itself for classification)."""
-        from engine.handlers import overlay
         return self.rgb() if self.label_map is None else overlay(self.rgb(), self.label_map, alpha)
 
     @property
@@ -89,7 +95,6 @@ class Predictor:
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """(C, H, W) in [0, 1] → float32 (C, S, S): the very function that built the training cache."""
-        from engine.data.dataset import cap_image, to_model_input
         check_image(image)
         # The steps of ingest (size cap, float16 storage) then of the cache (resize, float16): any image then gives
         # exactly the numbers training and evaluation saw (float16 keeps ~3 digits, far below 8-bit steps).
@@ -160,7 +165,6 @@ class Predictor:
 
     def explain(self, image: np.ndarray, class_index: int | None = None, method: str = "gradcam"):
         """Grad-CAM (or "saliency") of one image at its original size, as engine.gradcam.CamResult."""
-        from engine.gradcam import explain_image
         if self.task != "classification":
             raise UserError("Grad-CAM explains classification models; for segmentation the predicted mask "
                             "already shows where the model found each class.")
@@ -214,7 +218,6 @@ def check_image(image: np.ndarray) -> None:
 
 def read_frames(source: Path | bytes, name: str = "") -> list[np.ndarray]:
     """engine.data.io.read_image with a plain message for files that are not images at all."""
-    from engine.data.io import SUPPORTED_EXTENSIONS, is_dicom, read_image
     label = name or (source.name if isinstance(source, Path) else "upload")
     try:
         frames = read_image(source, label)
@@ -232,7 +235,6 @@ def read_frames(source: Path | bytes, name: str = "") -> list[np.ndarray]:
 def read_mask_array(mask: object, name: str, levels: dict | None = None) -> list[np.ndarray]:
     """A ground truth given as an array, a path or bytes → uint8 (H, W) label maps (0/255 becomes 0/1; `levels`
     maps grey-level masks the way the training dataset's masks were mapped)."""
-    from engine.data.io import normalise_labels, read_mask_frames
     levels = {int(value): int(label) for value, label in (levels or {}).items()}
     if isinstance(mask, np.ndarray):
         return [normalise_labels(np.asarray(mask).astype(np.uint8), name, levels)]
@@ -273,7 +275,6 @@ def fit_mask(mask: np.ndarray, shape: tuple[int, int], num_classes: int, name: s
 
 def mask_scores(pred: np.ndarray, truth: np.ndarray, classes: list[str]) -> dict[str, float]:
     """Dice and IoU per class and their means over the foreground classes, with engine.metrics."""
-    from engine.metrics import dice_per_class, iou_per_class
     out: dict[str, float] = {}
     for metric, fn in (("dice", dice_per_class), ("iou", iou_per_class)):
         values = [float(v) for v in fn(pred, truth, len(classes))]
@@ -284,16 +285,6 @@ def mask_scores(pred: np.ndarray, truth: np.ndarray, classes: list[str]) -> dict
 
 
 # ---- loading ---------------------------------------------------------------------------------------------
-
-def checkpoint_path(run_id: str) -> Path:
-    """best.pt (the model selected on validation), else last.pt while a run has not improved yet."""
-    from engine.runner import run_dir
-    folder = run_dir(run_id)
-    for name in ("best.pt", "last.pt"):
-        if (folder / name).exists():
-            return folder / name
-    raise UserError(f"Run {run_id} has no saved model yet; wait until its first epoch has finished.")
-
 
 def model_from_checkpoint(ckpt: dict) -> tuple[LightboxModel, RunConfig, dict]:
     """Rebuild the network of a checkpoint on the CPU; its weights and Normalize buffers come from the file."""
@@ -336,12 +327,9 @@ def load_predictor(run_id: str, device: str = "auto") -> Predictor:
 
 def held_out_samples(dataset_id: str) -> list[dict]:
     """The dataset's held-out test samples (key, source file name), for trying a model on unseen images."""
-    from engine.data.dataset import load_manifest
     return [s for s in load_manifest(dataset_id)["samples"] if s["split"] == "test"]
 
 
 def predictable_runs() -> list[dict]:
     """Runs that have a model to predict with: finished ones, and any other with a best checkpoint."""
-    from engine import store
-    from engine.runner import run_dir
-    return [r for r in store.list_runs() if r["status"] == "done" or (run_dir(r["id"]) / "best.pt").exists()]
+    return [r for r in store.list_runs() if r["status"] == "done" or has_best_checkpoint(r["id"])]

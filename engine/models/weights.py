@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+import torchvision.models
 from torch import nn
 
 from engine.errors import UserError
@@ -158,8 +159,6 @@ def imagenet_source(spec: ModelSpec, options: dict[str, Any]) -> ImageNetSource 
 
 def imagenet_urls(source: ImageNetSource) -> list[str]:
     """Download addresses of the acceptable ImageNet files, torchvision's default first."""
-    import torchvision.models
-
     enum = getattr(torchvision.models, source.weights)
     members = [enum.DEFAULT] + [w for w in enum if w is not enum.DEFAULT]
     return [w.url for w in members if w.name.startswith("IMAGENET1K_V")]
@@ -169,22 +168,46 @@ def checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def load_imagenet(model: nn.Module, spec: ModelSpec, options: dict[str, Any]) -> LoadReport:
-    """Load ImageNet weights for an entry from $TORCH_HOME/hub/checkpoints, after checking their sha256."""
-    source = imagenet_source(spec, options) if spec.pretrained else None
+@dataclass(frozen=True)
+class ImageNetStatus:
+    """Whether an entry's ImageNet weights can be used on this machine now, and what to do if not."""
+
+    exists: bool                   # torchvision publishes ImageNet weights for this entry
+    path: Path | None = None       # the file in the local torch cache, when it is there
+    url: str = ""                  # where to download it on a computer with internet
+    message: str = ""              # the sentence for the user when the file is missing
+
+    @property
+    def available(self) -> bool:
+        return self.path is not None
+
+
+def imagenet_status(spec: ModelSpec, options: dict[str, Any] | None = None) -> ImageNetStatus:
+    """Look for the weight file in $TORCH_HOME/hub/checkpoints (no download, no hash check: that is at load)."""
+    source = imagenet_source(spec, options or spec.default_options()) if spec.pretrained else None
     if source is None:
-        raise UserError(f"{spec.title} has no ImageNet weights; train from scratch or supply a weights file.")
+        return ImageNetStatus(False, message=f"{spec.title} has no ImageNet weights; train it from scratch.")
     folder = checkpoint_dir()
     urls = imagenet_urls(source)
     for url in urls:
         path = folder / url.rsplit("/", 1)[-1]
         if path.is_file():
-            verify_hash(path, url)
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            return apply_state_dict(model, state, path.name, source.model_key)
+            return ImageNetStatus(True, path, url)
     name = urls[0].rsplit("/", 1)[-1]
-    raise UserError(f"ImageNet weights for {spec.title} are not on this machine: on a computer with internet "
-                    f"download {urls[0]} and copy {name} into {folder}, or train from scratch.")
+    return ImageNetStatus(True, None, urls[0],
+                          f"ImageNet weights for {spec.title} are not on this machine: on a computer with internet "
+                          f"download {urls[0]} and copy {name} into {folder}, or train from scratch.")
+
+
+def load_imagenet(model: nn.Module, spec: ModelSpec, options: dict[str, Any]) -> LoadReport:
+    """Load ImageNet weights for an entry from $TORCH_HOME/hub/checkpoints, after checking their sha256."""
+    status = imagenet_status(spec, options)
+    if not status.available:
+        raise UserError(status.message or f"{spec.title} has no ImageNet weights; train from scratch or supply "
+                        "a weights file.")
+    verify_hash(status.path, status.url)
+    state = torch.load(status.path, map_location="cpu", weights_only=True)
+    return apply_state_dict(model, state, status.path.name, imagenet_source(spec, options).model_key)
 
 
 def verify_hash(path: Path, url: str) -> None:

@@ -1,14 +1,17 @@
 """CLI for hyperparameter search: `python -m engine search --dataset ID --trials N [--timeout S]`."""
 from __future__ import annotations
 
+from engine.data.manifest import load_manifest
 from engine.errors import UserError
+from engine.models.registry import DEFAULT_ARCH
+from engine.search import study as search
 
 
 def _csv(text: str, cast=str) -> list:
     return [cast(x) for x in text.split(",") if x.strip()]
 
 
-def register(add, command) -> None:
+def register(add) -> None:
     p = add("search", "run an Optuna hyperparameter search (each trial is a run)")
     p.add_argument("--dataset", help="dataset id (a new study)")
     p.add_argument("--study", help="join or continue an existing study by name")
@@ -28,30 +31,29 @@ def register(add, command) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="")
 
-    @command("search")
-    def cmd_search(args) -> dict:
-        from engine import search
-        if args.study:
-            return search.run_search(args.study, n_trials=args.trials, timeout=args.timeout, joining=True)
-        if not args.dataset:
-            raise UserError("Give --dataset ID for a new search, or --study NAME to continue one.")
-        archs = _csv(args.arch)
-        lr = _csv(args.lr_range, float)
-        if len(lr) != 2 or not 0 < lr[0] < lr[1]:
-            raise UserError("--lr-range must be two increasing positive numbers, e.g. 1e-4,1e-2.")
-        space = search.SearchSpace(lr=(lr[0], lr[1]), batch_sizes=_csv(args.batch_sizes, int), archs=archs,
-                                   losses=_csv(args.losses), optimizers=_csv(args.optimizers),
-                                   augment_levels=_csv(args.augment_levels))
-        base = {"arch": archs[0] if archs else _default_arch(args.dataset), "epochs": args.epochs,
-                "image_size": args.image_size, "seed": args.seed, "preview_samples": 2}
-        spec = search.StudySpec(dataset_id=args.dataset, base=base, space=space, objective=args.objective,
-                                n_trials=args.trials or 20, timeout=args.timeout, sampler=args.sampler,
-                                pruner=args.pruner, seed=args.seed, name=args.name)
-        name = search.create_study(spec)
-        return search.run_search(name)
+    p.set_defaults(handler=cmd_search)
+
+
+def cmd_search(args) -> dict:
+    if args.study:
+        return search.run_search(args.study, n_trials=args.trials, timeout=args.timeout, joining=True)
+    if not args.dataset:
+        raise UserError("Give --dataset ID for a new search, or --study NAME to continue one.")
+    archs = _csv(args.arch)
+    lr = _csv(args.lr_range, float)
+    if len(lr) != 2 or not 0 < lr[0] < lr[1]:
+        raise UserError("--lr-range must be two increasing positive numbers, e.g. 1e-4,1e-2.")
+    space = search.SearchSpace(lr=(lr[0], lr[1]), batch_sizes=_csv(args.batch_sizes, int), archs=archs,
+                               losses=_csv(args.losses), optimizers=_csv(args.optimizers),
+                               augment_levels=_csv(args.augment_levels))
+    base = {"arch": archs[0] if archs else _default_arch(args.dataset), "epochs": args.epochs,
+            "image_size": args.image_size, "seed": args.seed, "preview_samples": 2}
+    spec = search.StudySpec(dataset_id=args.dataset, base=base, space=space, objective=args.objective,
+                            n_trials=args.trials or 20, timeout=args.timeout, sampler=args.sampler,
+                            pruner=args.pruner, seed=args.seed, name=args.name)
+    name = search.create_study(spec)
+    return search.run_search(name)
 
 
 def _default_arch(dataset_id: str) -> str:
-    from engine.data.dataset import load_manifest
-    from engine.models import DEFAULT_ARCH
     return DEFAULT_ARCH[load_manifest(dataset_id)["task"]]

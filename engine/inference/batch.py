@@ -11,10 +11,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from engine import settings
+from engine import workspace
 from engine.data.layout import MASK_FOLDERS, MASK_SUFFIXES
 from engine.errors import UserError
-from engine.predict import READABLE, Prediction, load_predictor
+from engine.inference.predict import READABLE, Prediction, load_predictor
 
 
 def mask_png(prediction: Prediction) -> bytes:
@@ -65,7 +65,7 @@ def zip_members(archive, label: str, with_masks: bool = True) -> tuple[list, dic
     and an archive with a path that leaves it is refused (it is built to write outside its folder). Without
     `with_masks` (classification runs) files in labels/, gt/ … folders are images like any other."""
     members = [m for m in archive.infolist() if not m.is_dir()]
-    if len(members) > settings.MAX_UPLOAD_FILES or sum(m.file_size for m in members) > settings.MAX_UPLOAD_BYTES:
+    if len(members) > workspace.MAX_UPLOAD_FILES or sum(m.file_size for m in members) > workspace.MAX_UPLOAD_BYTES:
         raise UserError(f"{label} is too large to predict on in one go; split it into smaller ZIPs.")
     images, masks = [], []
     for member in members:

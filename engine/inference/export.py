@@ -11,7 +11,12 @@ from pathlib import Path
 
 import torch
 
+from engine.data.dataset import MAX_STORED_SIDE, load_manifest
 from engine.errors import UserError
+from engine.inference.predict import model_from_checkpoint
+from engine.models.registry import count_parameters, get_spec
+from engine.runs import store
+from engine.runs.paths import checkpoint_path
 
 MODEL_FILE, PREPROCESSING_FILE, CARD_FILE = "model.torchscript.pt", "preprocessing.json", "model_card.md"
 TOLERANCE = 1e-5
@@ -23,7 +28,6 @@ NOT_A_DEVICE = ("**This model is not a medical device.** It was trained in Light
 
 def export_run(run_id: str, out_dir: Path | str) -> dict[str, Path]:
     """Write the three files into out_dir and return their paths by kind (model, preprocessing, model_card)."""
-    from engine.predict import checkpoint_path, model_from_checkpoint
     ckpt = torch.load(checkpoint_path(run_id), map_location="cpu", weights_only=True)
     model, config, info = model_from_checkpoint(ckpt)
     example = torch.rand(2, int(info["channels"]), config.image_size, config.image_size,
@@ -58,7 +62,6 @@ def trace(model: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptModu
 
 def preprocessing(run_id: str, model, config, info: dict) -> dict:
     """Everything another program needs to feed the exported model the way Lightbox trained it."""
-    from engine.data.dataset import MAX_STORED_SIDE
     size, channels = config.image_size, int(info["channels"])
     segmentation = info["task"] == "segmentation"
     return {
@@ -88,7 +91,6 @@ def preprocessing(run_id: str, model, config, info: dict) -> dict:
 
 
 def _dataset_lines(dataset_id: str) -> list[str]:
-    from engine.data.dataset import load_manifest
     try:
         manifest = load_manifest(dataset_id)
     except UserError:
@@ -113,8 +115,6 @@ def _metric_table(metrics: dict | None) -> list[str]:
 
 def model_card(run_id: str, model, config, info: dict, ckpt: dict) -> str:
     """A Markdown card: data, architecture, settings, validation and test metrics, intended use, limitations."""
-    from engine import store
-    from engine.models.registry import count_parameters, get_spec
     spec = get_spec(config.arch)
     run = store.get_run(run_id) or {}
     best = run.get("best") or ckpt.get("best_metrics")

@@ -8,12 +8,26 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, Iterable
 
-from sqlalchemy import (Boolean, Column, Float, Integer, MetaData, String, Table, Text, create_engine, event,
-                        func, insert, select, update)
-from sqlalchemy import exc
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    exc,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import Engine
 
-from engine import settings
+from engine import workspace
 
 metadata = MetaData()
 
@@ -25,7 +39,7 @@ runs = Table(
     Column("arch", String(60), nullable=False),
     Column("task", String(20), nullable=False),
     Column("config", Text, nullable=False),
-    Column("status", String(20), nullable=False, index=True),   # queued running done failed cancelled interrupted pruned
+    Column("status", String(20), nullable=False, index=True),   # queued starting running done failed cancelled interrupted pruned
     Column("message", Text, default=""),                        # user-facing reason for failed/cancelled/interrupted
     Column("created_at", Float, nullable=False),
     Column("started_at", Float),
@@ -83,7 +97,9 @@ workers = Table(
     Column("stopped", Boolean, default=False),
 )
 
-ACTIVE = ("queued", "running")
+# "starting": a worker claimed the run and its process is importing and loading data; "running" from its first step.
+ACTIVE = ("queued", "starting", "running")
+STARTED = ("starting", "running")
 FINISHED = ("done", "failed", "cancelled", "interrupted", "pruned")
 
 
@@ -134,7 +150,7 @@ def _create_tables(eng: Engine, attempts: int = 8) -> None:
 
 
 def db() -> Engine:
-    return engine_for(settings.db_url())
+    return engine_for(workspace.db_url())
 
 
 def _row(row) -> dict[str, Any]:
@@ -147,10 +163,11 @@ def _row(row) -> dict[str, Any]:
 
 # ---- runs -------------------------------------------------------------------------------------------------
 
-def create_run(config: dict, *, status: str = "queued", params: int | None = None, study: str | None = None,
+def insert_run(config: dict, *, status: str = "queued", params: int | None = None, study: str | None = None,
                trial: int | None = None) -> str:
+    """Record a run row as given (no checks: engine.runs.submit.create_run validates first)."""
     run_id = new_run_id()
-    started = now() if status == "running" else None     # `engine train` runs start at once
+    started = now() if status in STARTED else None     # `engine train` runs start at once
     with db().begin() as conn:
         conn.execute(insert(runs).values(
             id=run_id, name=config.get("name", ""), dataset_id=config["dataset_id"], arch=config["arch"],
@@ -188,8 +205,9 @@ def update_run(run_id: str, **values: Any) -> None:
 def set_status(run_id: str, status: str, message: str = "", *, only_if: Iterable[str] | None = None) -> bool:
     """Move a run to a status; with only_if, only from those statuses. Returns whether a row changed."""
     values: dict[str, Any] = {"status": status, "message": message}
-    if status == "running":
+    if status == "starting":
         values["started_at"] = now()
+    if status in STARTED:
         values["heartbeat_at"] = now()
     if status in FINISHED:
         values["finished_at"] = now()

@@ -21,10 +21,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from engine import jobs, settings, store
+from engine import workspace
 from engine.config import RunConfig
+from engine.data.dataset import load_manifest
 from engine.errors import UserError
-from engine.handlers import RunPruned
+from engine.runs import execute, queue, store
+from engine.runs.submit import create_run
+from engine.training.events import Event, Events
+from engine.training.stops import RunPruned
 
 OBJECTIVES = ("dice", "iou", "accuracy", "balanced_accuracy", "auc")
 
@@ -65,10 +69,10 @@ class StudySpec:
 
 
 def storage():
-    url = settings.db_url()
+    url = workspace.db_url()
     if url.startswith("sqlite"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
-        return JournalStorage(JournalFileBackend(str(settings.home() / "optuna-journal.log")))
+        return JournalStorage(JournalFileBackend(str(workspace.home() / "optuna-journal.log")))
     return optuna.storages.RDBStorage(url)
 
 
@@ -93,7 +97,6 @@ def _pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
 def create_study(spec: StudySpec) -> str:
     """Record a new study (its spec travels in the study's user attributes); returns its name."""
-    from engine.data.dataset import load_manifest
     task = load_manifest(spec.dataset_id)["task"]
     spec.objective = spec.objective or ("dice" if task == "segmentation" else "accuracy")
     if spec.objective not in OBJECTIVES:
@@ -165,8 +168,8 @@ class PruningReporter:
     def __init__(self, trial: optuna.Trial, objective: str) -> None:
         self.trial, self.objective = trial, objective
 
-    def attach(self, trainer, events) -> None:
-        events.on("epoch_end", self.on_epoch)
+    def attach(self, events: Events) -> None:
+        events.on(Event.EPOCH_END, self.on_epoch)
 
     def on_epoch(self, epoch: int, val: dict, **_) -> None:
         value = val.get(self.objective)
@@ -181,7 +184,7 @@ class PruningReporter:
 def fail_stale_trials(study: optuna.Study) -> int:
     """Trials whose run died (interrupted, heartbeat gone, or deleted) are failed and queued again with their
     parameters."""
-    jobs.mark_stale_runs()
+    queue.mark_stale_runs()
     retried = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         run_id = trial.user_attrs.get("run_id")
@@ -208,7 +211,6 @@ def run_trial(study: optuna.Study, spec: StudySpec) -> TrialState:
     config = config_from_params(spec.base, params)
     config.name = f"{study.study_name} #{trial.number}"
     try:
-        from engine.runner import create_run
         run_id = create_run(config, status="running", study=study.study_name, trial=trial.number)
     except UserError as exc:       # e.g. an architecture too big for the image size: fail this point only
         study.tell(trial, state=TrialState.FAIL)
@@ -216,7 +218,7 @@ def run_trial(study: optuna.Study, spec: StudySpec) -> TrialState:
         return TrialState.FAIL
     trial.set_user_attr("run_id", run_id)
     trial.set_user_attr("params", params)      # single-choice dimensions are not Optuna params; keep them all
-    run = jobs.run_job(run_id, on_trainer=PruningReporter(trial, spec.objective).attach)
+    run = execute.run_job(run_id, handlers=[PruningReporter(trial, spec.objective)])
     if run["status"] == "pruned":
         study.tell(trial, state=TrialState.PRUNED)
         return TrialState.PRUNED
@@ -280,7 +282,7 @@ def trials_table(name: str) -> list[dict[str, Any]]:
 
 
 def _log_path(name: str, suffix: str) -> Path:
-    folder = settings.home() / "logs"
+    folder = workspace.home() / "logs"
     folder.mkdir(exist_ok=True)
     return folder / f"{name}.{suffix}"
 

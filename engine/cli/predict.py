@@ -1,4 +1,4 @@
-"""The `predict` and `export` commands; engine.cli calls register(add, command) to declare them."""
+"""The `predict` and `export` commands."""
 from __future__ import annotations
 
 import argparse
@@ -6,27 +6,30 @@ import csv
 from pathlib import Path
 from typing import Any, Callable
 
+from PIL import Image
+
 from engine.errors import UserError
+from engine.inference.batch import mask_png, output_stem, predict_zip, results_csv
+from engine.inference.export import export_run
+from engine.inference.predict import load_predictor
 
 
-def register(add: Callable[[str, str], argparse.ArgumentParser], command: Callable) -> None:
+def register(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p = add("predict", "predict images (or a ZIP of images) with a trained run")
     p.add_argument("--run", required=True, help="run id (from `runs`)")
     p.add_argument("files", nargs="+", metavar="FILE", help="PNG/JPEG/TIFF/BMP/DICOM files, or .zip archives")
     p.add_argument("--out", default=None, help="folder for results.csv, mask PNGs and overlays")
     p.add_argument("--tta", action="store_true", help="average over the image and its horizontal flip")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    command("predict")(cmd_predict)
+    p.set_defaults(handler=cmd_predict)
 
     p = add("export", "write a TorchScript model, preprocessing.json and a model card")
     p.add_argument("--run", required=True, help="run id (from `runs`)")
     p.add_argument("out", help="output folder")
-    command("export")(cmd_export)
+    p.set_defaults(handler=cmd_export)
 
 
 def cmd_predict(args) -> dict[str, Any]:
-    from engine.predict import load_predictor
-    from engine.predict_batch import results_csv
     paths = [Path(f) for f in args.files]
     for path in paths:
         if not path.is_file():
@@ -47,9 +50,6 @@ def cmd_predict(args) -> dict[str, Any]:
 
 def _result(prediction, frames: int, out: Path | None) -> dict[str, Any]:
     """One JSON entry; with --out, segmentation masks and overlays are written next to results.csv."""
-    from PIL import Image
-
-    from engine.predict_batch import mask_png, output_stem
     entry: dict[str, Any] = {"file": prediction.name, "frame": prediction.frame}
     if prediction.task == "classification":
         entry.update(prediction=prediction.label, probabilities=prediction.probabilities)
@@ -66,7 +66,6 @@ def _result(prediction, frames: int, out: Path | None) -> dict[str, Any]:
 
 
 def _predict_zip(run_id: str, path: Path, out: Path | None, tta: bool) -> list[dict[str, Any]]:
-    from engine.predict_batch import predict_zip
     if out is None:
         raise UserError(f"Predicting on {path.name} writes many files; add --out FOLDER.")
     target = out / path.stem
@@ -98,6 +97,5 @@ def _flat(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_export(args) -> dict[str, Any]:
-    from engine.export import export_run
     paths = export_run(args.run, Path(args.out))
     return {"run_id": args.run, "files": {kind: str(path) for kind, path in paths.items()}}

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import UserError
+from engine.visualize.images import to_rgb
 
 NO_CONV = "Grad-CAM needs a convolutional network; the MLP baseline has no convolution layers."
 
@@ -126,7 +127,6 @@ def resize_heat(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def explain_image(model: nn.Module, x: torch.Tensor, image: np.ndarray, class_index: int | None = None,
                   device: torch.device | str = "cpu", method: str = "gradcam") -> CamResult:
     """Explain the model input x (C, S, S) and map the heat onto the original image (C, H, W) in [0, 1]."""
-    from engine.handlers import to_rgb
     x = x.to(device)
     if method == "saliency":
         heat, layer = saliency(model, x, class_index), ""
@@ -134,7 +134,7 @@ def explain_image(model: nn.Module, x: torch.Tensor, image: np.ndarray, class_in
     else:
         heat, index, layer = grad_cam(model, x, class_index)
     heat = resize_heat(heat, image.shape[-2:])
-    return CamResult(heat, heatmap_overlay(to_rgb(torch.from_numpy(image)), heat), int(index), layer)
+    return CamResult(heat, heatmap_overlay(to_rgb(image), heat), int(index), layer)
 
 
 @torch.no_grad()

@@ -1,0 +1,1 @@
+"""The command-line interface: engine.cli.main dispatches to one module per group of commands."""

@@ -1,0 +1,36 @@
+"""An ingested dataset's folder and manifest.json: where it is, what it holds, deleting it. No torch here."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from engine import workspace
+from engine.errors import UserError
+
+SPLITS = ("train", "val", "test")
+
+
+def dataset_dir(dataset_id: str) -> Path:
+    return workspace.datasets_dir() / dataset_id
+
+
+def load_manifest(dataset_id: str) -> dict:
+    path = dataset_dir(dataset_id) / "manifest.json"
+    if not path.exists():
+        raise UserError(f"Dataset '{dataset_id}' does not exist; ingest it first or pick one from the list.")
+    return json.loads(path.read_text())
+
+
+def list_datasets() -> list[dict]:
+    """Manifests of all ingested datasets, newest first (without the per-sample list)."""
+    found = []
+    for path in workspace.datasets_dir().glob("*/manifest.json"):
+        manifest = json.loads(path.read_text())
+        manifest.pop("samples", None)
+        found.append(manifest)
+    return sorted(found, key=lambda m: m.get("created", ""), reverse=True)
+
+
+def delete_dataset(dataset_id: str) -> None:
+    shutil.rmtree(dataset_dir(dataset_id), ignore_errors=True)

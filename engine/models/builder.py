@@ -1,0 +1,40 @@
+"""Builds a registered architecture: the registry says what it is, weights says where its weights come from."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from engine.errors import UserError
+from engine.models import weights
+from engine.models.registry import get_spec, resolve_options
+
+
+def build_model(
+    name: str,
+    in_channels: int,
+    num_classes: int,
+    *,
+    pretrained: str = "none",
+    freeze_backbone: bool = False,
+    options: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Build a registered model; optionally load ImageNet or user weights and freeze all but the head.
+
+    When weights are loaded, ``model.weights_report`` (a pretrained.LoadReport) says which tensors were used.
+    """
+    spec = get_spec(name)
+    if int(in_channels) != in_channels or in_channels < 1:
+        raise UserError(f"Images must have at least one channel, not {in_channels}.")
+    if int(num_classes) != num_classes or num_classes < 1:
+        raise UserError(f"A model needs at least one output class, not {num_classes}.")
+    opts = resolve_options(spec, options)
+    model = spec.build(int(in_channels), int(num_classes), **opts)
+    source = (pretrained or "none").strip()
+    if source.lower() == "imagenet":
+        model.weights_report = weights.load_imagenet(model, spec, opts)
+    elif source.lower() != "none":
+        model.weights_report = weights.load_file(model, source)
+    if freeze_backbone:
+        weights.freeze_backbone(model, spec)
+    return model

@@ -1,0 +1,3 @@
+"""Training: the Trainer loop, its events and handlers, losses and augmentations.
+
+Nothing outside training imports this package except the run executor, the search and the pages."""

@@ -16,7 +16,7 @@ from engine.device import device_name, gpu_count
 from engine.runs import queue, store
 from engine.runs.paths import run_dir
 from engine.runs.queue import Claim
-from engine.runs.store import workers
+from engine.runs.store import runs, workers
 
 
 def live_workers() -> list[dict]:
@@ -88,6 +88,7 @@ def run_worker(slots: int | None = None, until_idle: bool = False, poll: float =
     try:
         while not stop.is_set():
             _beat_worker(worker_id)
+            _beat_children(children)
             queue.mark_stale_runs()
             _end_cancelled_starts(children)
             for slot, (proc, claim) in list(children.items()):
@@ -112,6 +113,16 @@ def run_worker(slots: int | None = None, until_idle: bool = False, poll: float =
             _after_child(proc, claim)
         _beat_worker(worker_id, stopped=True)
     return done
+
+
+def _beat_children(children: dict[int, tuple[subprocess.Popen, Claim]]) -> None:
+    """A child still importing torch or loading data (under load: many seconds) has no heartbeat thread yet;
+    its live process is proof enough, so the worker keeps its run fresh until the child's own beat takes over."""
+    alive = [claim.run_id for proc, claim in children.values() if proc.poll() is None]
+    if alive:
+        with store.db().begin() as conn:
+            conn.execute(update(runs).where(runs.c.id.in_(alive), runs.c.status.in_(store.STARTED))
+                         .values(heartbeat_at=store.now()))
 
 
 def _end_cancelled_starts(children: dict[int, tuple[subprocess.Popen, Claim]]) -> None:

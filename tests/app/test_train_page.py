@@ -148,11 +148,11 @@ def test_uploaded_weights_are_saved_in_the_workspace(lb, cls_dataset):
 
 def test_a_refusal_from_the_queue_is_shown_as_its_sentence(lb, cls_dataset, monkeypatch):
     from engine.errors import UserError
-    from engine.runs import lifecycle
+    from engine.runs import submit
 
     def refuse(config):
         raise UserError("The queue is closed for maintenance; try again in a minute.")
-    monkeypatch.setattr(lifecycle, "submit", refuse)
+    monkeypatch.setattr(submit, "submit", refuse)
     at = lb.app(TRAIN)
     at.button(key="train_start").click().run()
     lb.no_exception(at)

@@ -64,3 +64,29 @@ def test_bad_input_is_one_readable_line(tmp_path, args, fragment):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_progress_into_a_pipe_is_a_few_plain_lines(tmp_path):
+    """In a script (stderr not a terminal) ingest and train print a handful of lines, not carriage-return redraws."""
+    home = tmp_path / "ws"
+    _cli("demo-data", "classification", str(tmp_path / "demo.zip"), "--n", "60", "--size", "32", home=home)
+    ingested = _cli("ingest", str(tmp_path / "demo.zip"), "--task", "classification", "--json", home=home)
+    assert ingested.returncode == 0, ingested.stderr
+    assert "\r" not in ingested.stderr
+    lines = ingested.stderr.strip().splitlines()
+    assert 1 <= len(lines) <= 4 and lines[-1] == "Ingesting: 60/60 files", ingested.stderr
+    trained = _cli("train", "--dataset", _last_json(ingested)["dataset_id"], "--arch", "lenet5", "--epochs", "3",
+                   "--batch-size", "4", "--image-size", "32", "--json", home=home)
+    assert trained.returncode == 0, trained.stderr
+    assert "\r" not in trained.stderr
+    lines = [line for line in trained.stderr.splitlines() if line.startswith("Training:")]
+    assert 1 <= len(lines) <= 4 and "epoch 3, accuracy" in lines[-1], trained.stderr
+
+
+def test_queue_commands_answer_without_loading_torch(tmp_path):
+    code = ("import sys; from engine.cli.main import main; main(['runs', '--json']); "
+            "print('torch' in sys.modules, file=sys.stderr)")
+    env = {**os.environ, "LIGHTBOX_HOME": str(tmp_path / "ws")}
+    env.pop("LIGHTBOX_DB_URL", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stderr.strip() == "False", proc.stderr

@@ -109,3 +109,29 @@ def test_every_cli_command_module_exists_and_registers():
     parser = build_parser()           # imports every module: a missing one raises here instead of vanishing
     choices = parser._subparsers._group_actions[0].choices       # noqa: SLF001 - argparse keeps them there
     assert sorted(choices) == sorted(COMMAND_MODULES)
+
+
+def _top_level_names(path: Path) -> set[str]:
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
+ONE_HOME = ("TASKS", "METRIC_TITLES", "TASK_METRICS", "LOWER_IS_BETTER", "OPTIMIZER_TITLES", "SCHEDULE_TITLES",
+            "to_rgb", "overlay", "PALETTE", "create_run", "run_dir", "pick_device", "checkpoint_path",
+            "load_manifest", "default_loss", "default_monitor")
+
+
+def test_each_idea_is_defined_once():
+    """Names that used to exist twice with different rules (to_rgb, create_run, TASKS ×4) have one home."""
+    where: dict[str, list[str]] = {name: [] for name in ONE_HOME}
+    for path in [*ENGINE.rglob("*.py"), *(ENGINE.parent / "pages").glob("*.py")]:
+        for name in _top_level_names(path) & set(ONE_HOME):
+            where[name].append(str(path.relative_to(ENGINE.parent)))
+    assert {name: paths for name, paths in where.items() if len(paths) != 1} == {}

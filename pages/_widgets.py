@@ -31,7 +31,7 @@ from engine.visualize.images import to_rgb, with_mask  # noqa: F401 - pages call
 log = logging.getLogger("lightbox.ui")
 
 MAX_POINTS = 2000           # a live chart resends the whole figure on every tick: keep it small
-STATUS_COLOURS = {"queued": "gray", "running": "blue", "done": "green", "failed": "red",
+STATUS_COLOURS = {"queued": "gray", "starting": "violet", "running": "blue", "done": "green", "failed": "red",
                   "cancelled": "orange", "interrupted": "orange"}
 DISCLAIMER = "For research and teaching only. Lightbox is not a medical device; never use it for diagnosis."
 

@@ -112,6 +112,8 @@ def progress(run: dict, frame) -> None:
     text = f"Epoch {epoch}/{epochs}"
     if run["status"] == "queued":
         text += " · waiting in the queue"
+    elif run["status"] == "starting":
+        text += " · starting: loading the data and building the model (Stop ends it at once)"
     elif run["status"] == "running":
         text += f" · {eta(frame, epochs - epoch)}"
         if run.get("cancel_requested"):

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ENGINE = Path(__file__).resolve().parents[2] / "engine"
 

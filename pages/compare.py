@@ -1,5 +1,7 @@
-"""Compare: a leaderboard of runs, their curves overlaid, confusion matrices side by side, and a CSV export."""
+"""Compare: the runs of one dataset ranked by one metric, their curves overlaid, confusion matrices, a CSV export."""
 from __future__ import annotations
+
+from collections import Counter
 
 import pandas as pd
 import streamlit as st
@@ -7,27 +9,55 @@ import streamlit as st
 from engine.data.dataset import load_manifest
 from engine.errors import UserError
 from engine.runs import store
-from engine.tasks import LOWER_IS_BETTER
+from engine.tasks import LOWER_IS_BETTER, TASKS
 from pages import _widgets as w
 
 
-def leaderboard(runs: list[dict]) -> pd.DataFrame:
-    """One row per run: what it was, how it was set up, and how well it did (numbers stay numbers for sorting)."""
+def score(run: dict, metric: str) -> float | None:
+    """The run's validation value of `metric` at its best epoch (the checkpoint it keeps)."""
+    value = (run.get("best") or {}).get(metric)
+    if value is None and run.get("best_metric") == metric:
+        value = run.get("best_value")
+    return value if isinstance(value, (int, float)) else None
+
+
+def ranked(runs: list[dict], metric: str) -> list[dict]:
+    """Best first by `metric`; runs with no value yet at the end, newest first among them."""
+    sign = 1 if metric in LOWER_IS_BETTER else -1
+
+    def key(run: dict):
+        value = score(run, metric)
+        return (1, -run["created_at"]) if value is None else (0, sign * value)
+    return sorted(runs, key=key)
+
+
+def leaderboard(runs: list[dict], metric: str) -> pd.DataFrame:
+    """One row per ranked run with only what tells runs apart at a glance (numbers stay numbers for sorting)."""
+    title, rows, rank = w.METRIC_TITLES.get(metric, metric), [], 0
+    for run in runs:
+        value = score(run, metric)
+        rank += value is not None
+        rows.append({
+            "Rank": rank if value is not None else None, "Run": run["id"], "Name": run.get("name") or "",
+            "Model": run["arch"], "Status": run["status"], f"Validation {title}": value,
+            f"Test {title}": (run.get("test") or {}).get(metric), "Best epoch": run.get("best_epoch"),
+            "Epochs": f"{run.get('epoch') or 0}/{run.get('epochs') or 0}",
+            "Training time (s)": round(run.get("train_seconds") or 0.0, 1),
+        })
+    return pd.DataFrame(rows)
+
+
+def settings(runs: list[dict]) -> pd.DataFrame:
+    """How each run was set up: a second table, so the ranking itself fits on the screen."""
     rows = []
     for run in runs:
-        config, test = run.get("config") or {}, run.get("test") or {}
-        metric = run.get("best_metric") or ""
+        config = run.get("config") or {}
         rows.append({
-            "Run": run["id"], "Name": run.get("name") or "", "Model": run["arch"], "Dataset": run["dataset_id"],
-            "Task": run["task"], "Status": run["status"],
-            "Best metric": w.METRIC_TITLES.get(metric, metric), "Best value": run.get("best_value"),
-            "Best epoch": run.get("best_epoch"), "Test value": test.get(metric),
-            "Epochs": f"{run.get('epoch') or 0}/{run.get('epochs') or 0}",
-            "Training time (s)": round(run.get("train_seconds") or 0.0, 1), "Parameters": run.get("params"),
-            "Learning rate": config.get("lr"), "Batch size": config.get("batch_size"),
+            "Run": run["id"], "Learning rate": config.get("lr"), "Batch size": config.get("batch_size"),
             "Optimizer": config.get("optimizer"), "Schedule": config.get("schedule"), "Loss": config.get("loss"),
             "Augmentations": ", ".join(config.get("augment") or []) or "none",
-            "Pretrained": _weights(config), "Image size": config.get("image_size"),
+            "Pretrained": _weights(config), "Image size": config.get("image_size"), "Parameters": run.get("params"),
+            "Picked by": w.METRIC_TITLES.get(run.get("best_metric") or "", run.get("best_metric") or ""),
             "Study": run.get("study") or "", "Created": w.when(run.get("created_at")),
         })
     return pd.DataFrame(rows)
@@ -39,38 +69,79 @@ def _weights(config: dict) -> str:
     return f"{label}, frozen backbone" if config.get("freeze_backbone") else label
 
 
-def ranked(runs: list[dict]) -> list[dict]:
-    """Best first; runs with no score yet at the end, newest first among them."""
-    def key(run: dict):
-        value = run.get("best_value")
-        if value is None:
-            return (1, -run["created_at"])
-        return (0, value if run.get("best_metric") in LOWER_IS_BETTER else -value)
-    return sorted(runs, key=key)
+def _select(where, label: str, options: list[str], key: str, default: str, **kwargs) -> str:
+    """A selectbox that falls back to `default` when its last choice is no longer offered."""
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = default if default in options else options[0]
+    return where.selectbox(label, options, key=key, **kwargs)
 
 
-def filters(runs: list[dict]) -> list[dict]:
-    cols = st.columns(3)
-    task = cols[0].selectbox("Task", ["all", "classification", "segmentation"], key="compare_task")
-    if task != "all":
-        runs = [r for r in runs if r["task"] == task]
-    datasets = sorted({r["dataset_id"] for r in runs})
-    chosen = cols[1].multiselect("Datasets", datasets, key="compare_datasets", placeholder="all datasets")
-    if chosen:
-        runs = [r for r in runs if r["dataset_id"] in chosen]
-    status = cols[2].multiselect("Status", (*store.ACTIVE, *store.FINISHED), key="compare_status",
-                                 placeholder="any status")
+def dataset_title(dataset_id: str) -> str:
+    try:
+        return load_manifest(dataset_id).get("name") or dataset_id
+    except UserError:
+        return f"{dataset_id} (deleted)"
+
+
+def filters(runs: list[dict]) -> tuple[list[dict], str, str]:
+    """Task, then one dataset, then status: only runs of the same dataset are ranked against each other."""
+    top = st.columns([1, 2])
+    tasks = [t for t in TASKS if any(r["task"] == t for r in runs)]
+    task = _select(top[0], "Task", tasks, "compare_task", runs[0]["task"])
+    runs = [r for r in runs if r["task"] == task]
+    datasets = list(dict.fromkeys(r["dataset_id"] for r in runs))          # newest run's dataset first
+    titles = {d: dataset_title(d) for d in datasets}
+    dataset = _select(top[1], "Dataset", datasets, "compare_dataset", datasets[0],
+                      format_func=lambda d: f"{titles[d]} · {sum(r['dataset_id'] == d for r in runs)} run(s)")
+    runs = [r for r in runs if r["dataset_id"] == dataset]
+    below = st.columns([1, 2])
+    metric = rank_metric(below[0], runs, task)
+    status = below[1].multiselect("Status", (*store.ACTIVE, *store.FINISHED), key="compare_status",
+                                  placeholder="any status")
     if status:
         runs = [r for r in runs if r["status"] in status]
-    return runs
+    return runs, titles[dataset], metric
 
 
-def curves(runs: list[dict]) -> None:
+def rank_metric(where, runs: list[dict], task: str) -> str:
+    """One metric ranks every run; it starts on the one most of these runs picked their checkpoint by."""
+    logged = {name for r in runs for name in (r.get("best") or {})}
+    options = [m for m in w.TASK_METRICS.get(task, ()) if m in logged] or list(w.TASK_METRICS.get(task, ("loss",)))
+    monitored = Counter(r.get("best_metric") for r in runs if r.get("best_metric") in options).most_common(1)
+    return _select(where, "Rank by", options, "compare_rank_metric", monitored[0][0] if monitored else options[0],
+                   format_func=lambda m: f"Validation {w.METRIC_TITLES.get(m, m)}",
+                   on_change=lambda: st.session_state.pop("compare_metric", None))    # the curves follow
+
+
+def show_tables(runs: list[dict], dataset: str, metric: str) -> None:
+    title = w.METRIC_TITLES.get(metric, metric)
+    table = leaderboard(runs, metric)
+    st.caption(f"{len(runs)} run(s) on **{dataset}**, ranked by validation {title} at each run's best epoch "
+               "(the checkpoint it keeps).")
+    # Widths left to Streamlit fit each header and its values; only the free-text name is capped
+    number = st.column_config.NumberColumn
+    st.dataframe(table, hide_index=True, width="stretch", key="leaderboard", column_config={
+        "Run": st.column_config.TextColumn(pinned=True), "Name": st.column_config.TextColumn(width="medium"),
+        f"Validation {title}": number(format="%.4f"),
+        f"Test {title}": number(format="%.4f", help="On the held-out test split, when the dataset has one."),
+        "Training time (s)": number(format="%.1f"),
+    })
+    setup = settings(runs)
+    with st.expander("How each run was set up"):
+        st.dataframe(setup, hide_index=True, width="stretch", key="leaderboard_settings", column_config={
+            "Run": st.column_config.TextColumn(pinned=True),
+            "Parameters": number(format="localized"),
+            "Picked by": st.column_config.TextColumn(help="The metric this run used to choose its best epoch."),
+        })
+    export = table.merge(setup, on="Run").assign(Dataset=dataset)
+    st.download_button("Download the leaderboard (CSV)", export.to_csv(index=False).encode(),
+                       file_name="lightbox-leaderboard.csv", mime="text/csv", key="leaderboard_csv")
+
+
+def curves(runs: list[dict], metric: str) -> None:
     by_id = {r["id"]: r for r in runs}
-    scored = [r["id"] for r in runs if r.get("best_value") is not None]
-    # Curves compare best on one dataset: start from the newest scored run and its dataset's next newest
-    default = [i for i in scored if by_id[i]["dataset_id"] == by_id[scored[0]]["dataset_id"]][:3] if scored else []
-    picked = st.multiselect("Runs to overlay", list(by_id), default=default, key="compare_runs",
+    scored = [r["id"] for r in runs if score(r, metric) is not None]
+    picked = st.multiselect("Runs to overlay", list(by_id), default=scored[:3], key="compare_runs",
                             format_func=lambda i: w.run_label(by_id[i]))
     if not picked:
         st.caption("Pick runs above to overlay their curves.")
@@ -81,8 +152,7 @@ def curves(runs: list[dict]) -> None:
     if not names:
         st.caption("These runs have not logged a validation epoch yet.")
         return
-    first = by_id[picked[0]].get("best_metric")
-    name = st.selectbox("Validation metric", names, index=names.index(first) if first in names else 0,
+    name = st.selectbox("Validation metric", names, index=names.index(metric) if metric in names else 0,
                         format_func=lambda n: w.METRIC_TITLES.get(n, n), key="compare_metric")
     left, right = st.columns(2)
     left.plotly_chart(w.compare_figure(frame, "val", name, labels, f"Validation {w.METRIC_TITLES.get(name, name)}"),
@@ -118,17 +188,11 @@ with w.shows_errors("Reading the runs"):
     if not runs:
         st.info("No runs to compare yet. Train a few models on the **Train** page, then come back.")
         st.stop()
-    shown = ranked(filters(runs))
+    shown, dataset, metric = filters(runs)
     if not shown:
         st.info("No run matches these filters.")
         st.stop()
-    table = leaderboard(shown)
-    st.dataframe(table, hide_index=True, key="leaderboard", column_config={
-        "Best value": st.column_config.NumberColumn(format="%.4f"),
-        "Test value": st.column_config.NumberColumn(format="%.4f"),
-        "Parameters": st.column_config.NumberColumn(format="localized"),
-    })
-    st.download_button("Download the leaderboard (CSV)", table.to_csv(index=False).encode(),
-                       file_name="lightbox-leaderboard.csv", mime="text/csv", key="leaderboard_csv")
+    shown = ranked(shown, metric)
+    show_tables(shown, dataset, metric)
     st.subheader("Curves")
-    curves(shown)
+    curves(shown, metric)

@@ -1,4 +1,4 @@
-"""Compare page: leaderboard (ranked, filtered, exported), overlaid curves and confusion matrices."""
+"""Compare page: one dataset's runs ranked by one metric, filtered and exported; overlaid curves; confusion matrices."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,11 @@ COMPARE = "pages/compare.py"
 
 
 def leaderboard(at):
-    return next(d.value for d in at.dataframe if "Run" in d.value.columns)
+    return next(d.value for d in at.dataframe if "Rank" in d.value.columns)
+
+
+def settings_table(at):
+    return next(d.value for d in at.dataframe if "Optimizer" in d.value.columns)
 
 
 def test_no_runs_is_an_info_message(lb):
@@ -19,35 +23,84 @@ def test_no_runs_is_an_info_message(lb):
     assert not at.dataframe
 
 
-def test_leaderboard_ranks_runs_and_lists_their_settings(lb, cls_dataset, seg_dataset):
+def test_leaderboard_ranks_runs_and_lists_their_settings(lb, cls_dataset):
     weak = lb.fake_run(cls_dataset, "classification", name="weak", value=0.6, lr=3e-4)
     strong = lb.fake_run(cls_dataset, "classification", name="strong", value=0.95)
     store.update_run(strong, test={"accuracy": 0.91, "n": 3})
-    seg = lb.fake_run(seg_dataset, "segmentation", status="failed", value=0.5)
+    failed = lb.fake_run(cls_dataset, "classification", status="failed", value=0.5)
     at = lb.app(COMPARE)
     lb.no_exception(at)
     table = leaderboard(at)
-    assert list(table["Run"])[:2] == [strong, weak]
-    assert set(table["Run"]) == {strong, weak, seg}
+    assert list(table["Run"]) == [strong, weak, failed] and list(table["Rank"]) == [1, 2, 3]
     row = table.set_index("Run").loc[strong]
-    assert (row["Model"], row["Dataset"], row["Status"]) == ("resnet18", cls_dataset, "done")
-    assert (row["Best metric"], round(row["Best value"], 2), row["Best epoch"]) == ("Accuracy", 0.95, 3)
-    assert row["Test value"] == 0.91 and row["Epochs"] == "3/3" and row["Parameters"] == 123_456
-    assert (row["Optimizer"], row["Schedule"], row["Loss"], row["Augmentations"]) == ("adam", "constant", "ce", "hflip")
-    assert row["Pretrained"] == "from scratch" and row["Training time (s)"] == 6.0
-    assert table.set_index("Run").loc[weak, "Learning rate"] == 3e-4
+    assert (row["Model"], row["Status"], row["Name"]) == ("resnet18", "done", "strong")
+    assert (round(row["Validation Accuracy"], 2), row["Best epoch"]) == (0.95, 3)
+    assert row["Test Accuracy"] == 0.91 and row["Epochs"] == "3/3" and row["Training time (s)"] == 6.0
+    setup = settings_table(at).set_index("Run")
+    assert (setup.loc[strong, "Optimizer"], setup.loc[strong, "Schedule"], setup.loc[strong, "Loss"]) == (
+        "adam", "constant", "ce")
+    assert setup.loc[strong, "Augmentations"] == "hflip" and setup.loc[strong, "Pretrained"] == "from scratch"
+    assert setup.loc[strong, "Parameters"] == 123_456 and setup.loc[weak, "Learning rate"] == 3e-4
+    assert setup.loc[strong, "Picked by"] == "Accuracy"
     assert at.download_button(key="leaderboard_csv").label == "Download the leaderboard (CSV)"
 
 
-def test_filters_by_task_and_dataset(lb, cls_dataset, seg_dataset):
+def test_only_one_datasets_runs_are_ranked_by_one_named_metric(lb, cls_dataset, seg_dataset):
+    """A Dice on one dataset is never ranked against an accuracy on another (issue 11, B5)."""
+    cls = [lb.fake_run(cls_dataset, "classification", value=v) for v in (0.6, 0.9)]
+    seg = lb.fake_run(seg_dataset, "segmentation", value=0.99)       # newest: its dataset is shown first
+    at = lb.app(COMPARE)
+    lb.no_exception(at)
+    assert at.selectbox(key="compare_dataset").value == seg_dataset
+    table = leaderboard(at)
+    assert list(table["Run"]) == [seg] and "Validation Dice" in table.columns
+    assert "Best value" not in table.columns and "Dataset" not in table.columns
+    assert "ranked by validation Dice" in lb.texts(at, "caption")
+    at.selectbox(key="compare_task").set_value("classification").run()
+    lb.no_exception(at)
+    assert at.selectbox(key="compare_dataset").value == cls_dataset
+    table = leaderboard(at)
+    assert list(table["Run"]) == cls[::-1] and "Validation Accuracy" in table.columns
+    assert "Validation Dice" not in table.columns
+    assert set(at.multiselect(key="compare_runs").value) <= set(cls)
+
+
+def test_rank_by_another_metric_reorders_and_renames_the_column(lb, cls_dataset):
+    first = lb.fake_run(cls_dataset, "classification", value=0.9)
+    second = lb.fake_run(cls_dataset, "classification", value=0.7)
+    store.update_run(first, best={"accuracy": 0.9, "balanced_accuracy": 0.5, "auc": 0.8})
+    store.update_run(second, best={"accuracy": 0.7, "balanced_accuracy": 0.7, "auc": 0.8},
+                     test={"balanced_accuracy": 0.66, "n": 3})
+    at = lb.app(COMPARE)
+    assert at.selectbox(key="compare_rank_metric").value == "accuracy"
+    assert list(leaderboard(at)["Run"]) == [first, second]
+    at.selectbox(key="compare_rank_metric").set_value("balanced_accuracy").run()
+    lb.no_exception(at)
+    table = leaderboard(at)
+    assert list(table["Run"]) == [second, first]
+    assert list(table["Validation Balanced accuracy"]) == [0.7, 0.5]
+    assert table.loc[0, "Test Balanced accuracy"] == 0.66
+    assert at.selectbox(key="compare_metric").value == "balanced_accuracy"     # the curves follow
+
+
+def test_the_leaderboard_fits_the_page(lb, cls_dataset):
+    """The ranking keeps few columns and stretches; the settings go to a second table (issue 11, B5)."""
+    lb.fake_run(cls_dataset, "classification")
+    at = lb.app(COMPARE)
+    board = at.dataframe[0].value                      # the first table on the page is the ranking
+    assert len(board.columns) <= 10, list(board.columns)
+    assert {"Optimizer", "Learning rate", "Augmentations"} <= set(settings_table(at).columns)
+
+
+def test_filters_by_task_dataset_and_status(lb, cls_dataset, seg_dataset):
     cls = lb.fake_run(cls_dataset, "classification")
     seg = lb.fake_run(seg_dataset, "segmentation")
     at = lb.app(COMPARE)
     at.selectbox(key="compare_task").set_value("segmentation").run()
     assert list(leaderboard(at)["Run"]) == [seg]
-    at.selectbox(key="compare_task").set_value("all").run()
-    at.multiselect(key="compare_datasets").set_value([cls_dataset]).run()
+    at.selectbox(key="compare_task").set_value("classification").run()
     lb.no_exception(at)
+    assert at.selectbox(key="compare_task").options == ["classification", "segmentation"]
     assert list(leaderboard(at)["Run"]) == [cls]
     at.multiselect(key="compare_status").set_value(["failed"]).run()
     assert "No run matches these filters" in lb.texts(at, "info")
@@ -86,15 +139,16 @@ def test_runs_without_epochs_yet_say_so(lb, seg_dataset):
     at.multiselect(key="compare_runs").set_value([run_id]).run()
     lb.no_exception(at)
     assert "not logged a validation epoch yet" in lb.texts(at, "caption")
-    assert leaderboard(at)["Best value"].isna().all()
+    table = leaderboard(at)
+    assert table["Validation Dice"].isna().all() and table["Rank"].isna().all()
 
 
 def test_a_real_classification_run_draws_its_confusion_matrix(lb, cls_dataset):
     from engine.config import RunConfig
     from engine.runs import execute
-    run_id = submit.submit(RunConfig(dataset_id=cls_dataset, arch="lenet5", epochs=1, batch_size=4, image_size=32,
-                                   device="cpu"))
-    execute.run_job(run_id)
+    run_id = submit.create_run(RunConfig(dataset_id=cls_dataset, arch="lenet5", epochs=1, batch_size=4,
+                                         image_size=32, device="cpu"), status="running")   # as a worker claims it
+    assert execute.run_job(run_id)["status"] == "done"
     at = lb.app(COMPARE)
     lb.no_exception(at)
     assert leaderboard(at).loc[0, "Status"] == "done"

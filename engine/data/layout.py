@@ -115,8 +115,7 @@ def _scan_segmentation(folder: Path, root: Path, files: list[Path], problems: li
         if split is None and len(parts) > where + 2:      # images/train/a.png works too
             split = SPLIT_NAMES.get(parts[where + 1].lower())
         (images if parts[where].lower() in IMAGE_FOLDERS else masks)[key] = (file, split)
-    if not images and not masks:
-        raise UserError("Segmentation uploads need an images/ folder and a masks/ folder with matching file names.")
+    _refuse_one_sided(len(images), len(masks))
     masks = _match_masks(masks, images, folder, problems)
     items = []
     for key, (file, split) in images.items():
@@ -129,7 +128,31 @@ def _scan_segmentation(folder: Path, root: Path, files: list[Path], problems: li
         if key not in images:
             problems.append(problem(rel(file, folder), "image_missing",
                                      f"No image named like {file.name} in images/."))
+    if not items:
+        raise UserError(f"No mask has the file name of an image ({_count(len(masks), 'mask')}, "
+                        f"{_count(len(images), 'image')}); name each mask like its image (images/case01.png with "
+                        "masks/case01.png or masks/case01_mask.png) and try again.")
     return items, []
+
+
+SEGMENTATION_LAYOUT = ("a segmentation upload needs an images/ folder and a masks/ folder whose files have matching "
+                       "names (images/case01.png with masks/case01.png)")
+
+
+def _refuse_one_sided(images: int, masks: int) -> None:
+    """Masks with no images (or the reverse) is a layout mistake: say so, not '18 image missing'."""
+    if not images and not masks:
+        raise UserError(f"No images/ or masks/ folder was found: {SEGMENTATION_LAYOUT}.")
+    if not images:
+        raise UserError(f"This upload has {_count(masks, 'mask')} but no images: {SEGMENTATION_LAYOUT}; "
+                        "add the images and try again.")
+    if not masks:
+        raise UserError(f"This upload has {_count(images, 'image')} but no masks: {SEGMENTATION_LAYOUT}; "
+                        "add the masks, or choose classification if each image has a label instead.")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
 def _match_masks(masks: dict, images: dict, folder: Path, problems: list[dict]) -> dict:

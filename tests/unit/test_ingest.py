@@ -187,6 +187,34 @@ def test_common_folder_names_and_mask_suffixes_of_public_datasets(workspace, tmp
         ingest(write(tmp_path / "src2", files), "classification")
 
 
+def test_masks_without_images_are_refused_with_the_layout(workspace, tmp_path):
+    """A masks-only upload says so and how to lay it out, not '5 image missing' (issue 11, B6)."""
+    masks = {name: data for name, data in segmentation_files().items() if name.startswith("masks/")}
+    misplaced = masks | {f"scans/s{i}.png": png(picture(i)) for i in range(5)}      # images not in images/
+    for folder, files in (("masks-only", masks), ("scans", misplaced)):
+        with pytest.raises(UserError) as refused:
+            ingest(write(tmp_path / folder, files), "segmentation")
+        message = str(refused.value)
+        assert "5 masks but no images" in message and "image missing" not in message
+        assert "images/ folder and a masks/ folder" in message and "matching" in message
+    archive = tmp_path / "masks.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for name, data in masks.items():
+            zipped.writestr(f"study/{name}", data)
+    with pytest.raises(UserError, match="5 masks but no images"):
+        ingest(archive, "segmentation")
+    assert nothing_written(workspace)
+
+
+def test_masks_named_unlike_every_image_are_refused_with_the_naming_rule(workspace, tmp_path):
+    files = {name.replace("masks/s", "masks/other"): data for name, data in segmentation_files().items()}
+    with pytest.raises(UserError, match="No mask has the file name of an image \\(5 masks, 5 images\\)"):
+        ingest(write(tmp_path / "src", files), "segmentation")
+    images = {name: data for name, data in files.items() if name.startswith("images/")}
+    with pytest.raises(UserError, match="5 images but no masks.*images/ folder and a masks/ folder"):
+        ingest(write(tmp_path / "only-images", images), "segmentation")
+
+
 def test_grey_level_masks_become_class_indices(workspace, tmp_path):
     """Masks saved as 0/85/170/255 so the classes are visible; one slice lacks class 2."""
     files = {}

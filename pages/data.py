@@ -119,13 +119,13 @@ def explore() -> None:
     report = manifest.get("report") or {}
     samples = pd.DataFrame(manifest["samples"])
     classification = manifest["task"] == "classification"
-    cols = st.columns(5)
+    # The task is a word, not a number: as text it never gets cut to "classifica…" in a narrow metric tile
+    st.markdown(f"**{manifest['task'].capitalize()}** dataset · classes: {', '.join(manifest['classes'])}")
+    cols = st.columns(4)
     cols[0].metric("Images", len(samples))
-    cols[1].metric("Task", manifest["task"])
-    cols[2].metric("Classes", manifest["num_classes"])
-    cols[3].metric("Channels", manifest["channels"])
-    cols[4].metric("Patients", report.get("patients") or "–")
-    st.caption(f"Classes: {', '.join(manifest['classes'])}")
+    cols[1].metric("Classes", manifest["num_classes"])
+    cols[2].metric("Channels", manifest["channels"])
+    cols[3].metric("Patients", report.get("patients") or "–")
 
     left, right = st.columns(2)
     with left:

@@ -115,6 +115,21 @@ def test_a_folder_upload_for_segmentation(lb):
     assert (dataset["task"], dataset["name"], dataset["num_classes"]) == ("segmentation", "Uploaded images", 2)
 
 
+def test_a_zip_of_masks_only_says_the_images_are_missing_and_how_to_lay_them_out(lb):
+    """Not '18 image missing': the upload holds masks but no images (issue 11, B6)."""
+    masks = {f"lv/masks/case{i}.png": png_of(np.pad(np.ones((8, 8), np.uint8) * 255, 8)) for i in range(18)}
+    at = lb.app(DATA)
+    at.radio(key="upload_task").set_value("segmentation")
+    at.file_uploader(key="zip_0").set_value(("lv.zip", zipped(masks), "application/zip"))
+    at.run()
+    at.button(key="ingest").click().run()
+    lb.no_exception(at)
+    error = lb.texts(at, "error")
+    assert "This upload has 18 masks but no images" in error and "image missing" not in error
+    assert "images/ folder and a masks/ folder whose files have matching names" in error
+    assert not list_datasets()
+
+
 def test_grey_level_masks_are_explained_after_upload(lb):
     """Masks saved as 0/85/170/255 (classes visible in a viewer) become classes 0-3, and the page says so."""
     masks = []
@@ -147,7 +162,8 @@ def test_explore_shows_counts_chart_problems_and_gallery(lb, cls_dataset):
     lb.no_exception(at)
     assert at.selectbox(key="explore_dataset").value == cls_dataset
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Images"] == "16" and metrics["Task"] == "classification" and metrics["Classes"] == "2"
+    assert metrics["Images"] == "16" and metrics["Classes"] == "2"
+    assert "**Classification** dataset · classes: abdomen, chest" in lb.texts(at, "markdown")
     counts = at.dataframe[0].value
     assert counts["total"].sum() == 16
     assert set(counts.index) == {"abdomen", "chest"}
@@ -161,10 +177,21 @@ def test_explore_shows_counts_chart_problems_and_gallery(lb, cls_dataset):
     assert 0 < len(at.image) <= 8
 
 
+@pytest.mark.parametrize("dataset", ["seg_dataset", "cls_dataset"])
+def test_explore_numbers_are_short_enough_not_to_be_cut_off(lb, dataset, request):
+    """The task sat in a fifth of the page and showed as "classifica…" (issue 11, B6): only numbers go in tiles."""
+    request.getfixturevalue(dataset)
+    at = open_section(lb.app(DATA), "Explore a dataset")
+    lb.no_exception(at)
+    tiles = {m.label: m.value for m in at.metric}
+    assert tiles and all(len(str(value)) <= 6 and len(label) <= 10 for label, value in tiles.items()), tiles
+    assert "Task" not in tiles
+
+
 def test_explore_segmentation_overlays_masks(lb, seg_dataset):
     at = open_section(lb.app(DATA), "Explore a dataset")
     lb.no_exception(at)
-    assert {m.label: m.value for m in at.metric}["Task"] == "segmentation"
+    assert "**Segmentation** dataset · classes: background, foreground" in lb.texts(at, "markdown")
     assert "Masks are drawn in colour" in lb.texts(at, "caption")
     assert "Values found in the masks" in lb.texts(at, "caption")
 

@@ -44,7 +44,8 @@ def leaderboard(runs: list[dict], metric: str) -> pd.DataFrame:
             "Epochs": f"{run.get('epoch') or 0}/{run.get('epochs') or 0}",
             "Training time (s)": round(run.get("train_seconds") or 0.0, 1),
         })
-    return pd.DataFrame(rows)
+    # Whole numbers with gaps stay whole ("3", not "3.0") for runs that have no score yet
+    return pd.DataFrame(rows).astype({"Rank": "Int64", "Best epoch": "Int64"})
 
 
 def settings(runs: list[dict]) -> pd.DataFrame:

@@ -44,8 +44,8 @@ def architecture(manifest: dict) -> tuple[str, dict]:
         cols[0].metric("Parameters", w.millions(count))
     cols[1].metric("Smallest image", f"{spec.min_size} px")
     status = imagenet_status(spec, options)
-    cols[2].metric("ImageNet weights", "on this machine" if status.available
-                   else "not on this machine" if status.exists else "none")
+    cols[2].metric("ImageNet weights here", "yes" if status.available else "missing" if status.exists else "none",
+                   help="Whether this architecture's ImageNet weight file is in the local torch cache.")
     return arch, options
 
 

@@ -111,7 +111,7 @@ def test_transfer_learning_choices(lb, cls_dataset, tmp_path, monkeypatch):
     assert at.radio(key="train_pretrained__lenet5").options == ["From scratch (random weights)",
                                                                 "Upload a weights file"]
     at.selectbox(key="train_arch__classification").set_value("resnet18").run()
-    assert "not on this machine" in [m.value for m in at.metric if m.label == "ImageNet weights"][0]
+    assert [m.value for m in at.metric if m.label == "ImageNet weights here"] == ["missing"]
     at.radio(key="train_pretrained__resnet18").set_value("imagenet").run()
     assert "ImageNet weights for ResNet-18 are not on this machine" in lb.texts(at, "error")
     assert at.button(key="train_queue").disabled and store.list_runs() == []
@@ -119,7 +119,7 @@ def test_transfer_learning_choices(lb, cls_dataset, tmp_path, monkeypatch):
     cache.mkdir(parents=True)
     (cache / "resnet18-f37072fd.pth").write_bytes(b"present; its hash is checked when the run loads it")
     at.run()
-    assert [m.value for m in at.metric if m.label == "ImageNet weights"] == ["on this machine"]
+    assert [m.value for m in at.metric if m.label == "ImageNet weights here"] == ["yes"]
     at.checkbox(key="train_freeze_backbone").check().run()
     assert not at.error
     at.button(key="train_queue").click().run()

@@ -241,7 +241,8 @@ def test_upload_train_monitor_compare_predict(server, browser_page: Page, demo_z
         cell = board.locator("td", has_text=run_id).first
         expect(cell).to_be_attached(timeout=30_000)
         row = cell.locator("xpath=..").locator("td").all_inner_texts()
-        assert "unet" in row and "done" in row and "segmentation" in row, row
+        assert "done" in row and any("U-Net" in c or "unet" in c for c in row), row
+        assert "Validation Dice" in main_text(page)      # one dataset's runs, ranked by one named metric
         shot(page, "04_compare.png")
 
     with step("predict: one uploaded image gives a mask and a Dice score"):

@@ -15,9 +15,12 @@ from engine.inference.batch import mask_png, masks_by_image_stem, predict_zip, r
 from engine.inference.export import export_zip
 from engine.inference.predict import Prediction, Predictor, held_out_samples, load_predictor, predictable_runs
 from engine.models.registry import get_spec
+from engine.visualize.gradcam import heat_scale
 from pages import _widgets as w
 
 MAX_SHOWN = 12          # more images than this belong in a ZIP: every rerun predicts them all again
+COMPARE_LEGEND = "filled: model · green outline: the given mask"
+SCALE_CAPTION = "Colour scale of the map: attention from low (blue) to high (red)"
 
 
 def pick_run() -> dict | None:
@@ -154,11 +157,19 @@ def show_classification(predictor: Predictor, prediction: Prediction, index: int
             cam = predictor.explain(prediction.image, method="saliency")
             st.image(cam.overlay, caption="Gradient saliency instead: pixels that most change the score",
                      width="stretch")
+        # PNG: a JPEG would smear the ramp's colours, the very thing the legend is for
+        st.image(heat_scale(), caption=SCALE_CAPTION, output_format="PNG")
+        if cam.note:
+            st.caption(cam.note)
 
 
 def show_segmentation(prediction: Prediction, index: int, opacity: float) -> None:
     left, right = st.columns(2)
-    left.image(prediction.blend(opacity), caption=_title(prediction), width="stretch")
+    if prediction.truth is None:
+        left.image(prediction.blend(opacity), caption=_title(prediction), width="stretch")
+    else:               # PNG: JPEG would blur the one-pixel outline into the fill
+        left.image(prediction.compare(opacity), caption=f"{_title(prediction)} · {COMPARE_LEGEND}", width="stretch",
+                   output_format="PNG")
     with right:
         st.metric("Foreground", f"{prediction.foreground_fraction:.1%} of the image")
         st.table({"class": list(prediction.areas), "pixels": list(prediction.areas.values())})

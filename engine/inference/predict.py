@@ -20,7 +20,7 @@ from engine.models.network import LightboxModel, build_network
 from engine.runs import store
 from engine.runs.paths import checkpoint_path, has_best_checkpoint
 from engine.visualize.gradcam import explain_image
-from engine.visualize.images import overlay, to_rgb
+from engine.visualize.images import compare_masks, overlay, to_rgb
 
 READABLE = "PNG, JPEG, TIFF, BMP or DICOM"
 MIN_SIDE = 16                      # the smallest image size a run can be trained at (RunConfig.validate)
@@ -42,6 +42,7 @@ class Prediction:
     label_map: np.ndarray | None = None                 # segmentation: uint8 (H, W) class per pixel
     areas: dict[str, int] = field(default_factory=dict)              # segmentation: pixels per class
     scores: dict[str, float] = field(default_factory=dict)           # vs ground truth: dice_/iou_<class>, *_mean
+    truth: np.ndarray | None = None                     # segmentation: the given mask, uint8 (H, W) class per pixel
 
     def rgb(self) -> np.ndarray:
         return to_rgb(torch.from_numpy(self.image))
@@ -54,6 +55,12 @@ class Prediction:
     def blend(self, alpha: float) -> np.ndarray:
         """The image with the predicted mask at a chosen opacity (the image itself for classification)."""
         return self.rgb() if self.label_map is None else overlay(self.rgb(), self.label_map, alpha)
+
+    def compare(self, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+        """The predicted mask filled in colour and the given mask's border in green (just the blend without one)."""
+        if self.label_map is None or self.truth is None:
+            return self.blend(alpha)
+        return compare_masks(self.rgb(), self.label_map, self.truth, alpha)
 
     @property
     def foreground_fraction(self) -> float:
@@ -190,7 +197,8 @@ class Predictor:
         base.label_map = labels
         base.areas = {c: int(n) for c, n in zip(self.classes, counts)}
         if mask is not None:
-            base.scores = mask_scores(labels, fit_mask(mask, (h, w), len(self.classes), base.name), self.classes)
+            base.truth = fit_mask(mask, (h, w), len(self.classes), base.name)
+            base.scores = mask_scores(labels, base.truth, self.classes)
         return base
 
 

@@ -47,13 +47,29 @@ def _picture(size: int = 40) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 255, (size, size), dtype=np.uint8)
 
 
+@pytest.fixture
+def shown_pngs(monkeypatch) -> list[np.ndarray]:
+    """Every PNG picture the page hands to Streamlit, decoded, in the order shown (pixels, not just captions)."""
+    from streamlit.runtime.media_file_storage import MediaFileKind
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+    shown: list[np.ndarray] = []
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def spy(self, data, mimetype, kind, filename=None):
+        if mimetype == "image/png" and kind == MediaFileKind.MEDIA and isinstance(data, bytes):   # not downloads
+            shown.append(np.asarray(Image.open(BytesIO(data)).convert("RGB")))
+        return original(self, data, mimetype, kind, filename)
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", spy)
+    return shown
+
+
 def test_without_a_trained_run_it_says_what_to_do(lb):
     at = lb.page(PAGE).run()
     lb.no_exception(at)
     assert "no trained model yet" in lb.texts(at, "info")
 
 
-def test_uploaded_png_shows_probabilities_and_gradcam(lb, cls_run):
+def test_uploaded_png_shows_probabilities_and_gradcam(lb, cls_run, shown_pngs):
     at = lb.page(PAGE).run()
     lb.no_exception(at)
     assert at.selectbox(key="predict_run").value == cls_run
@@ -64,8 +80,12 @@ def test_uploaded_png_shows_probabilities_and_gradcam(lb, cls_run):
     titles = [chart.proto.spec for chart in lb.charts(at)]
     assert any("Class probabilities" in spec for spec in titles)
     captions = _captions(at)
-    assert len(captions) == 2 and captions[0].startswith("scan.png → ")   # the image and its Grad-CAM side by side
+    assert len(captions) == 3 and captions[0].startswith("scan.png → ")   # the image and its Grad-CAM side by side
     assert captions[1].startswith("Grad-CAM for")
+    assert captions[2] == "Colour scale of the map: attention from low (blue) to high (red)"
+    from engine.visualize.gradcam import heat_scale
+    assert any(np.array_equal(picture, heat_scale()) for picture in shown_pngs)   # the ramp itself, not a JPEG
+    assert "Grad-CAM used the last layer `features` (5×5) at 32 px input." in lb.texts(at, "caption")
     assert any(b.label == "Download results (CSV)" for b in at.get("download_button"))
 
 
@@ -76,7 +96,8 @@ def test_non_image_upload_shows_an_error_not_a_traceback(lb, cls_run):
     assert "notes.txt is not an image Lightbox can read" in lb.texts(at, "error")
 
 
-def test_segmentation_upload_with_mask_shows_overlay_and_dice(lb, seg_run):
+def test_segmentation_upload_with_mask_shows_prediction_and_mask_outline_with_dice(lb, seg_run, shown_pngs):
+    from engine.visualize.images import TRUTH_OUTLINE, border
     at = lb.page(PAGE).run()
     image = _picture(48)
     mask = np.zeros((48, 48), np.uint8)
@@ -85,7 +106,10 @@ def test_segmentation_upload_with_mask_shows_overlay_and_dice(lb, seg_run):
     at.file_uploader(key="predict_masks").set_value(("case.png", _png(mask), "image/png")).run()
     lb.no_exception(at)
     assert not at.error
-    assert _captions(at) == ["case.png"]                              # the overlay
+    assert _captions(at) == ["case.png · filled: model · green outline: the given mask"]
+    comparison = shown_pngs[-1]                                       # exact pixels: the picture is sent as PNG
+    assert comparison.shape == (48, 48, 3)
+    np.testing.assert_array_equal((comparison == TRUTH_OUTLINE).all(-1), border(mask > 0))
     metrics = {m.label: m.value for m in at.metric}
     assert "Dice vs the given mask" in metrics and "Foreground" in metrics
     at.slider(key="predict_opacity").set_value(0.8).run()
@@ -98,6 +122,7 @@ def test_test_split_samples_and_export(lb, seg_run):
     at.radio(key="predict_source").set_value("Test-split samples").run()
     lb.no_exception(at)
     assert "Dice vs the given mask" in {m.label for m in at.metric}   # test samples carry their masks
+    assert all(c.endswith("filled: model · green outline: the given mask") for c in _captions(at))
     at.button(key="predict_export_build").click().run()
     lb.no_exception(at)
     assert any(b.label == "Download model (ZIP)" for b in at.get("download_button"))

@@ -135,6 +135,26 @@ def test_dice_against_a_mask_matches_engine_metrics(seg):
     assert again.scores == result.scores
 
 
+def test_given_mask_is_kept_and_drawn_as_a_green_outline_over_the_prediction(seg):
+    """The comparison picture: predicted mask filled, the given mask's border (at the image's size) in green."""
+    from engine.inference.predict import load_predictor
+    from engine.visualize.images import TRUTH_OUTLINE, border
+    run_id, src = seg
+    predictor = load_predictor(run_id)
+    image = src / "images" / "case_001.png"
+    truth = (np.asarray(Image.open(src / "masks" / "case_001.png")) > 0).astype(np.uint8)
+    doubled = np.kron(truth, np.ones((2, 2), dtype=np.uint8)) * 255        # given at twice the size
+    result = predictor.predict_file(image, mask=_png(doubled), mask_name="big.png")[0]
+    np.testing.assert_array_equal(result.truth, truth)
+    picture = result.compare(0.5)
+    assert picture.shape == (48, 48, 3)
+    np.testing.assert_array_equal((picture == TRUTH_OUTLINE).all(-1), border(truth))
+    unmarked = ~border(truth)
+    np.testing.assert_array_equal(picture[unmarked], result.blend(0.5)[unmarked])
+    plain = predictor.predict_file(image)[0]                               # no mask: nothing to compare
+    assert plain.truth is None and np.array_equal(plain.compare(0.5), plain.blend(0.5))
+
+
 def test_grey_level_masks_score_as_the_training_masks_were_read(workspace, seg):
     """A model trained on 0/85/170/255 masks is scored against a mask saved the same way."""
     from engine.data.ingest import ingest
@@ -313,6 +333,7 @@ def test_gradcam_points_at_the_discriminative_quadrant(squares):
         image, _ = load_sample(predictor.config.dataset_id, sample["key"])
         cam = predictor.explain(image, class_index=predictor.classes.index("pos"))
         assert cam.heatmap.shape == (S, S) and cam.overlay.shape == (S, S, 3)
+        assert cam.note == f"Grad-CAM used the last layer `features` (5×5) at {S} px input."
         assert 0.0 <= cam.heatmap.min() and cam.heatmap.max() == pytest.approx(1.0)
         peak_y, peak_x = np.unravel_index(cam.heatmap.argmax(), cam.heatmap.shape)
         assert peak_y < S // 2 and peak_x < S // 2, sample["source"]

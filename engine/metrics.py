@@ -1,25 +1,45 @@
 """Evaluation metrics for segmentation and classification: plain functions on arrays, plus running meters.
 
 Conventions, used by every function and meter here:
-- Dice/IoU of a class absent from both prediction and target is `empty` (default 1.0: nothing to find, nothing
-  found). A class present in only one of them scores 0.
-- SegmentationMeter scores each image on its own and averages over images, per class (each image counts equally,
-  as in most medical segmentation papers). "dice"/"iou" are the mean over foreground classes 1..K-1, so for a
-  binary task they are the foreground Dice/IoU. Pixel accuracy pools all pixels.
+- dice_per_class/iou_per_class score one label map: a class absent from both prediction and target is `empty`
+  (default 1.0: nothing to find, nothing found); a class present in only one of them scores 0.
+- SegmentationMeter (what runs report) scores each image on its own and averages over images, per class, as
+  most medical segmentation papers do. Its headline "dice" (and "iou") is the mean Dice over the images whose
+  TRUTH contains the structure — per class k ≥ 1 over the images that contain class k, then averaged over the
+  classes — reported with "dice_n", the number of images that contain any structure. Images with nothing to
+  find are not averaged in as 1.0: a model that predicts nothing on 10 slices, 7 of them empty, scores Dice 0
+  (not 0.7). They are counted apart instead: "empty_correct" of "empty_total" images with no structure in the
+  truth were left empty by the prediction ("12 of 14 empty slices correctly left empty"). A false structure on
+  an empty image therefore lowers empty_correct (and costs the HD95 penalty), not Dice. With several classes an
+  image is "empty" when its truth has no foreground at all; class k predicted on an image that holds other
+  classes but not k is not scored in dice_<k> (it still costs the other classes the pixels it took).
 - hausdorff95 is symmetric: the larger of the two directed 95th percentiles of boundary-to-boundary distances
   (as MONAI does). Both masks empty → 0.0; exactly one empty → nan, since there is no surface to measure to.
-  The meter's "hd95" is the mean over images of the foreground (label > 0) HD95, skipping nan.
+  The meter's "hd95" (foreground, label > 0) never skips that case: an image with structure in only one of
+  prediction and truth scores the penalty "hd95_penalty" (the image diagonal, in units of the spacing: as far
+  off as a mask can be) and is counted in "hd95_empty". Images empty in both are left out, as for Dice.
+- Pixel accuracy pools all pixels; it is kept but is not a headline score (engine.tasks.METRIC_NOTES).
 - Classification: per-class precision/recall/F1 with no denominator are 0; balanced accuracy averages recall over
   classes present in the target; macro F1 averages over classes present in the target or the prediction.
   roc_auc is nan when any class (both classes, for binary) is missing from the target.
+- Meters report "n" (images scored) and, with compute(intervals=True), 95 % intervals as "<metric>_ci"
+  [low, high] (engine.intervals): Wilson for accuracy; Wilson on an effective n for balanced accuracy; a seeded
+  percentile bootstrap over images for dice, iou and hd95, from the per-image values the meter keeps.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from scipy import ndimage, stats
+
+from engine.intervals import (
+    balanced_accuracy_interval,
+    bootstrap_interval,
+    wilson_interval,
+)
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -154,17 +174,18 @@ def _f1_macro(confusion: np.ndarray) -> float:
 class SegmentationMeter:
     """Accumulates a K×K confusion matrix per image (not the pixels) and scores them in compute()."""
 
-    def __init__(self, num_classes: int, empty: float = 1.0, with_hd95: bool = False,
-                 spacing: Sequence[float] = (1.0, 1.0)) -> None:
+    def __init__(self, num_classes: int, with_hd95: bool = False, spacing: Sequence[float] = (1.0, 1.0)) -> None:
         if num_classes < 2:
             raise ValueError("Segmentation needs at least two classes (background and one structure).")
-        self.num_classes, self.empty, self.with_hd95, self.spacing = num_classes, empty, with_hd95, spacing
+        self.num_classes, self.with_hd95, self.spacing = num_classes, with_hd95, spacing
         self.reset()
 
     def reset(self) -> None:
         self._confusions: list[torch.Tensor] = []
         self._invalid: torch.Tensor | int = 0
-        self._hd95: list[float] = []
+        self._hd95: list[float] = []            # per image; nan where both masks are empty (not scored)
+        self._hd95_penalties: list[float] = []  # the penalty each image would get, so compute() can name it
+        self._penalised = 0
 
     @torch.no_grad()
     def update(self, logits_or_pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -176,29 +197,83 @@ class SegmentationMeter:
         self._confusions.append(confusion)
         self._invalid = self._invalid + invalid
         if self.with_hd95:  # needs the masks on the host: the reason it is off by default
-            pred_np, target_np = _numpy(pred) > 0, _numpy(target) > 0
-            self._hd95 += [hausdorff95(p, t, self.spacing) for p, t in zip(pred_np, target_np)]
+            for p, t in zip(_numpy(pred) > 0, _numpy(target) > 0):
+                self._add_hd95(p, t)
 
-    def compute(self) -> dict[str, float]:
-        """Mean foreground "dice"/"iou", "pixel_accuracy", "dice_<k>"/"iou_<k>" for k ≥ 1, and "hd95" if enabled."""
+    def _add_hd95(self, pred: np.ndarray, target: np.ndarray) -> None:
+        penalty = hd95_penalty(target.shape, self.spacing)
+        self._hd95_penalties.append(penalty)
+        if pred.any() != target.any():
+            self._hd95.append(penalty)
+            self._penalised += 1
+        else:
+            self._hd95.append(hausdorff95(pred, target, self.spacing) if target.any() else math.nan)
+
+    def per_image_dice(self) -> np.ndarray:
+        """(N, K-1) Dice of each foreground class on each image; nan where the truth lacks that class."""
+        confusion = self._confusion()
+        return _where_present(_dice(confusion, math.nan)[:, 1:], confusion)
+
+    def per_image_hd95(self) -> np.ndarray:
+        """(N,) foreground HD95 per image, penalties included; nan where both masks are empty."""
+        return np.asarray(self._hd95, dtype=np.float64)
+
+    def compute(self, intervals: bool = False) -> dict[str, float | int | list[float]]:
+        """Scores: dice/iou (mean over images holding the structure), dice_<k>/iou_<k> for k ≥ 1, dice_n,
+        empty_correct/empty_total, pixel_accuracy, n; hd95, hd95_empty, hd95_penalty if enabled; with
+        `intervals`, <metric>_ci [low, high] for dice, iou and hd95."""
+        confusion = self._confusion()
+        dice = _where_present(_dice(confusion, math.nan)[:, 1:], confusion)
+        iou = _where_present(_iou(confusion, math.nan)[:, 1:], confusion)
+        truth_fg = confusion[:, 1:, :].sum(axis=(1, 2)) > 0
+        pred_fg = confusion[:, :, 1:].sum(axis=(1, 2)) > 0
+        pixels = confusion.sum()
+        result: dict[str, Any] = {
+            "dice": _mean_of_class_means(dice), "iou": _mean_of_class_means(iou),
+            "pixel_accuracy": float(np.trace(confusion, axis1=-2, axis2=-1).sum() / pixels) if pixels else math.nan,
+            "n": int(confusion.shape[0]), "dice_n": int(truth_fg.sum()),
+            "empty_correct": int((~truth_fg & ~pred_fg).sum()), "empty_total": int((~truth_fg).sum())}
+        for label in range(1, self.num_classes):
+            result[f"dice_{label}"] = _nanmean(dice[:, label - 1])
+            result[f"iou_{label}"] = _nanmean(iou[:, label - 1])
+        if self.with_hd95:
+            result["hd95"] = _nanmean(self.per_image_hd95())
+            result["hd95_empty"] = self._penalised
+            result["hd95_penalty"] = max(self._hd95_penalties, default=math.nan)
+        if intervals:
+            result["dice_ci"], result["iou_ci"] = bootstrap_interval(dice), bootstrap_interval(iou)
+            if self.with_hd95:
+                result["hd95_ci"] = bootstrap_interval(self.per_image_hd95())
+        return result
+
+    def _confusion(self) -> np.ndarray:
         if int(self._invalid):
             raise ValueError(f"Labels must lie in 0..{self.num_classes - 1}.")
         k = self.num_classes
-        confusion = (torch.cat(self._confusions).cpu().numpy() if self._confusions
-                     else np.zeros((0, k, k), dtype=np.int64))
-        images = confusion.shape[0] or float("nan")  # no batches yet: every score is nan rather than 0
-        dice = _dice(confusion, self.empty).sum(axis=0) / images
-        iou = _iou(confusion, self.empty).sum(axis=0) / images
-        pixels = confusion.sum()
-        result = {"dice": float(dice[1:].mean()), "iou": float(iou[1:].mean()),
-                  "pixel_accuracy": float(np.trace(confusion, axis1=-2, axis2=-1).sum() / pixels)
-                  if pixels else float("nan")}
-        for label in range(1, k):
-            result[f"dice_{label}"], result[f"iou_{label}"] = float(dice[label]), float(iou[label])
-        if self.with_hd95:
-            finite = [d for d in self._hd95 if np.isfinite(d)]
-            result["hd95"] = float(np.mean(finite)) if finite else float("nan")
-        return result
+        return (torch.cat(self._confusions).cpu().numpy() if self._confusions
+                else np.zeros((0, k, k), dtype=np.int64))
+
+
+def hd95_penalty(shape: Sequence[int], spacing: Sequence[float] = (1.0, 1.0)) -> float:
+    """HD95 given when exactly one of prediction and truth is empty: the image diagonal, in units of `spacing`."""
+    return float(math.hypot(*(size * step for size, step in zip(shape, spacing))))
+
+
+def _where_present(scores: np.ndarray, confusion: np.ndarray) -> np.ndarray:
+    """(N, K-1) foreground scores, nan where the image's truth lacks the class (not scored there)."""
+    present = confusion[:, 1:, :].sum(axis=-1) > 0
+    return np.where(present, scores, math.nan)
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
+def _mean_of_class_means(scores: np.ndarray) -> float:
+    """Mean over classes of each class's mean over the images that hold it; nan when no image holds any."""
+    per_class = [_nanmean(scores[:, c]) for c in range(scores.shape[1])]
+    return _nanmean(np.asarray(per_class, dtype=np.float64))
 
 
 class ClassificationMeter:
@@ -218,15 +293,21 @@ class ClassificationMeter:
         self._probs.append(torch.softmax(logits.detach().float(), dim=1))
         self._targets.append(target.detach().reshape(-1))
 
-    def compute(self) -> dict[str, float]:
-        """Scores so far: accuracy, balanced_accuracy, auc (ROC, macro one-vs-rest) and f1_macro."""
+    def compute(self, intervals: bool = False) -> dict[str, float | int | list[float]]:
+        """Scores so far: accuracy, balanced_accuracy, auc (ROC, macro one-vs-rest), f1_macro and n; with
+        `intervals`, "accuracy_ci" and "balanced_accuracy_ci" [low, high]."""
         probs, target = self._collected()
         confusion = confusion_matrix(probs.argmax(axis=1), target, self.num_classes)
-        total = confusion.sum()
-        return {"accuracy": float(np.trace(confusion) / total) if total else float("nan"),
-                "balanced_accuracy": _balanced_accuracy(confusion),
-                "auc": roc_auc(probs, target) if total else float("nan"),
-                "f1_macro": _f1_macro(confusion)}
+        total = int(confusion.sum())
+        result: dict[str, Any] = {
+            "accuracy": float(np.trace(confusion) / total) if total else math.nan,
+            "balanced_accuracy": _balanced_accuracy(confusion),
+            "auc": roc_auc(probs, target) if total else math.nan,
+            "f1_macro": _f1_macro(confusion), "n": total}
+        if intervals:
+            result["accuracy_ci"] = wilson_interval(float(np.trace(confusion)), total)
+            result["balanced_accuracy_ci"] = balanced_accuracy_interval(confusion)
+        return result
 
     def confusion(self) -> np.ndarray:
         """K×K counts so far: rows true, columns predicted."""

@@ -1,5 +1,10 @@
-"""The checks a run passes before it is queued and again before it trains: dataset, task, architecture, sizes."""
+"""The checks a run passes before it is queued and again before it trains: dataset, splits, task, architecture,
+sizes; and the warnings about splits too small to trust."""
 from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
 
 from engine.config import RunConfig
 from engine.data.dataset import load_manifest
@@ -20,12 +25,11 @@ def check_config(config: RunConfig) -> dict:
         config.__post_init__()
     if config.task != manifest["task"]:
         raise UserError(f"This dataset is for {manifest['task']}, but the run is set up for {config.task}.")
+    check_splits(manifest)
     if not config.arch:
         config.arch = DEFAULT_ARCH[config.task]
     config.validate()
-    spec = get_spec(config.arch)
-    if spec.task != config.task:
-        raise UserError(f"{spec.title} is a {spec.task} model, but this dataset is for {config.task}.")
+    spec = get_spec(config.arch, config.task)   # refuses an architecture made for the other task
     if config.image_size < spec.min_size:
         raise UserError(f"{spec.title} needs images of at least {spec.min_size} px; raise the image size.")
     if config.pretrained == "imagenet" and not spec.pretrained:
@@ -34,3 +38,79 @@ def check_config(config: RunConfig) -> dict:
     if config.pretrained == "imagenet" and not (status := imagenet_status(spec, options)).available:
         raise UserError(status.message)                    # before launch, not 20 s into the run
     return manifest
+
+
+EMPTY_VALIDATION = ("The validation split of this dataset is empty, so nothing honest is left to pick the best "
+                    "epoch or to score the model on; upload more images (or more patients, since one patient's "
+                    "images stay in one split), or fix the splits with train/ and val/ folders.")
+EMPTY_SPLIT = {"val": EMPTY_VALIDATION,
+               "test": "The test split of this dataset is empty, so runs end without a held-out score; upload "
+                       "more images or add a test/ folder."}
+SMALL_SPLIT_IMAGES = 30       # fewer images than this in validation or test: scores swing from run to run
+SMALL_SPLIT_PER_CLASS = 5     # fewer images of a class than this: that class's recall rests on a handful
+
+
+def check_splits(manifest: dict) -> None:
+    """Refuse a dataset whose training or validation split is empty, or (classification) that has a class with
+    no training images. Segmentation classes are checked when the Trainer has the masks in memory."""
+    counts = _split_sizes(manifest)
+    if counts["train"] == 0:
+        raise UserError("The training split of this dataset is empty; upload more images or put some in a "
+                        "train/ folder.")
+    if counts["val"] == 0:
+        raise UserError(EMPTY_VALIDATION)
+    if manifest["task"] == "classification":
+        trained = _class_counts(manifest, "train")
+        missing = [name for i, name in enumerate(manifest["classes"]) if trained[i] == 0]
+        if missing:
+            names = ", ".join(f"'{name}'" for name in missing)
+            raise UserError(f"No training image is labelled {names}, so the model could never learn "
+                            f"{'it' if len(missing) == 1 else 'them'}; add such images to the training split "
+                            "(or leave the class out of the upload).")
+
+
+def check_mask_classes(masks: np.ndarray, classes: list[str], chunk: int = 64) -> None:
+    """Refuse training masks in which some class never appears (the manifest does not record which labels each
+    mask holds, so this runs where the masks are loaded anyway; it stops reading once every class is seen)."""
+    seen = np.zeros(len(classes), dtype=bool)
+    for first in range(0, len(masks), chunk):
+        counts = np.bincount(np.asarray(masks[first:first + chunk]).ravel(), minlength=len(classes))
+        seen |= counts[:len(classes)] > 0
+        if seen.all():
+            return
+    missing = ", ".join(f"'{name}'" for name, found in zip(classes, seen) if not found)
+    raise UserError(f"No training mask contains {missing}, so the model could never learn to find it; add "
+                    "images whose masks show it to the training split (or leave that label out of the masks).")
+
+
+def split_warnings(manifest: dict) -> list[dict]:
+    """{"kind": "small_split", "message", "split", "n"} for a validation or test split with fewer than 30
+    images, or (classification) fewer than 5 of some class; scores on such a split have wide intervals."""
+    counts, out = _split_sizes(manifest), []
+    for split, title in (("val", "validation"), ("test", "test")):
+        n, reasons = counts[split], []
+        if n == 0:
+            out.append({"kind": "small_split", "split": split, "n": 0, "message": EMPTY_SPLIT[split]})
+            continue
+        if n < SMALL_SPLIT_IMAGES:
+            reasons.append(f"holds {n} image{'' if n == 1 else 's'} (fewer than {SMALL_SPLIT_IMAGES})")
+        if manifest["task"] == "classification":
+            per_class = _class_counts(manifest, split)
+            few = [f"{per_class[i]} of '{name}'" for i, name in enumerate(manifest["classes"])
+                   if per_class[i] < SMALL_SPLIT_PER_CLASS]
+            if few:
+                reasons.append(f"has only {', '.join(few)} (fewer than {SMALL_SPLIT_PER_CLASS} per class)")
+        if reasons:
+            out.append({"kind": "small_split", "split": split, "n": n,
+                        "message": f"The {title} split {' and '.join(reasons)}, so its scores can move by many "
+                                   "points from one set of images to the next; read them with their 95 % "
+                                   "intervals, or add images."})
+    return out
+
+
+def _split_sizes(manifest: dict) -> Counter:
+    return Counter(sample["split"] for sample in manifest.get("samples", ()))
+
+
+def _class_counts(manifest: dict, split: str) -> Counter:
+    return Counter(sample.get("label") for sample in manifest.get("samples", ()) if sample["split"] == split)

@@ -20,7 +20,7 @@ from engine.device import pick_device
 from engine.errors import UserError
 from engine.metrics import ClassificationMeter, SegmentationMeter
 from engine.models.network import IMAGENET_MEAN, IMAGENET_STD, build_network
-from engine.preflight import check_config
+from engine.preflight import EMPTY_VALIDATION, check_config, check_mask_classes
 from engine.tasks import LOWER_IS_BETTER
 from engine.training.augment import build_pipeline
 from engine.training.events import Event, Events
@@ -124,8 +124,10 @@ class Trainer:
         val = load_split(self.config.dataset_id, "val", size)
         if len(train.images) == 0:
             raise UserError("The training split is empty; upload more images or change the split.")
-        if len(val.images) == 0:
-            val = train     # tiny datasets: validate on train rather than not at all (noted in the UI)
+        if len(val.images) == 0:    # scoring on the training images would report memorisation as skill
+            raise UserError(EMPTY_VALIDATION)
+        if self.segmentation:
+            check_mask_classes(train.targets, self.info["classes"])
         # Keep training data as float32 in memory when it fits: the per-batch cast otherwise costs throughput.
         as_float = train.images.nbytes * 2 < 2 * 1024**3
         self.train_images = torch.from_numpy(train.images.astype(np.float32) if as_float else train.images)
@@ -243,7 +245,7 @@ class Trainer:
                 total += float(self.loss_fn(logits, y)) * len(x)
             count += len(x)
             meter.update(logits.float(), y)
-        metrics: dict[str, Any] = meter.compute()
+        metrics: dict[str, Any] = meter.compute(intervals=True)     # with n and 95 % intervals
         metrics["loss"] = total / max(1, count)
         if not self.segmentation:
             metrics["confusion"] = meter.confusion().tolist()

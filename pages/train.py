@@ -9,10 +9,11 @@ import math
 import streamlit as st
 
 from engine.config import SCHEDULE_TITLES, RunConfig
-from engine.data.dataset import list_datasets
+from engine.data.manifest import list_datasets, load_manifest
 from engine.errors import UserError
 from engine.models import DEFAULT_ARCH, get_spec, models_for, parameter_count
 from engine.models.weights import imagenet_status
+from engine.preflight import split_warnings
 from engine.runs import submit
 from engine.tasks import METRIC_TITLES, default_loss, default_monitor, monitor_choices
 from engine.training.augment import AUGMENTATIONS
@@ -177,6 +178,8 @@ task = manifest["task"]
 cols = st.columns([1, 3])
 s.widget("task", FORM, value=task, where=cols[0], disabled=True)       # fixed by the dataset; shown, not chosen
 cols[1].caption(f"{manifest['channels']} channel(s) · classes: {', '.join(manifest['classes'])}")
+for warning in split_warnings(load_manifest(manifest["id"])):   # the listing omits the samples          # before anything is set up: small splits make scores shaky
+    st.warning(warning["message"], icon=":material/warning:")
 
 st.subheader("Model")
 arch, model_options = architecture(manifest)

@@ -31,7 +31,7 @@ def test_new_runs_start_from_a_strong_architecture_not_the_first_in_the_list(lb,
     at = lb.app(TRAIN)
     at.selectbox(key="train_dataset_id").set_value(seg_dataset).run()
     assert at.selectbox(key="train_arch__segmentation").value == "unet"
-    assert at.selectbox(key="train_arch__segmentation").options[0].startswith("FCN")       # teaching order kept
+    assert at.selectbox(key="train_arch__segmentation").options[0].startswith("MLP")       # teaching order kept
     at.selectbox(key="train_dataset_id").set_value(cls_dataset).run()
     assert at.selectbox(key="train_arch__classification").value == "resnet18"
 
@@ -207,3 +207,13 @@ def test_a_batch_larger_than_the_training_split_is_mentioned(lb, seg_dataset):
     at.number_input(key="train_batch_size").set_value(1000).run()
     lb.no_exception(at)
     assert "larger than the training split" in lb.texts(at, "warning")
+
+
+def test_small_validation_and_test_splits_are_warned_before_launch(lb, cls_dataset):
+    """The test datasets are tiny: their validation split has far fewer than 30 images."""
+    from engine.data.manifest import load_manifest
+    val = sum(1 for sample in load_manifest(cls_dataset)["samples"] if sample["split"] == "val")
+    at = lb.app(TRAIN)
+    lb.no_exception(at)
+    warnings = lb.texts(at, "warning")
+    assert f"The validation split holds {val} image" in warnings and "95 % intervals" in warnings

@@ -14,10 +14,11 @@ from engine.models.registry import (
     Option,
     count_parameters,
     get_spec,
+    model_names,
     models_for,
     parameter_count,
     register,
 )
 
-__all__ = ["DEFAULT_ARCH", "MODELS", "ModelSpec", "Option", "build_model", "count_parameters", "get_spec", "models_for",
-           "parameter_count", "register"]
+__all__ = ["DEFAULT_ARCH", "MODELS", "ModelSpec", "Option", "build_model", "count_parameters", "get_spec", "model_names",
+           "models_for", "parameter_count", "register"]

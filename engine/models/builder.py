@@ -15,15 +15,17 @@ def build_model(
     in_channels: int,
     num_classes: int,
     *,
+    task: str | None = None,
     pretrained: str = "none",
     freeze_backbone: bool = False,
     options: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Build a registered model; optionally load ImageNet or user weights and freeze all but the head.
 
-    When weights are loaded, ``model.weights_report`` (a pretrained.LoadReport) says which tensors were used.
+    `task` picks the entry when a name serves both tasks (mlp). When weights are loaded,
+    ``model.weights_report`` (a pretrained.LoadReport) says which tensors were used.
     """
-    spec = get_spec(name)
+    spec = get_spec(name, task)
     if int(in_channels) != in_channels or in_channels < 1:
         raise UserError(f"Images must have at least one channel, not {in_channels}.")
     if int(num_classes) != num_classes or num_classes < 1:

@@ -1,9 +1,11 @@
-"""Classification entries, in teaching order: MLP baseline, LeNet-5, then the ImageNet line from AlexNet onwards."""
+"""Classic entries, in teaching order: the MLP baseline (for both tasks), LeNet-5, then the ImageNet line from
+AlexNet onwards (classification)."""
 from __future__ import annotations
 
 import re
 
 import torch
+import torch.nn.functional as F
 import torchvision.models as tvm
 from torch import nn
 
@@ -27,6 +29,25 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.body(self.pool(x)))
+
+
+class SegmentationMLP(nn.Module):
+    """The seed lab's fully connected segmenter: the whole (pooled) image in, a coarse mask's logits out.
+
+    Every output pixel has its own weights from every input pixel, so what is learnt in one place never carries
+    over to another; with few images it learns the average mask, which is mostly background."""
+
+    def __init__(self, in_channels: int, num_classes: int, hidden: int = 256, grid: int = 32):
+        super().__init__()
+        self.num_classes, self.grid = num_classes, grid
+        self.pool = nn.AdaptiveAvgPool2d(grid)   # any image size becomes grid x grid, so the layers are fixed
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * grid * grid, hidden), nn.ReLU(inplace=True))
+        self.fc = nn.Linear(hidden, num_classes * grid * grid)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        coarse = self.fc(self.body(self.pool(x))).view(-1, self.num_classes, self.grid, self.grid)
+        # Back to the input's exact size (any H x W), as every segmentation entry answers.
+        return F.interpolate(coarse, size=[x.shape[2], x.shape[3]], mode="bilinear", align_corners=False)
 
 
 class LeNet5(nn.Module):
@@ -110,6 +131,16 @@ class XceptionSmall(nn.Module):
           options=(Option("hidden", "Hidden units", "int", 256, min=16, max=2048),))
 def mlp(in_channels: int, num_classes: int, hidden: int = 256) -> nn.Module:
     return MLP(in_channels, num_classes, hidden)
+
+
+# Registered here, before every other segmentation entry, so it comes first in teaching order for that task too.
+@register(name="mlp", task="segmentation", title="MLP (baseline)", year=1986, default_size=64,
+          note="Dense layers map the whole image to a whole 32x32 mask: nothing is shared between places, so "
+               "with few images it mostly predicts background (high pixel accuracy, Dice near 0).",
+          head=("fc",),
+          options=(Option("hidden", "Hidden units", "int", 256, min=16, max=2048),))
+def mlp_segmentation(in_channels: int, num_classes: int, hidden: int = 256) -> nn.Module:
+    return SegmentationMLP(in_channels, num_classes, hidden)
 
 
 @register(name="lenet5", task="classification", title="LeNet-5", year=1998, default_size=64, min_size=16,

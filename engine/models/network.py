@@ -36,6 +36,7 @@ class LightboxModel(nn.Module):
 
 def build_network(config: RunConfig, info: dict, mean: list[float], std: list[float]) -> LightboxModel:
     """The run's architecture for a dataset's channels and classes, with its weights source and freezing."""
-    net = build_model(config.arch, info["channels"], info["num_classes"], pretrained=config.pretrained,
-                      freeze_backbone=config.freeze_backbone, options=config.model_options)
+    net = build_model(config.arch, info["channels"], info["num_classes"], task=config.task or info.get("task"),
+                      pretrained=config.pretrained, freeze_backbone=config.freeze_backbone,
+                      options=config.model_options)
     return LightboxModel(net, mean, std)

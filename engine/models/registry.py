@@ -47,18 +47,20 @@ class ModelSpec:
         return {opt.name: opt.default for opt in self.options}
 
 
-MODELS: dict[str, ModelSpec] = {}
+# Keyed by (task, name): one name may serve both tasks with a builder each (the MLP baseline classifies and
+# segments), while every entry keeps one task, one builder and its own teaching note.
+MODELS: dict[tuple[str, str], ModelSpec] = {}
 
 
 def register(**meta: Any) -> Callable:
-    """Decorator: add the decorated builder to MODELS under meta["name"]."""
+    """Decorator: add the decorated builder to MODELS under (meta["task"], meta["name"])."""
     def add(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         spec = ModelSpec(build=build, **meta)
         if spec.task not in TASKS:
             raise ValueError(f"{spec.name}: task must be one of {TASKS}")
-        if spec.name in MODELS:
-            raise ValueError(f"model {spec.name!r} registered twice")
-        MODELS[spec.name] = spec
+        if (spec.task, spec.name) in MODELS:
+            raise ValueError(f"{spec.task} model {spec.name!r} registered twice")
+        MODELS[(spec.task, spec.name)] = spec
         return build
     return add
 
@@ -70,15 +72,26 @@ DEFAULT_ARCH = {"classification": "resnet18", "segmentation": "unet"}
 
 def models_for(task: str) -> list[ModelSpec]:
     """Entries for one task, in teaching order (the order they are registered in)."""
-    return [spec for spec in MODELS.values() if spec.task == task]
+    return [spec for (spec_task, _), spec in MODELS.items() if spec_task == task]
 
 
-def get_spec(name: str) -> ModelSpec:
-    try:
-        return MODELS[name]
-    except KeyError:
-        known = ", ".join(MODELS)
-        raise UserError(f"Unknown model '{name}'; choose one of: {known}.") from None
+def model_names() -> list[str]:
+    """Every registered name once, in registration order."""
+    return list(dict.fromkeys(name for _, name in MODELS))
+
+
+def get_spec(name: str, task: str | None = None) -> ModelSpec:
+    """The entry called `name` for `task`. Without a task, a name that serves both tasks (mlp) gives the first one
+    registered (classification): pass the task wherever it is known."""
+    found = [spec for (_, spec_name), spec in MODELS.items() if spec_name == name]
+    if not found:
+        raise UserError(f"Unknown model '{name}'; choose one of: {', '.join(model_names())}.")
+    if task is None:
+        return found[0]
+    for spec in found:
+        if spec.task == task:
+            return spec
+    raise UserError(f"{found[0].title} is a {found[0].task} model, but this dataset is for {task}.")
 
 
 def resolve_options(spec: ModelSpec, options: dict[str, Any] | None) -> dict[str, Any]:
@@ -117,14 +130,15 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def parameter_count(name: str, in_channels: int = 1, num_classes: int = 2, options: dict | None = None) -> int:
+def parameter_count(name: str, in_channels: int = 1, num_classes: int = 2, options: dict | None = None,
+                    task: str | None = None) -> int:
     """Number of parameters of an entry, built on the meta device (no memory, no init cost) and cached."""
-    return _parameter_count(name, in_channels, num_classes, tuple(sorted((options or {}).items())))
+    return _parameter_count(name, in_channels, num_classes, tuple(sorted((options or {}).items())), task)
 
 
 @functools.lru_cache(maxsize=256)
-def _parameter_count(name: str, in_channels: int, num_classes: int, options: tuple) -> int:
-    spec = get_spec(name)
+def _parameter_count(name: str, in_channels: int, num_classes: int, options: tuple, task: str | None) -> int:
+    spec = get_spec(name, task)
     with torch.device("meta"):
         model = spec.build(in_channels, num_classes, **resolve_options(spec, dict(options)))
     return count_parameters(model)

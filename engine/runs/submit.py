@@ -11,7 +11,8 @@ def create_run(config: RunConfig, status: str = "queued", study: str | None = No
                trial: int | None = None) -> str:
     """Validate a config against its dataset and architecture, then record it as a new run."""
     manifest = check_config(config)
-    params = parameter_count(config.arch, manifest["channels"], manifest["num_classes"], options=config.model_options)
+    params = parameter_count(config.arch, manifest["channels"], manifest["num_classes"], options=config.model_options,
+                             task=config.task)
     return store.insert_run(config.to_dict(), status=status, params=params, study=study, trial=trial)
 
 

@@ -36,11 +36,11 @@ def _input_size(spec) -> int:
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])
-@pytest.mark.parametrize("name", list(MODELS))
-def test_entry_trains_one_step(name, in_channels):
-    spec = get_spec(name)
+@pytest.mark.parametrize("task,name", list(MODELS), ids=[f"{task[:3]}-{name}" for task, name in MODELS])
+def test_entry_trains_one_step(task, name, in_channels):
+    spec = get_spec(name, task)
     torch.manual_seed(0)
-    model = build_model(name, in_channels, 3).train()
+    model = build_model(name, in_channels, 3, task=task).train()
     size = _input_size(spec)
     x = torch.randn(2, in_channels, size, size)   # batch 2 in train mode: the smallest BatchNorm can take
     out = model(x)
@@ -58,18 +58,45 @@ def test_metadata_is_complete():
         assert spec.task in ("classification", "segmentation")
         assert spec.default_size >= spec.min_size
         assert spec.head, f"{spec.name} needs a head for 'freeze backbone'"
-        names = [n for n, _ in torch.nn.Module.named_parameters(_meta_build(spec.name))]
+        names = [n for n, _ in torch.nn.Module.named_parameters(_meta_build(spec.name, spec.task))]
         for head in spec.head:
             assert any(n.startswith(head + ".") for n in names), f"{spec.name}: head {head} matches no parameter"
         if spec.pretrained:
             assert pretrained.imagenet_urls(pretrained.imagenet_source(spec, spec.default_options()))
     assert [s.name for s in models_for("classification")][:3] == ["mlp", "lenet5", "alexnet"]
-    assert [s.name for s in models_for("segmentation")][:2] == ["fcn_simple", "unet"]
+    assert [s.name for s in models_for("segmentation")][:3] == ["mlp", "fcn_simple", "unet"]
 
 
-def _meta_build(name):
+def _meta_build(name, task=None):
     with torch.device("meta"):
-        return build_model(name, 1, 2)
+        return build_model(name, 1, 2, task=task)
+
+
+# ---------------------------------------------------------------- the MLP baseline serves both tasks
+
+def test_mlp_is_found_for_both_tasks():
+    assert get_spec("mlp", "classification").task == "classification"
+    assert get_spec("mlp", "segmentation").task == "segmentation"
+    assert get_spec("mlp").task == "classification"          # without a task: the first registered
+    assert get_spec("unet", "segmentation").name == "unet"
+    with pytest.raises(UserError, match="U-Net is a segmentation model, but this dataset is for classification"):
+        get_spec("unet", "classification")
+    assert parameter_count("mlp", task="segmentation") == count_parameters(build_model("mlp", 1, 2,
+                                                                                       task="segmentation"))
+    assert parameter_count("mlp", task="segmentation") != parameter_count("mlp", task="classification")
+
+
+@pytest.mark.parametrize("size", [(32, 32), (48, 37)])
+def test_segmentation_mlp_gives_a_mask_of_the_input_size(size):
+    torch.manual_seed(0)
+    model = build_model("mlp", 1, 2, task="segmentation", options={"hidden": 32}).train()
+    x = torch.randn(3, 1, *size).contiguous(memory_format=torch.channels_last)
+    out = model(x)
+    assert out.shape == (3, 2, *size)
+    torch.nn.functional.cross_entropy(out, torch.randint(0, 2, (3, *size))).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    frozen = build_model("mlp", 1, 2, task="segmentation", freeze_backbone=True)
+    assert {n for n, p in frozen.named_parameters() if p.requires_grad} == {"fc.weight", "fc.bias"}
 
 
 def test_unknown_model_and_bad_options_are_user_errors():

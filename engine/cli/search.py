@@ -1,4 +1,5 @@
-"""CLI for hyperparameter search: `python -m engine search --dataset ID --trials N [--timeout S]`."""
+"""CLI for hyperparameter search: `python -m engine search --dataset ID --trials N [--timeout S]`;
+`search --study NAME` continues a study, `search --study NAME --stop` stops it (it stays resumable)."""
 from __future__ import annotations
 
 from engine.data.manifest import load_manifest
@@ -15,6 +16,8 @@ def register(add) -> None:
     p = add("search", "run an Optuna hyperparameter search (each trial is a run)")
     p.add_argument("--dataset", help="dataset id (a new study)")
     p.add_argument("--study", help="join or continue an existing study by name")
+    p.add_argument("--stop", action="store_true",
+                   help="with --study: stop that search (running trials are cancelled; --study NAME continues it)")
     p.add_argument("--trials", type=int, default=None, help="number of trials (new study: 20)")
     p.add_argument("--timeout", type=float, default=None, help="seconds for the whole search")
     p.add_argument("--arch", default="", help="one or more architectures, comma-separated")
@@ -35,6 +38,10 @@ def register(add) -> None:
 
 
 def cmd_search(args) -> dict:
+    if args.stop:
+        if not args.study:
+            raise UserError("--stop needs --study NAME, the search to stop.")
+        return search.stop_search(args.study)
     if args.study:
         return search.run_search(args.study, n_trials=args.trials, timeout=args.timeout, joining=True)
     if not args.dataset:

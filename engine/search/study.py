@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,15 +23,19 @@ import optuna
 from optuna.trial import TrialState
 
 from engine import workspace
-from engine.config import RunConfig
+from engine.config import BY_NAME, RunConfig, check_value
 from engine.data.dataset import load_manifest
 from engine.errors import UserError
-from engine.runs import execute, queue, store
+from engine.runs import execute, lifecycle, queue, store
 from engine.runs.submit import create_run
 from engine.training.events import Event, Events
 from engine.training.stops import RunPruned
 
 OBJECTIVES = ("dice", "iou", "accuracy", "balanced_accuracy", "auc")
+STOPPED_AT = "stopped_at"                # study attribute: when the user last stopped it
+CANCELLED_TRIALS = "cancelled_trials"    # study attribute: trials a stop ended before they had a run
+STOP_WAIT_SECONDS = 10.0                 # how long a stop waits for running trials to end before ending the process
+STOPPED_MESSAGE = "Stopped with its search; continuing the search runs new trials."
 
 # Augmentation strength as one categorical choice: each level is a list of (name, params).
 AUGMENT_LEVELS: dict[str, dict[str, dict[str, float]]] = {
@@ -95,6 +100,21 @@ def _pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+def check_space(space: SearchSpace) -> None:
+    """Every value the space can draw must be a valid run setting (engine.config), or its trials fail one by
+    one and never count towards the search's trials."""
+    for name, bounds in (("lr", space.lr), ("weight_decay", space.weight_decay)):
+        if bounds is None:
+            continue
+        if not 0 < bounds[0] < bounds[1]:
+            raise UserError(f"The {BY_NAME[name].label.lower()} range must be two increasing positive numbers.")
+        for value in bounds:
+            check_value(BY_NAME[name], value)
+    for name, values in (("batch_size", space.batch_sizes), ("optimizer", space.optimizers)):
+        for value in values:
+            check_value(BY_NAME[name], value)
+
+
 def create_study(spec: StudySpec) -> str:
     """Record a new study (its spec travels in the study's user attributes); returns its name."""
     task = load_manifest(spec.dataset_id)["task"]
@@ -103,6 +123,7 @@ def create_study(spec: StudySpec) -> str:
         raise UserError(f"Objective must be one of {', '.join(OBJECTIVES)}.")
     if spec.n_trials < 1:
         raise UserError("A search needs at least one trial.")
+    check_space(spec.space)
     spec.base = {**spec.base, "dataset_id": spec.dataset_id, "task": task, "monitor": spec.objective}
     RunConfig.from_dict(spec.base).validate()
     name = spec.name or f"search-{store.new_run_id()}"
@@ -205,6 +226,16 @@ def _active_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
+def _stop_requested(study: optuna.Study, since: float) -> bool:
+    """Whether the user stopped the study after `since` (a search started later is a continuation)."""
+    return float(study.user_attrs.get(STOPPED_AT) or 0) > since
+
+
+def _finish(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None = None) -> None:
+    """Tell Optuna a trial's end; one already ended elsewhere (a stop, a stale-trial sweep) is left as it is."""
+    study.tell(trial, value, state=state, skip_if_finished=True)
+
+
 def run_trial(study: optuna.Study, spec: StudySpec) -> TrialState:
     trial = study.ask()
     params = suggest(trial, spec.space)
@@ -213,31 +244,37 @@ def run_trial(study: optuna.Study, spec: StudySpec) -> TrialState:
     try:
         run_id = create_run(config, status="running", study=study.study_name, trial=trial.number)
     except UserError as exc:       # e.g. an architecture too big for the image size: fail this point only
-        study.tell(trial, state=TrialState.FAIL)
+        _finish(study, trial, TrialState.FAIL)
         print(f"trial {trial.number} skipped: {exc}", file=sys.stderr)
         return TrialState.FAIL
-    trial.set_user_attr("run_id", run_id)
-    trial.set_user_attr("params", params)      # single-choice dimensions are not Optuna params; keep them all
+    try:
+        trial.set_user_attr("run_id", run_id)
+        trial.set_user_attr("params", params)  # single-choice dimensions are not Optuna params; keep them all
+    except optuna.exceptions.UpdateFinishedTrialError:     # a stop ended the trial while its run was created
+        store.set_status(run_id, "cancelled", STOPPED_MESSAGE, only_if=store.ACTIVE)
+        return TrialState.FAIL
     run = execute.run_job(run_id, handlers=[PruningReporter(trial, spec.objective)])
     if run["status"] == "pruned":
-        study.tell(trial, state=TrialState.PRUNED)
+        _finish(study, trial, TrialState.PRUNED)
         return TrialState.PRUNED
     if run["status"] == "done" and run["best_value"] is not None:
-        study.tell(trial, run["best_value"])
+        _finish(study, trial, TrialState.COMPLETE, run["best_value"])
         return TrialState.COMPLETE
-    study.tell(trial, state=TrialState.FAIL)
+    _finish(study, trial, TrialState.FAIL)          # a cancelled run included: its trial shows as cancelled
     return TrialState.FAIL
 
 
 def run_search(name: str, n_trials: int | None = None, timeout: float | None = None,
                joining: bool = False) -> dict[str, Any]:
-    """Run trials of a study in this process until it has n_trials (counting other processes' too)."""
+    """Run trials of a study in this process until it has n_trials (counting other processes' too), the time
+    is up, or the user stops the study (stop_search)."""
+    since = time.time()
     spec = load_spec(name)
     study = load_study(name, spec, joining=joining)
     n_trials = n_trials or spec.n_trials
     timeout = timeout if timeout is not None else spec.timeout
     started = time.monotonic()
-    while _active_count(study) < n_trials:
+    while _active_count(study) < n_trials and not _stop_requested(study, since):
         if timeout and time.monotonic() - started > timeout:
             break
         fail_stale_trials(study)
@@ -245,14 +282,35 @@ def run_search(name: str, n_trials: int | None = None, timeout: float | None = N
     return summary(name)
 
 
+def _trial_state(trial: optuna.trial.FrozenTrial, run: dict | None, stopped: set[int]) -> str:
+    """Optuna's state in lower case, except that a failed trial the user stopped reads 'cancelled'."""
+    if trial.state == TrialState.FAIL and (trial.number in stopped or (run or {}).get("status") == "cancelled"):
+        return "cancelled"
+    return trial.state.name.lower()
+
+
+def _trials_with_runs(study: optuna.Study, every_run: bool = True
+                      ) -> list[tuple[optuna.trial.FrozenTrial, dict | None, str]]:
+    """Each trial with its run (only failed trials' runs unless `every_run`: they tell cancelled from failed)."""
+    stopped = set(study.user_attrs.get(CANCELLED_TRIALS) or ())
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        run_id = t.user_attrs.get("run_id")
+        run = store.get_run(run_id) if run_id and (every_run or t.state == TrialState.FAIL) else None
+        out.append((t, run, _trial_state(t, run, stopped)))
+    return out
+
+
 def summary(name: str) -> dict[str, Any]:
     study = load_study(name)
-    trials = study.get_trials(deepcopy=False)
-    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+    trials = _trials_with_runs(study, every_run=False)
+    counts = {state: 0 for state in (*(s.name.lower() for s in TrialState), "cancelled")}
+    for _, _, state in trials:
+        counts[state] += 1
     result: dict[str, Any] = {"study": name, "trials": len(trials), "states": counts,
-                              "best_value": None, "best_params": None, "best_run_id": None}
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if complete:
+                              "best_value": None, "best_params": None, "best_run_id": None,
+                              STOPPED_AT: study.user_attrs.get(STOPPED_AT)}
+    if counts["complete"]:
         best = study.best_trial
         result.update(best_value=best.value, best_params=best.params, best_trial=best.number,
                       best_run_id=best.user_attrs.get("run_id"))
@@ -272,13 +330,101 @@ def best_config(name: str) -> RunConfig:
 
 def trials_table(name: str) -> list[dict[str, Any]]:
     rows = []
-    for t in load_study(name).get_trials(deepcopy=False):
-        run = store.get_run(t.user_attrs["run_id"]) if t.user_attrs.get("run_id") else None
-        rows.append({"trial": t.number, "state": t.state.name.lower(), "value": t.value,
-                     "epochs": len(t.intermediate_values), "run_id": t.user_attrs.get("run_id"),
-                     "run_status": run["status"] if run else ("deleted" if t.user_attrs.get("run_id") else None),
-                     **t.params})
+    for t, run, state in _trials_with_runs(load_study(name)):
+        run_id = t.user_attrs.get("run_id")
+        rows.append({"trial": t.number, "state": state, "value": t.value,
+                     "epochs": len(t.intermediate_values), "run_id": run_id,
+                     "run_status": run["status"] if run else ("deleted" if run_id else None), **t.params})
     return rows
+
+
+def stop_search(name: str, wait: float | None = None) -> dict[str, Any]:
+    """Stop a study: no new trial starts, running trials end as cancelled (their runs cancelled, Optuna told
+    FAIL), and the background process started for it on this machine ends. The study stays resumable: a search
+    started later (the page's Continue, `search --study NAME`) runs more trials.
+
+    Returns the summary plus "stopped", "cancelled_trials" (numbers) and "process": none (no search process of
+    ours), ended (it stopped by itself), killed (it ignored the request past `wait` seconds) or still running."""
+    study = load_study(name)
+    study.set_user_attr(STOPPED_AT, time.time())       # searches started before now start no new trial
+    pid = _own_search_process(name)
+    deadline = time.monotonic() + (STOP_WAIT_SECONDS if wait is None else wait)
+    ended: set[int] = set()
+    while True:
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        ended |= {t.number for t in running}
+        # Asked every round: a run created meanwhile, or one whose start cleared the request, is asked again.
+        busy = [t for t in running if _request_cancel(t.user_attrs.get("run_id"))]
+        if (not busy if pid is None else not _alive(pid)) or time.monotonic() >= deadline:
+            break                   # nothing left to wait for: the runs ended, or the search process did
+        time.sleep(0.2)
+    process = "none" if pid is None else "ended" if not _alive(pid) else _end_process(pid)
+    _end_running_trials(study)
+    result = summary(name)
+    result.update(stopped=True, process=process, cancelled_trials=sorted(
+        row["trial"] for row in trials_table(name) if row["trial"] in ended and row["state"] == "cancelled"))
+    return result
+
+
+def _request_cancel(run_id: str | None) -> bool:
+    """Ask a trial's run to stop; whether it may still be going (no run yet counts: it is being created)."""
+    run = store.get_run(run_id) if run_id else None
+    if run_id and run is None:
+        return False                                       # deleted
+    if run is not None and run["status"] in store.ACTIVE and not run["cancel_requested"]:
+        lifecycle.cancel(run_id)       # queued or starting: cancelled at once; running: stops at its next step
+        run = store.get_run(run_id)
+    return run is None or run["status"] in store.ACTIVE
+
+
+def _end_running_trials(study: optuna.Study) -> None:
+    """What is still RUNNING once the search process is gone: its runs cancelled, the trials told FAIL."""
+    stopped = set(study.user_attrs.get(CANCELLED_TRIALS) or ())
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        run_id = trial.user_attrs.get("run_id")
+        run = store.get_run(run_id) if run_id else None
+        if run is None:
+            stopped.add(trial.number)                      # ended before its run existed
+        elif run["status"] in store.ACTIVE:
+            lifecycle.cancel(run_id)
+            # No process is left to notice the request (or it stalled past the wait): end the run here.
+            store.set_status(run_id, "cancelled", STOPPED_MESSAGE, only_if=store.STARTED)
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+    if stopped:
+        study.set_user_attr(CANCELLED_TRIALS, sorted(stopped))
+
+
+def _own_search_process(name: str) -> int | None:
+    """The pid of the live background search of this study started on this machine, if it really is that
+    process (a pid file outlives its process, and the pid may belong to another program by now)."""
+    info = background_process(name)
+    if not info or not info["alive"]:
+        return None
+    pid = int(_log_path(name, "pid").read_text().split()[0])
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None                     # cannot tell what it is: never signal it
+    if "engine" in argv and "search" in argv and "--study" in argv and name in argv:
+        return pid
+    return None
+
+
+def _end_process(pid: int, grace: float = 3.0) -> str:
+    """Terminate a search process and its session (start_new_session made it a group leader); 'killed'."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return "ended"
+        except PermissionError:
+            return "still running"
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return "killed"
+            time.sleep(0.1)
+    return "killed" if not _alive(pid) else "still running"
 
 
 def _log_path(name: str, suffix: str) -> Path:

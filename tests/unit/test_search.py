@@ -26,11 +26,11 @@ def _spec(dataset_id: str, **overrides) -> search.StudySpec:
 
 
 def test_six_trials_with_pruning(tiny_segmentation):
-    name = search.create_study(_spec(tiny_segmentation, space=search.SearchSpace(lr=(1e-7, 1e-2), batch_sizes=[8])))
+    name = search.create_study(_spec(tiny_segmentation, space=search.SearchSpace(lr=(1e-6, 1e-2), batch_sizes=[8])))
     study = search.load_study(name)
-    # Two healthy trials set the median; the next ones learn nothing (lr 1e-7), so the median pruner must stop
-    # them after their first epoch.
-    for lr in (5e-3, 5e-3, 1e-7, 1e-7, 1e-7, 1e-7):
+    # Two healthy trials set the median; the next ones learn almost nothing (lr 1e-6, the lowest setting), so
+    # the median pruner must stop them after their first epoch.
+    for lr in (5e-3, 5e-3, 1e-6, 1e-6, 1e-6, 1e-6):
         study.enqueue_trial({"lr": lr})
     result = search.run_search(name)
     assert result["trials"] == 6
@@ -41,6 +41,17 @@ def test_six_trials_with_pruning(tiny_segmentation):
     assert pruned and all(r["epoch"] < 3 for r in pruned) and "Pruned" in pruned[0]["message"]
     table = search.trials_table(name)
     assert {row["state"] for row in table} >= {"complete", "pruned"}
+
+
+def test_a_search_space_outside_the_run_settings_is_refused(tiny_segmentation):
+    """A learning rate below the setting's lowest would fail every trial it draws (and those never count)."""
+    from engine.errors import UserError
+    before = len(search.list_studies())
+    with pytest.raises(UserError, match="Learning rate must be between 1e-06 and 1, not 1e-07"):
+        search.create_study(_spec(tiny_segmentation, space=search.SearchSpace(lr=(1e-7, 1e-2))))
+    with pytest.raises(UserError, match="Batch size must be between 1 and 1024, not 0"):
+        search.create_study(_spec(tiny_segmentation, space=search.SearchSpace(batch_sizes=[0, 8])))
+    assert len(search.list_studies()) == before
 
 
 def test_best_params_round_trip_into_a_run_config(tiny_segmentation):
@@ -160,3 +171,190 @@ def test_background_process_is_seen_alive_then_gone(lightbox_env):
     (logs / "s.pid").write_text(f"{proc.pid} another-machine")
     assert search.background_process("s") is None
     assert search.background_process("never-started") is None
+
+
+# ---- stopping a search ------------------------------------------------------------------------------------
+
+def _wait_for(condition, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _fake_search_process(lightbox_env, name: str) -> subprocess.Popen:
+    """A process that looks like the page's background search of `name` (same command words) but only sleeps,
+    so it never stops on its own; its pid file is written as launch_search writes it."""
+    import socket
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "-m", "engine", "search",
+                             "--study", name, "--quiet"], start_new_session=True)
+    logs = lightbox_env / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / f"{name}.pid").write_text(f"{proc.pid} {socket.gethostname()}")
+    return proc
+
+
+def test_stop_from_the_cli_cancels_the_running_trial_and_ends_the_search_process(tiny_segmentation, lightbox_env,
+                                                                                  monkeypatch, capsys):
+    """A real background search (as the page starts it) is stopped with `search --study NAME --stop --json`: its
+    trial's run ends cancelled, Optuna holds no RUNNING trial, the process is gone; a later search continues."""
+    import json
+
+    from optuna.trial import TrialState
+
+    from engine.cli.main import main
+    name = search.create_study(_spec(tiny_segmentation, n_trials=2, pruner="none",
+                                     base={**BASE, "epochs": 1000}))            # far longer than the test waits
+    pid = search.launch_search(name)
+    try:
+        _wait_for(lambda: [r for r in store.list_runs(study=name) if r["epoch"] >= 1], 240, "the first epoch")
+        code = main(["search", "--study", name, "--stop", "--json"])
+    finally:
+        if search.background_process(name)["alive"]:       # the stop failed: never leave the search running
+            os.killpg(pid, 9)
+    out = capsys.readouterr()
+    assert code == 0, out.err[-2000:]
+    result = json.loads(out.out.strip().splitlines()[-1])
+    assert result["process"] == "ended"                    # it noticed the cancel and stopped by itself
+    assert result["stopped"] is True and result["cancelled_trials"] == [0]
+    assert result["states"]["running"] == 0 and result["states"]["cancelled"] == 1
+    assert search.background_process(name)["alive"] is False
+    (run,) = store.list_runs(study=name)
+    assert run["status"] == "cancelled" and run["epoch"] < 1000
+    assert not search.load_study(name).get_trials(states=(TrialState.RUNNING,))
+    assert [row["state"] for row in search.trials_table(name)] == ["cancelled"]
+
+    def quick_trial(study, spec):        # continuing runs new trials; training them is tested above
+        trial = study.ask()
+        study.tell(trial, 0.5)
+        return TrialState.COMPLETE
+    monkeypatch.setattr(search, "run_trial", quick_trial)
+    continued = search.run_search(name)
+    assert continued["states"]["complete"] == 2 and continued["states"]["cancelled"] == 1
+
+
+def test_stop_ends_a_search_process_that_does_not_stop_by_itself(tiny_segmentation, lightbox_env):
+    """A search process that ignores the cancel request (stuck in a long step) is ended after the wait, and its
+    trial is finished for it: the run cancelled, the trial failed as cancelled."""
+    from optuna.trial import TrialState
+    name, study, trial, _, run_id = _trial_with_run(tiny_segmentation, "running")
+    stuck = _fake_search_process(lightbox_env, name)
+    try:
+        result = search.stop_search(name, wait=0.5)
+        assert stuck.wait(timeout=10) != 0                  # ended by a signal
+    finally:
+        stuck.kill()
+    assert result["process"] == "killed" and result["cancelled_trials"] == [trial.number]
+    assert store.get_run(run_id)["status"] == "cancelled"
+    assert study.get_trials(deepcopy=False)[trial.number].state == TrialState.FAIL
+    assert search.summary(name)["states"]["cancelled"] == 1
+
+
+def test_stop_never_signals_a_process_that_is_not_the_search(tiny_segmentation, lightbox_env):
+    """The pid file outlives its process and the pid can belong to another program by now: that one lives on."""
+    import socket
+    name, _, _, _, run_id = _trial_with_run(tiny_segmentation, "queued")
+    other = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        logs = lightbox_env / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        (logs / f"{name}.pid").write_text(f"{other.pid} {socket.gethostname()}")
+        result = search.stop_search(name, wait=0.2)
+        assert other.poll() is None and result["process"] == "none"
+    finally:
+        other.kill()
+        other.wait()
+    assert store.get_run(run_id)["status"] == "cancelled"          # queued: cancelled at once
+    assert search.summary(name)["states"]["running"] == 0
+
+
+def test_stop_needs_a_study_and_says_so_in_one_line(lightbox_env, capsys):
+    from engine.cli.main import main
+    assert main(["search", "--stop"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --stop needs --study NAME, the search to stop."
+    assert main(["search", "--study", "nope", "--stop", "--json"]) == 2
+    assert "There is no search called 'nope'" in capsys.readouterr().err
+
+
+# ---- when 'Train with the best parameters' is worth offering ---------------------------------------------
+
+def _finished_study(dataset_id: str, values: list[float], **overrides) -> str:
+    """A study whose trials finished with these values, without training (the verdict reads only values)."""
+    import optuna
+    name = search.create_study(_spec(dataset_id, n_trials=len(values), pruner="none", **overrides))
+    study = search.load_study(name)
+    lr = optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)
+    for value in values:
+        study.add_trial(optuna.trial.create_trial(params={"lr": 2e-3}, distributions={"lr": lr}, value=value,
+                                                  user_attrs={"params": {"lr": 2e-3}}))
+    return name
+
+
+def _default_run(dataset_id: str, task: str, value: float, metric: str, **changes) -> str:
+    """A finished run with the plain default settings (or those changed), as the Train page would leave it."""
+    from engine.models import DEFAULT_ARCH
+    config = RunConfig(dataset_id=dataset_id, task=task, arch=DEFAULT_ARCH[task], **changes)
+    run_id = store.insert_run(config.to_dict(), status="done")
+    store.update_run(run_id, best={metric: value}, best_value=value, best_metric=metric)
+    return run_id
+
+
+def test_a_best_score_of_zero_is_never_offered(tiny_segmentation):
+    from engine.search import baseline
+    verdict = baseline.verdict(_finished_study(tiny_segmentation, [0.0, 0.0]))
+    assert verdict["offer"] is False and "Dice 0.000" in verdict["reason"]
+    assert "learned anything" in verdict["reason"]
+
+
+def test_the_best_trial_must_beat_the_run_with_default_settings(tiny_segmentation):
+    from engine.models import get_spec
+    from engine.search import baseline
+    unet = get_spec("unet")
+    _default_run(tiny_segmentation, "segmentation", 0.70, "dice")
+    # As the Train page leaves a default run: the architecture's own size and options written out, a name.
+    page_default = _default_run(tiny_segmentation, "segmentation", 0.72, "dice", image_size=unet.default_size,
+                                model_options=unet.default_options(), name="baseline", seed=3)
+    _default_run(tiny_segmentation, "segmentation", 0.95, "dice", lr=1e-2)          # not the defaults: ignored
+    below = baseline.verdict(_finished_study(tiny_segmentation, [0.5, 0.71]))
+    assert below["offer"] is False and below["bar"] == pytest.approx(0.72) and below["bar_run_id"] == page_default
+    assert page_default in below["reason"] and "0.720" in below["reason"] and "Not offered" in below["reason"]
+    above = baseline.verdict(_finished_study(tiny_segmentation, [0.5, 0.73]))
+    assert above["offer"] is True and page_default in above["reason"]
+
+
+def test_without_a_default_run_the_bar_is_the_best_constant_guess(tiny_segmentation):
+    """Every pixel one class, scored by the trainer's own meter on the validation images at the search's size."""
+    import torch
+
+    from engine.data.dataset import load_split
+    from engine.metrics import SegmentationMeter
+    from engine.search import baseline
+    targets = torch.from_numpy(load_split(tiny_segmentation, "val", BASE["image_size"]).targets.astype("int64"))
+    scores = []
+    for label in (0, 1):
+        meter = SegmentationMeter(2)
+        meter.update(torch.full_like(targets, label), targets)
+        scores.append(meter.compute()["dice"])
+    expected = max(scores)
+    assert expected > 0.01                          # marking everything as the structure overlaps it somewhat
+    tie = baseline.verdict(_finished_study(tiny_segmentation, [expected]))
+    assert tie["offer"] is False and tie["bar"] == pytest.approx(expected) and tie["bar_run_id"] is None
+    assert "constant guess" in tie["reason"] and "marking every pixel as" in tie["reason"]
+    assert baseline.verdict(_finished_study(tiny_segmentation, [expected + 0.01]))["offer"] is True
+
+
+def test_classification_constant_guess_is_the_share_of_the_commonest_class(tiny_classification):
+    import numpy as np
+
+    from engine.data.dataset import load_split
+    from engine.search import baseline
+    labels = load_split(tiny_classification, "val", 32).targets
+    share = float(np.bincount(labels).max() / len(labels))
+    base = {"arch": "lenet5", "epochs": 1, "image_size": 32, "batch_size": 8, "preview_samples": 0}
+    verdict = baseline.verdict(_finished_study(tiny_classification, [share], base=base))
+    assert verdict["offer"] is False and verdict["bar"] == pytest.approx(share)
+    assert "for every image" in verdict["reason"]

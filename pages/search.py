@@ -7,21 +7,24 @@ import pandas as pd
 import streamlit as st
 
 from engine import workspace
-from engine.config import OPTIMIZERS, default_loss
+from engine.config import BY_NAME, default_loss
 from engine.data.dataset import list_datasets
 from engine.models import DEFAULT_ARCH, models_for
 from engine.runs import queue, submit
+from engine.search import baseline
 from engine.search import study as search
 from engine.search.plots import PLOT_NOTES, available_plots, fingerprint
 from engine.training.losses import losses_for
+from pages import _settings as s
 from pages import _widgets as w
 
 POLL_SECONDS = 3
 BATCH_SIZES = [4, 8, 16, 32, 64]
-OPTIMIZER_TITLES = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD with momentum"}
+REPEAT_SECONDS = 10         # the same form sent again this soon is one click delivered twice, not a new search
 SAMPLERS = {"tpe": "TPE (learns from earlier trials)", "random": "Random"}
 PRUNERS = {"median": "Median (stop below-median trials)", "hyperband": "Hyperband", "none": "Off"}
-STATE_COLOURS = {"running": "blue", "complete": "green", "pruned": "orange", "fail": "red", "waiting": "gray"}
+STATE_COLOURS = {"running": "blue", "complete": "green", "pruned": "orange", "fail": "red", "cancelled": "violet",
+                 "waiting": "gray"}
 PARAM_TITLES = {"lr": "learning rate", "weight_decay": "weight decay", "batch_size": "batch size",
                 "arch": "architecture", "loss": "loss", "optimizer": "optimizer", "augment_level": "augmentation"}
 DEAD_RUN = ("interrupted", "failed", "cancelled", "deleted")
@@ -34,55 +37,75 @@ def level_note(level: str) -> str:
 
 # ---- (1) define a search ----------------------------------------------------------------------------------
 
+def trials_label(n: int) -> str:
+    return f"Start {n} trial{'' if n == 1 else 's'}"
+
+
+def number(name: str, where, label: str, value, key: str, note: str = "", **kwargs):
+    """A number input whose range and help come from the setting `name` in engine.config."""
+    setting = BY_NAME[name]
+    kind = int if setting.kind == "int" else float
+    bounds = {"min_value": kind(setting.low), "max_value": kind(setting.high), **kwargs}
+    return where.number_input(label, value=kind(value), key=key, help=" ".join(
+        filter(None, (setting.help, note, setting.teach))), **bounds)
+
+
 def search_form(manifest: dict) -> dict | None:
-    """The form's values as plain data once 'Start search' is pressed, else None."""
+    """The form's values as plain data once the start button is pressed, else None.
+
+    Enter in a field does not submit (only the button does). The number of trials sits above the form, outside
+    it, so the button can say how many trials it starts: values inside a form reach the script only on submit."""
     task = manifest["task"]
-    models = {s.name: s for s in models_for(task)}
-    losses = {s.name: s for s in losses_for(task)}
+    models = {spec.name: spec for spec in models_for(task)}
+    losses = {spec.name: spec for spec in losses_for(task)}
     objectives = [m for m in w.TASK_METRICS[task] if m in search.OBJECTIVES]
-    with st.form("search_form"):
-        v: dict = {"task": task, "models": models}
+    n_trials = int(st.number_input("Number of trials", 1, 1000, 20, key="search_trials",
+                                   help="How many settings to try in all; the start button below says it too."))
+    with st.form("search_form", enter_to_submit=False):
+        v: dict = {"task": task, "models": models, "n_trials": n_trials}
         v["archs"] = st.multiselect("Architectures to try", list(models), default=[DEFAULT_ARCH[task]],
                                     format_func=lambda n: models[n].title, key=f"search_archs_{task}",
-                                    help="With more than one, the search also picks the architecture.")
+                                    help=f"{BY_NAME['arch'].teach} With more than one, the search also picks "
+                                         "the architecture.")
         left, right = st.columns(2)
         v["objective"] = left.selectbox("Optimise for", objectives, format_func=lambda m: f"validation "
                                         f"{w.METRIC_TITLES[m]}", key=f"search_objective_{task}",
                                         help="Each trial is scored by its best epoch on this metric.")
         v["name"] = right.text_input("Name (optional)", key="search_name", placeholder="e.g. lr sweep")
-        st.markdown("**Learning rate**: searched on a log scale, so each tenfold step "
+        lr = BY_NAME["lr"]
+        st.markdown(f"**{lr.label}**: searched on a log scale, so each tenfold step "
                     "(0.0001–0.001, 0.001–0.01, …) gets the same share of trials.")
         left, right = st.columns(2)
-        v["lr"] = (left.number_input("Lowest", 1e-7, 1.0, 1e-4, step=1e-4, format="%g", key="search_lr_low"),
-                   right.number_input("Highest", 1e-7, 1.0, 1e-2, step=1e-4, format="%g", key="search_lr_high"))
-        v["wd_on"] = st.checkbox("Also search weight decay", key="search_wd_on",
-                                 help="Weight decay pulls weights towards zero, against overfitting.")
+        v["lr"] = (number("lr", left, "Lowest", 1e-4, "search_lr_low", step=1e-4, format="%g"),
+                   number("lr", right, "Highest", 1e-2, "search_lr_high", step=1e-4, format="%g"))
+        wd = BY_NAME["weight_decay"]
+        v["wd_on"] = st.checkbox(f"Also search {wd.label.lower()}", key="search_wd_on", help=s.help_text(wd))
         left, right = st.columns(2)
-        v["wd"] = (left.number_input("Lowest weight decay", 1e-8, 1.0, 1e-6, step=1e-5, format="%g",
-                                     key="search_wd_low"),
-                   right.number_input("Highest weight decay", 1e-8, 1.0, 1e-2, step=1e-5, format="%g",
-                                      key="search_wd_high"))
+        # A log-scale range cannot start at the setting's 0: the lowest bound starts just above it.
+        v["wd"] = (left.number_input(f"Lowest {wd.label.lower()}", 1e-8, wd.high, 1e-6, step=1e-5, format="%g",
+                                     key="search_wd_low", help=wd.help),
+                   right.number_input(f"Highest {wd.label.lower()}", 1e-8, wd.high, 1e-2, step=1e-5, format="%g",
+                                      key="search_wd_high", help=wd.help))
         left, right = st.columns(2)
-        v["batch_sizes"] = left.multiselect("Batch sizes", BATCH_SIZES, default=[8, 16], key="search_batch",
-                                            help="Images per training step; smaller ones give noisier steps.")
-        v["optimizers"] = right.multiselect("Optimizers", OPTIMIZERS, default=["adam"], key="search_optimizers",
-                                            format_func=OPTIMIZER_TITLES.get,
-                                            help="The rule that turns gradients into weight updates.")
+        v["batch_sizes"] = left.multiselect(f"{BY_NAME['batch_size'].label}s", BATCH_SIZES, default=[8, 16],
+                                            key="search_batch", help=s.help_text(BY_NAME["batch_size"]))
+        optimizer = BY_NAME["optimizer"]
+        v["optimizers"] = right.multiselect(f"{optimizer.label}s", list(optimizer.choices), default=["adam"],
+                                            key="search_optimizers", format_func=optimizer.title,
+                                            help=s.help_text(optimizer))
         left, right = st.columns(2)
         v["losses"] = left.multiselect("Losses", list(losses), default=[default_loss(task)],
                                        format_func=lambda n: losses[n].title, key=f"search_losses_{task}",
-                                       help="What training minimises; the search still scores by the metric.")
+                                       help=f"{BY_NAME['loss'].teach} The search still scores by the metric.")
         v["levels"] = right.multiselect("Augmentation strength", list(search.AUGMENT_LEVELS), default=["none"],
-                                        key="search_levels", help="How much training images are varied.")
+                                        key="search_levels", help=BY_NAME["augment"].teach)
         st.caption(" · ".join(level_note(level) for level in search.AUGMENT_LEVELS))
-        cols = st.columns(4)
-        v["epochs"] = int(cols[0].number_input("Epochs per trial", 1, 1000, 5, key="search_epochs",
-                                               help="The budget of one trial; pruning may stop it earlier."))
-        v["image_size"] = int(cols[1].number_input("Image size (px)", 16, 1024, 64, step=8, key="search_size",
-                                                   help="Images are resized to a square of this side."))
-        v["n_trials"] = int(cols[2].number_input("Number of trials", 1, 1000, 20, key="search_trials",
-                                                 help="How many settings to try in all."))
-        v["minutes"] = int(cols[3].number_input("Time budget (minutes, 0 = none)", 0, 100_000, 0,
+        cols = st.columns(3)
+        v["epochs"] = int(number("epochs", cols[0], "Epochs per trial", 5, "search_epochs",
+                                 note="The budget of one trial; pruning may stop it earlier."))
+        v["image_size"] = int(number("image_size", cols[1], BY_NAME["image_size"].label, 64, "search_size",
+                                     step=8))
+        v["minutes"] = int(cols[2].number_input("Time budget (minutes, 0 = none)", 0, 100_000, 0,
                                                 key="search_minutes",
                                                 help="No new trial starts after this; the running one finishes."))
         cols = st.columns(3)
@@ -91,9 +114,9 @@ def search_form(manifest: dict) -> dict | None:
                                                                 "random tries anywhere.")
         v["pruner"] = cols[1].radio("Stop weak trials early", list(PRUNERS), format_func=PRUNERS.get,
                                     key="search_pruner", help="Saves time on settings that are clearly behind.")
-        v["seed"] = int(cols[2].number_input("Random seed", 0, 2**31 - 1, 0, key="search_seed",
-                                             help="The same seed draws the same settings again."))
-        started = st.form_submit_button("Start search", type="primary", key="search_start")
+        v["seed"] = int(number("seed", cols[2], BY_NAME["seed"].label, 0, "search_seed",
+                               note="The same seed draws the same settings again."))
+        started = st.form_submit_button(trials_label(n_trials), type="primary", key="search_start")
     return v if started else None
 
 
@@ -133,6 +156,12 @@ def study_spec(dataset_id: str, v: dict) -> search.StudySpec:
 
 
 def start(manifest: dict, v: dict) -> None:
+    sent = repr([manifest["id"], *sorted((k, repr(x)) for k, x in v.items() if k != "models")])
+    last = st.session_state.get("_search_last_start")
+    if last and last[0] == sent and time.time() - last[1] < REPEAT_SECONDS:     # before the name check below
+        st.info(f"Search '{last[2]}' was started from these settings a moment ago; one click starts one "
+                "search. Change a setting to start another one.")
+        return
     reason = problem(v)
     if reason:
         st.error(reason)
@@ -140,6 +169,7 @@ def start(manifest: dict, v: dict) -> None:
     with w.shows_errors("Starting the search"):
         name = search.create_study(study_spec(manifest["id"], v))
         search.launch_search(name)
+        st.session_state["_search_last_start"] = (sent, time.time(), name)
         st.session_state["study"] = name
         st.success(f"Search '{name}' started: {v['n_trials']} trials run one after another in the background. "
                    "Follow them below; each trial is also a run on Monitor and Compare.")
@@ -166,9 +196,18 @@ def stalled(rows: list[dict]) -> list[int]:
     return [r["trial"] for r in rows if r["state"] == "running" and r["run_status"] in DEAD_RUN]
 
 
-def process_died(name: str, spec: dict, info: dict) -> str | None:
+def was_stopped(spec: dict, info: dict, proc: dict | None) -> bool:
+    """Stopped by the user (the Stop button, `search --stop`) with trials still to run, and not continued since."""
+    at, states = info.get(search.STOPPED_AT), info["states"]
+    if not at or states.get("running"):
+        return False
+    if states.get("complete", 0) + states.get("pruned", 0) >= spec.get("n_trials", 0):
+        return False
+    return proc is None or proc["started"] <= at
+
+
+def process_died(spec: dict, info: dict, proc: dict | None) -> str | None:
     """The last log line of a search process (started from this page) that died with trials still to run."""
-    proc = search.background_process(name)
     if not proc or proc["alive"] or info["states"].get("running"):
         return None
     timeout = spec.get("timeout")
@@ -180,9 +219,9 @@ def process_died(name: str, spec: dict, info: dict) -> str | None:
     return proc["last_line"] or "no message was written"
 
 
-def is_active(spec: dict, created: float, info: dict, rows: list[dict], died: str | None = None) -> bool:
+def is_active(spec: dict, created: float, info: dict, rows: list[dict], ended: bool = False) -> bool:
     """Whether the study can still change on its own, i.e. whether the panel should keep polling."""
-    if stalled(rows) or died:
+    if stalled(rows) or ended:
         return False
     states = info["states"]
     if states.get("running"):
@@ -191,6 +230,24 @@ def is_active(spec: dict, created: float, info: dict, rows: list[dict], died: st
     if timeout and time.time() > created + timeout + 60:
         return False
     return states.get("complete", 0) + states.get("pruned", 0) < spec.get("n_trials", 0)
+
+
+def study_state(name: str, spec: dict, created: float) -> dict:
+    """What the live panel and the buttons under it decide on, read once per draw."""
+    queue.mark_stale_runs()        # a run whose process died shows as interrupted, not running forever
+    info, rows = search.summary(name), search.trials_table(name)
+    proc = search.background_process(name)
+    stopped = was_stopped(spec, info, proc)
+    died = None if stopped else process_died(spec, info, proc)
+    return {"info": info, "rows": rows, "stopped": stopped, "died": died,
+            "active": is_active(spec, created, info, rows, stopped or bool(died)),
+            "verdict": baseline.verdict(name, info) if info["best_value"] is not None else None}
+
+
+def outline(state: dict) -> tuple:
+    """What, when it changes, redraws the whole page: polling on or off, the Stop/Continue and Train buttons."""
+    verdict = state["verdict"] or {}
+    return state["active"], state["stopped"], bool(state["died"]), verdict.get("offer"), verdict.get("reason")
 
 
 def param_text(name: str, value) -> str:
@@ -225,7 +282,8 @@ def trial_table(rows: list[dict], objective: str) -> None:
                                                **PARAM_TITLES})
     frame[score] = pd.to_numeric(frame[score], errors="coerce")      # no score (pruned, running): a blank cell
     colours = {s: f"color: {c}; font-weight: bold" for s, c in
-               {"running": "#1f6feb", "complete": "#1a7f37", "pruned": "#bc4c00", "fail": "#d1242f"}.items()}
+               {"running": "#1f6feb", "complete": "#1a7f37", "pruned": "#bc4c00", "fail": "#d1242f",
+                "cancelled": "#8250df"}.items()}
     formats = {score: st.column_config.NumberColumn(format="%.3f")}
     for column in ("learning rate", "weight decay"):
         if column in frame:
@@ -253,22 +311,23 @@ def plots(name: str, objective: str) -> None:
 
 
 def live_panel(name: str, spec: dict, created: float, seen: tuple) -> None:
-    queue.mark_stale_runs()        # a run whose process died shows as interrupted, not running forever
-    info, rows = search.summary(name), search.trials_table(name)
-    died = process_died(name, spec, info)
-    now = (is_active(spec, created, info, rows, died), info["best_value"] is not None)
-    if now != seen:
-        st.rerun()                # the page follows: polling on or off, the 'Train with the best' button
-    objective = spec.get("objective", "")
+    state = study_state(name, spec, created)
+    if outline(state) != seen:
+        st.rerun()                # the page follows: polling on or off, Stop or Continue, 'Train with the best'
+    info, rows, objective = state["info"], state["rows"], spec.get("objective", "")
     counts(info, spec.get("n_trials", 0))
     dead = stalled(rows)
-    if dead:
+    if state["stopped"]:
+        finished = info["states"].get("complete", 0) + info["states"].get("pruned", 0)
+        st.info(f"This search was stopped after {finished} of {spec.get('n_trials', '?')} trials finished; "
+                "the trials that were running are cancelled. Press **Continue this search** to run the rest.")
+    elif dead:
         which = ", ".join(f"#{n}" for n in dead)
         st.warning(f"The search stopped while trial {which} {'was' if len(dead) == 1 else 'were'} running (the "
                    "server may have restarted). Press **Continue this search** to go on.")
-    elif died:
-        st.warning(f"The search process stopped before running all its trials. Its last message: “{died}”. "
-                   "Press **Continue this search** to go on.")
+    elif state["died"]:
+        st.warning(f"The search process stopped before running all its trials. Its last message: "
+                   f"“{state['died']}”. Press **Continue this search** to go on.")
     best(info, objective)
     trial_table(rows, objective)
     st.subheader("Plots")
@@ -282,32 +341,63 @@ def continue_search(name: str) -> None:
         st.success("The search goes on in the background; the stopped trials are run again.")
 
 
+def stop(name: str) -> None:
+    """Stop the search, then draw the page again so the panel shows it stopped."""
+    with w.shows_errors("Stopping the search"):
+        with st.spinner("Stopping the search: cancelling its running trials…"):
+            result = search.stop_search(name)
+        st.session_state.pop("_search_continued", None)    # Continue may be pressed again
+        cancelled = result["cancelled_trials"]
+        which = f" Cancelled trial {', '.join(f'#{n}' for n in cancelled)}." if cancelled else ""
+        st.session_state["_search_notice"] = f"Search '{name}' stopped.{which} Continue it any time."
+        st.rerun()
+
+
 def train_best(name: str) -> None:
     with w.shows_errors("Queueing the best settings"):
         run_id = submit.submit(search.best_config(name))
         w.open_run(run_id)
 
 
+def actions(name: str, state: dict) -> None:
+    """Train with the best settings (only when they beat the default run or a constant guess), and Stop or
+    Continue."""
+    verdict = state["verdict"]
+    left, right = st.columns(2)
+    if left.button("Train with the best parameters", type="primary", disabled=not (verdict and verdict["offer"]),
+                   key="search_train_best", help="Queues an ordinary run with the best trial's settings.",
+                   width="stretch"):
+        train_best(name)
+    if state["active"]:
+        stop_pressed = right.button("Stop this search", key="search_stop", width="stretch",
+                                    help="Cancels the running trials and starts no new one; you can continue it "
+                                         "later.")
+        if stop_pressed:
+            stop(name)
+    elif state["stopped"] or state["died"] or stalled(state["rows"]):
+        continue_pressed = right.button("Continue this search", key="search_continue", width="stretch",
+                                        disabled=st.session_state.get("_search_continued") == name)
+        if continue_pressed:
+            continue_search(name)
+    if verdict:
+        st.caption(verdict["reason"])
+    notice = st.session_state.pop("_search_notice", None)
+    if notice:
+        st.success(notice)
+
+
 def results(studies: list[dict]) -> None:
     chosen = choose_study(studies)
     name, spec = chosen["name"], chosen["spec"] or {}
-    queue.mark_stale_runs()
-    info, rows = search.summary(name), search.trials_table(name)
-    died = process_died(name, spec, info)
-    seen = (is_active(spec, chosen["created"], info, rows, died), info["best_value"] is not None)
+    state = study_state(name, spec, chosen["created"])
+    seen = outline(state)
     st.caption(f"Dataset **{spec.get('dataset_id', '?')}** · {spec.get('n_trials', '?')} trials of "
                f"{(spec.get('base') or {}).get('epochs', '?')} epochs · sampler {spec.get('sampler', '?')} · "
                f"pruning {spec.get('pruner', '?')} · created {w.when(chosen['created'])}. "
                f"Each trial is a run named '{name} #N' on Monitor and Compare.")
-    panel = st.fragment(run_every=POLL_SECONDS if seen[0] else None)(live_panel)
+    panel = st.fragment(run_every=POLL_SECONDS if state["active"] else None)(live_panel)
     panel(name, spec, chosen["created"], seen)
-    left, right = st.columns(2)
-    if left.button("Train with the best parameters", type="primary", disabled=not seen[1], key="search_train_best",
-                   help="Queues an ordinary run with the best trial's settings.", width="stretch"):
-        train_best(name)
-    if (stalled(rows) or died) and right.button("Continue this search", key="search_continue", width="stretch",
-                                      disabled=st.session_state.get("_search_continued") == name):
-        continue_search(name)
+    actions(name, state)
     with st.expander("Settings of this search"):
         st.json(spec, expanded=False)
 
@@ -329,6 +419,6 @@ with w.shows_errors("Reading the searches"):
                 studies = search.list_studies()
     st.subheader("Results")
     if not studies:
-        st.info("No searches yet. Define one above and press **Start search**.")
+        st.info("No searches yet. Define one above and press its **Start** button.")
     else:
         results(studies)

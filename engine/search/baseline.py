@@ -35,7 +35,7 @@ def is_default_run(config: dict[str, Any], task: str) -> bool:
     """Whether a run used the plain default settings: RunConfig's defaults with the task's default
     architecture and loss; its image size RunConfig's or the architecture's own (the Train page starts there),
     its architecture options at their defaults (given or not)."""
-    arch = get_spec(DEFAULT_ARCH[task])
+    arch = get_spec(DEFAULT_ARCH[task], task)
     for key, value in RunConfig(task=task, arch=arch.name).to_dict().items():
         if key in NOT_LEARNING:
             continue

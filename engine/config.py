@@ -117,6 +117,12 @@ class RunConfig:
                                    "(0 = off).", "length", low=0, high=1000)
     monitor: str = _setting("", "Best epoch by", "The validation metric that picks the best epoch; empty = the "
                             "task's default.", "length", choices_from="metrics")
+    folds: int = _setting(0, "Cross-validation folds", "0 = one train/validation split; K ≥ 2 trains K runs, "
+                          "each validating on a different K-th of the patients.", "validation", low=0, high=20,
+                          teach="With few patients one validation split is a lottery; K folds give a mean and a "
+                                "spread, and every patient is validated exactly once.")
+    fold: int = _setting(0, "Fold", "Which fold this run validates on (1..K; set by Lightbox for each run of a "
+                         "cross-validation).", "validation", low=0, high=20)
     seed: int = _setting(0, "Random seed", "The same seed and settings give the same run.", "hardware",
                          low=0, high=2**31 - 1)
     device: str = _setting("auto", "Device", "Where to train.", "hardware", choices=DEVICES, titles=DEVICE_TITLES)

@@ -8,6 +8,7 @@ import numpy as np
 
 from engine.config import RunConfig
 from engine.data.dataset import load_manifest
+from engine.data.folds import fold_view, group_count
 from engine.errors import UserError
 from engine.models.registry import DEFAULT_ARCH, get_spec, resolve_options
 from engine.models.weights import imagenet_status
@@ -25,7 +26,9 @@ def check_config(config: RunConfig) -> dict:
         config.__post_init__()
     if config.task != manifest["task"]:
         raise UserError(f"This dataset is for {manifest['task']}, but the run is set up for {config.task}.")
-    check_splits(manifest)
+    if config.folds >= 2:
+        check_folds(manifest, config.folds, config.fold)
+    check_splits(fold_view(manifest, config.folds, config.fold))
     if not config.arch:
         config.arch = DEFAULT_ARCH[config.task]
     config.validate()
@@ -48,6 +51,15 @@ EMPTY_SPLIT = {"val": EMPTY_VALIDATION,
                        "more images or add a test/ folder."}
 SMALL_SPLIT_IMAGES = 30       # fewer images than this in validation or test: scores swing from run to run
 SMALL_SPLIT_PER_CLASS = 5     # fewer images of a class than this: that class's recall rests on a handful
+
+
+def check_folds(manifest: dict, folds: int, fold: int) -> None:
+    groups = group_count(manifest)
+    if folds > groups:
+        raise UserError(f"{folds}-fold cross-validation needs at least {folds} patients (groups) outside the test "
+                        f"split, and this dataset has {groups}; choose at most {groups} folds.")
+    if not 1 <= fold <= folds:
+        raise UserError(f"Fold must be between 1 and {folds}, not {fold}.")
 
 
 def check_splits(manifest: dict) -> None:

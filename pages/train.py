@@ -5,16 +5,18 @@ supplies the choices that depend on the dataset (architectures, losses, metrics,
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import streamlit as st
 
 from engine.config import SCHEDULE_TITLES, RunConfig
+from engine.data.folds import group_count
 from engine.data.manifest import list_datasets, load_manifest
 from engine.errors import UserError
 from engine.models import DEFAULT_ARCH, get_spec, models_for, parameter_count
 from engine.models.weights import imagenet_status
 from engine.preflight import split_warnings
-from engine.runs import submit
+from engine.runs import crossval, submit
 from engine.tasks import METRIC_TITLES, default_loss, default_monitor, monitor_choices
 from engine.training.augment import AUGMENTATIONS
 from engine.training.losses import losses_for
@@ -22,6 +24,7 @@ from pages import _settings as s
 from pages import _widgets as w
 
 FORM = "train"
+FEW_GROUPS = 20           # fewer patients than this: suggest cross-validation
 SCHEDULE_NOTES = {"constant": "The learning rate stays the same for the whole run.",
                   "cosine": "Falls smoothly from the chosen rate to zero along half a cosine wave.",
                   "onecycle": "Warms up to the chosen rate, then anneals far below it (Smith, 2018)."}
@@ -141,6 +144,22 @@ def length_and_hardware(arch: str, task: str) -> dict:
     return out
 
 
+def cross_validation(manifest: dict) -> dict:
+    """K-fold cross-validation by patient: suggested when there are few groups (one split is then a lottery)."""
+    groups = group_count(load_manifest(manifest["id"]))
+    cols = st.columns([1, 1, 2])
+    folds = s.widget("folds", FORM, where=cols[0])
+    s.widget("fold", FORM, where=cols[1], disabled=True)        # set per run when the folds are queued
+    if folds >= 2:
+        cols[2].caption(f"Queues {folds} runs; each validates on about 1/{folds} of the {groups} patients "
+                        "(groups) and trains on the rest. Compare shows the mean ± sd. No fold's model is the "
+                        "final one: train one ordinary run with these settings for that.")
+    elif groups < FEW_GROUPS:
+        cols[2].caption(f"Only {groups} patients (groups) outside the test split: one validation split is a "
+                        "lottery here. Consider 5-fold cross-validation.")
+    return {"folds": folds}
+
+
 def batch_note(manifest: dict, batch_size: int) -> None:
     """Say what a batch size means for this dataset: the training split may be smaller than one batch."""
     train = (manifest.get("split_counts") or {}).get("train", 0)
@@ -161,11 +180,16 @@ def launch(config: RunConfig, problem: str | None) -> None:
                          help="Queue this run and stay here to set up another one.")
     if start or queue:
         with w.shows_errors("Queueing the run"):
-            run_id = submit.submit(config)
+            if config.folds >= 2:
+                _, run_ids = crossval.create_folds(config, config.folds)
+                run_id, what = run_ids[0], f"{len(run_ids)} cross-validation runs ({', '.join(run_ids)})"
+            else:
+                run_id = submit.submit(config)
+                what = f"run `{run_id}`"
             if start:
                 w.open_run(run_id)
             else:
-                st.success(f"Queued run `{run_id}`. Set up another one, or follow it on the Monitor page.")
+                st.success(f"Queued {what}. Set up another one, or follow it on the Monitor page.")
 
 
 st.title("Train")
@@ -190,6 +214,8 @@ st.subheader("Optimisation")
 choices = optimisation(task)
 st.subheader("Length and hardware")
 choices |= length_and_hardware(arch, task)
+st.subheader("Validation")
+choices |= cross_validation(manifest)
 batch_note(manifest, choices["batch_size"])
 name = s.widget("name", FORM, placeholder="e.g. baseline, more augmentation")
 
@@ -198,7 +224,7 @@ config = RunConfig(dataset_id=manifest["id"], arch=arch, task=task, name=name.st
                    augment_params=augment_params, **choices)
 if problem is None:
     try:
-        w.check_config(config)
+        w.check_config(replace(config, fold=1) if config.folds >= 2 else config)   # fold 1 stands for all folds
     except UserError as err:
         problem = str(err)
 launch(config, problem)

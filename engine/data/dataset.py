@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.data.folds import run_splits
 from engine.data.manifest import SPLITS, dataset_dir, list_datasets, load_manifest  # noqa: F401 - re-exported
 from engine.errors import UserError
 
@@ -127,14 +128,15 @@ def _build_cache(folder: Path, manifest: dict, size: int) -> Path:
     return cache
 
 
-def load_split(dataset_id: str, split: str, size: int) -> SplitArrays:
-    """Arrays of one split at one square size, from the cache (built once per size)."""
+def load_split(dataset_id: str, split: str, size: int, folds: int = 0, fold: int = 0) -> SplitArrays:
+    """Arrays of one split at one square size, from the cache (built once per size). With `folds` ≥ 2 the
+    train and val splits are those of cross-validation fold `fold` (engine.data.folds)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
     folder = dataset_dir(dataset_id)
     manifest = load_manifest(dataset_id)
     cache = _build_cache(folder, manifest, size)
-    index = [i for i, s in enumerate(manifest["samples"]) if s["split"] == split]
+    index = [i for i, s in enumerate(run_splits(manifest, folds, fold)) if s == split]
     images = np.load(cache / "images.npy", mmap_mode="r")
     targets = np.load(cache / "targets.npy", mmap_mode="r")
     return SplitArrays(

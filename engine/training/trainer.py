@@ -120,8 +120,9 @@ class Trainer:
     # ---- set-up ---------------------------------------------------------------------------------------
     def _load_data(self) -> None:
         size = self.config.image_size
-        train = load_split(self.config.dataset_id, "train", size)
-        val = load_split(self.config.dataset_id, "val", size)
+        folds = dict(folds=self.config.folds, fold=self.config.fold)     # cross-validation: this run's fold
+        train = load_split(self.config.dataset_id, "train", size, **folds)
+        val = load_split(self.config.dataset_id, "val", size, **folds)
         if len(train.images) == 0:
             raise UserError("The training split is empty; upload more images or change the split.")
         if len(val.images) == 0:    # scoring on the training images would report memorisation as skill

@@ -217,3 +217,15 @@ def test_small_validation_and_test_splits_are_warned_before_launch(lb, cls_datas
     lb.no_exception(at)
     warnings = lb.texts(at, "warning")
     assert f"The validation split holds {val} image" in warnings and "95 % intervals" in warnings
+
+
+def test_cross_validation_queues_one_run_per_fold(lb, cls_dataset):
+    at = lb.app(TRAIN)
+    at.number_input(key="train_folds").set_value(3).run()
+    assert "Queues 3 runs" in lb.texts(at, "caption")
+    at.button(key="train_queue").click().run()
+    lb.no_exception(at)
+    runs = sorted(store.list_runs(), key=lambda r: r["trial"])
+    assert [(r["config"]["folds"], r["config"]["fold"], r["trial"]) for r in runs] == [(3, 1, 1), (3, 2, 2), (3, 3, 3)]
+    assert len({r["study"] for r in runs}) == 1 and runs[0]["study"].startswith("cv:")
+    assert all(r["status"] == "queued" for r in runs)

@@ -29,6 +29,7 @@ CLI_VALUES = {
     "image_size": ("--image-size", "64", 64), "early_stopping": ("--early-stopping", "2", 2),
     "monitor": ("--monitor", "iou", "iou"), "seed": ("--seed", "7", 7), "device": ("--device", "cpu", "cpu"),
     "amp": ("--no-amp", None, False), "preview_samples": ("--preview-samples", "2", 2),
+    "folds": ("--folds", "5", 5), "fold": ("--fold", "2", 2),
 }
 
 

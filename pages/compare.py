@@ -8,7 +8,7 @@ import streamlit as st
 
 from engine.data.dataset import load_manifest
 from engine.errors import UserError
-from engine.runs import store
+from engine.runs import crossval, store
 from engine.tasks import LOWER_IS_BETTER, TASKS
 from pages import _widgets as w
 
@@ -40,12 +40,49 @@ def leaderboard(runs: list[dict], metric: str) -> pd.DataFrame:
         rows.append({
             "Rank": rank if value is not None else None, "Run": run["id"], "Name": run.get("name") or "",
             "Model": run["arch"], "Status": run["status"], f"Validation {title}": value,
+            "95 % interval (n)": interval(run.get("best"), metric),
             f"Test {title}": (run.get("test") or {}).get(metric), "Best epoch": run.get("best_epoch"),
-            "Epochs": f"{run.get('epoch') or 0}/{run.get('epochs') or 0}",
             "Training time (s)": round(run.get("train_seconds") or 0.0, 1),
         })
     # Whole numbers with gaps stay whole ("3", not "3.0") for runs that have no score yet
     return pd.DataFrame(rows).astype({"Rank": "Int64", "Best epoch": "Int64"})
+
+
+def interval(scores: dict | None, metric: str) -> str:
+    """'0.71–0.88 (n=12)' from the stored 95 % interval of a metric and the images it was measured on; '' when
+    the run has none (runs from before intervals existed)."""
+    scores = scores or {}
+    low_high, n = scores.get(f"{metric}_ci"), scores.get(f"{metric}_n", scores.get("n"))
+    if not isinstance(low_high, list) or len(low_high) != 2 or any(v is None or v != v for v in low_high):
+        return f"n={n}" if n else ""
+    return f"{low_high[0]:.2f}–{low_high[1]:.2f}" + (f" (n={n})" if n else "")
+
+
+def cross_validations(runs: list[dict], metric: str) -> None:
+    """Runs of one cross-validation (they share a 'cv:' tag) summarised as mean ± sd with the per-fold values."""
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        if (run.get("study") or "").startswith(crossval.CV_PREFIX):
+            groups.setdefault(run["study"], []).append(run)
+    if not groups:
+        return
+    title = w.METRIC_TITLES.get(metric, metric)
+    st.subheader("Cross-validation")
+    st.caption(f"Each fold validates on different patients. The mean ± sd of validation {title} estimates how well "
+               "these settings generalise; the spread shows how much one split alone could mislead. No fold's model "
+               "is the final one: train an ordinary run with the same settings for that.")
+    rows = []
+    for cv_id, members in groups.items():
+        folds = crossval.summary(members)
+        stats = folds["cv"].get(metric)
+        values = [f["best"].get(metric) for f in folds["folds"]]
+        rows.append({"Cross-validation": (members[0].get("name") or cv_id).split(" · fold")[0],
+                     "Folds done": f"{sum(f['status'] == 'done' for f in folds['folds'])}/{len(members)}",
+                     f"Mean {title}": stats["mean"] if stats else None, "SD": stats["sd"] if stats else None,
+                     "Per fold": ", ".join("–" if v is None else f"{v:.3f}" for v in values)})
+    number = st.column_config.NumberColumn
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="crossval_table",
+                 column_config={f"Mean {title}": number(format="%.4f"), "SD": number(format="%.4f")})
 
 
 def settings(runs: list[dict]) -> pd.DataFrame:
@@ -58,6 +95,7 @@ def settings(runs: list[dict]) -> pd.DataFrame:
             "Optimizer": config.get("optimizer"), "Schedule": config.get("schedule"), "Loss": config.get("loss"),
             "Augmentations": ", ".join(config.get("augment") or []) or "none",
             "Pretrained": _weights(config), "Image size": config.get("image_size"), "Parameters": run.get("params"),
+            "Epochs": f"{run.get('epoch') or 0}/{run.get('epochs') or 0}",
             "Picked by": w.METRIC_TITLES.get(run.get("best_metric") or "", run.get("best_metric") or ""),
             "Study": run.get("study") or "", "Created": w.when(run.get("created_at")),
         })
@@ -195,5 +233,6 @@ with w.shows_errors("Reading the runs"):
         st.stop()
     shown = ranked(shown, metric)
     show_tables(shown, dataset, metric)
+    cross_validations(shown, metric)
     st.subheader("Curves")
     curves(shown, metric)

@@ -45,7 +45,8 @@ def summary(runs: list[dict]) -> dict:
     if not runs:
         return {"folds": [], "cv": {}}
     config = runs[0]["config"]
-    groups = fold_groups(load_manifest(config["dataset_id"]), config["folds"]) if _exists(config) else {}
+    folds = config.get("folds") or 0
+    groups = fold_groups(load_manifest(config["dataset_id"]), folds) if folds >= 2 and _exists(config) else {}
     out = [{"run_id": r["id"], "fold": r.get("trial"), "status": r["status"],
             "best": {k: v for k, v in (r.get("best") or {}).items() if isinstance(v, (int, float))},
             "val_groups": groups.get(r.get("trial"), [])} for r in runs]

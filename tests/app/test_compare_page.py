@@ -35,8 +35,9 @@ def test_leaderboard_ranks_runs_and_lists_their_settings(lb, cls_dataset):
     row = table.set_index("Run").loc[strong]
     assert (row["Model"], row["Status"], row["Name"]) == ("resnet18", "done", "strong")
     assert (round(row["Validation Accuracy"], 2), row["Best epoch"]) == (0.95, 3)
-    assert row["Test Accuracy"] == 0.91 and row["Epochs"] == "3/3" and row["Training time (s)"] == 6.0
+    assert row["Test Accuracy"] == 0.91 and row["Training time (s)"] == 6.0
     setup = settings_table(at).set_index("Run")
+    assert setup.loc[strong, "Epochs"] == "3/3"
     assert (setup.loc[strong, "Optimizer"], setup.loc[strong, "Schedule"], setup.loc[strong, "Loss"]) == (
         "adam", "constant", "ce")
     assert setup.loc[strong, "Augmentations"] == "hflip" and setup.loc[strong, "Pretrained"] == "from scratch"
@@ -155,3 +156,26 @@ def test_a_real_classification_run_draws_its_confusion_matrix(lb, cls_dataset):
     assert len(lb.charts(at)) == 3
     heatmap = lb.charts(at)[2].proto.spec
     assert "abdomen" in heatmap and "chest" in heatmap
+
+
+def test_cross_validation_shows_mean_sd_and_each_fold(lb, cls_dataset):
+    for fold, value in ((1, 0.6), (2, 0.8), (3, 0.7)):
+        lb.fake_run(cls_dataset, "classification", name=f"cv demo · fold {fold}/3", value=value,
+                    study="cv:demo", trial=fold)
+    lb.fake_run(cls_dataset, "classification", name="single split", value=0.9)
+    at = lb.app(COMPARE)
+    lb.no_exception(at)
+    table = next(d.value for d in at.dataframe if "Per fold" in d.value.columns)
+    (row,) = table.to_dict("records")
+    assert row["Cross-validation"] == "cv demo" and row["Folds done"] == "3/3"
+    assert abs(row["Mean Accuracy"] - 0.7) < 1e-9 and abs(row["SD"] - 0.1) < 1e-9
+    assert row["Per fold"] == "0.600, 0.800, 0.700"
+
+
+def test_the_leaderboard_shows_each_scores_interval_and_n(lb, cls_dataset):
+    run_id = lb.fake_run(cls_dataset, "classification", value=0.75)
+    best = store.get_run(run_id)["best"] | {"n": 12, "accuracy_ci": [0.47, 0.91]}
+    store.update_run(run_id, best=best)
+    at = lb.app(COMPARE)
+    board = at.dataframe[0].value
+    assert board.loc[0, "95 % interval (n)"] == "0.47–0.91 (n=12)"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sys
 import time
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -17,11 +18,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     create_engine,
     event,
     exc,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -267,6 +270,23 @@ def get_metrics_many(run_ids: list[str]) -> list[dict]:
     query = select(metrics).where(metrics.c.run_id.in_(run_ids)).order_by(metrics.c.id)
     with db().connect() as conn:
         return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def epoch_metrics_many(run_ids: list[str]) -> dict[str, list[dict]]:
+    """Each run's metric rows in one query, without the per-step training losses (the bulk of the table)
+    except those that are NaN (stored as null) or infinite, which say that a run diverged."""
+    if not run_ids:
+        return {}
+    step_loss = and_(metrics.c.split == "train", metrics.c.name == "loss")
+    finite = metrics.c.value.between(-sys.float_info.max, sys.float_info.max)
+    query = (select(metrics).where(metrics.c.run_id.in_(list(run_ids)),
+                                   or_(~step_loss, metrics.c.value.is_(None), ~finite))
+             .order_by(metrics.c.id))
+    out: dict[str, list[dict]] = {run_id: [] for run_id in run_ids}
+    with db().connect() as conn:
+        for row in conn.execute(query):
+            out[row.run_id].append(dict(row._mapping))
+    return out
 
 
 def delete_metrics_after(run_id: str, epoch: int) -> None:

@@ -1,13 +1,13 @@
 """Queue commands that answer at once (no torch): runs, cancel, resume, delete."""
 from __future__ import annotations
 
-from engine.cli.common import run_summary
+from engine.cli.common import run_summaries
 from engine.runs import lifecycle, queue, store
 
 
 def cmd_runs(args) -> dict:
     queue.mark_stale_runs()
-    return {"runs": [run_summary(r) for r in store.list_runs(status=args.status)]}
+    return {"runs": run_summaries(store.list_runs(status=args.status))}
 
 
 def cmd_cancel(args) -> dict:

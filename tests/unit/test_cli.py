@@ -90,3 +90,21 @@ def test_queue_commands_answer_without_loading_torch(tmp_path):
     env.pop("LIGHTBOX_DB_URL", None)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0 and proc.stderr.strip() == "False", proc.stderr
+
+
+def test_segmentation_mlp_trains_and_reports_a_diagnosis(tmp_path):
+    """The seed lab's fully connected baseline segments too; train and runs rows say what went wrong."""
+    home = tmp_path / "ws"
+    _cli("demo-data", "segmentation", str(tmp_path / "seg.zip"), "--n", "24", "--size", "32", home=home)
+    ingested = _cli("ingest", str(tmp_path / "seg.zip"), "--task", "segmentation", "--json", "--quiet", home=home)
+    assert ingested.returncode == 0, ingested.stderr
+    trained = _cli("train", "--dataset", _last_json(ingested)["dataset_id"], "--arch", "mlp", "--epochs", "2",
+                   "--batch-size", "8", "--image-size", "32", "--json", "--quiet", home=home)
+    assert trained.returncode == 0, trained.stderr
+    result = _last_json(trained)
+    assert result["status"] == "done" and 0.0 <= result["best"]["dice"] <= 1.0
+    kinds = [finding["kind"] for finding in result["diagnosis"]]
+    assert all(finding["message"] for finding in result["diagnosis"])
+    assert "small_validation" in kinds           # 24 images leave a handful for validation
+    (row,) = _last_json(_cli("runs", "--json", home=home))["runs"]
+    assert row["run_id"] == result["run_id"] and row["diagnosis"] == result["diagnosis"]

@@ -44,7 +44,7 @@ def architecture(manifest: dict) -> tuple[str, dict]:
             options = {opt.name: option_widget(arch, opt) for opt in spec.options}
     cols = st.columns(3)
     with w.shows_errors("Counting parameters"):
-        count = parameter_count(arch, manifest["channels"], manifest["num_classes"], options)
+        count = parameter_count(arch, manifest["channels"], manifest["num_classes"], options, task=task)
         cols[0].metric("Parameters", w.millions(count))
     cols[1].metric("Smallest image", f"{spec.min_size} px")
     status = imagenet_status(spec, options)
@@ -65,9 +65,9 @@ def option_widget(arch: str, opt):
                         help=opt.help or None, key=key)
 
 
-def transfer_learning(arch: str, options: dict) -> tuple[str, bool, str | None]:
+def transfer_learning(arch: str, options: dict, task: str) -> tuple[str, bool, str | None]:
     """(pretrained, freeze_backbone, problem): where the weights start from and which layers learn."""
-    spec = get_spec(arch)
+    spec = get_spec(arch, task)
     status = imagenet_status(spec, options)
     starts = {"none": "From scratch (random weights)"}
     if spec.pretrained:
@@ -126,7 +126,7 @@ def optimisation(task: str) -> dict:
 
 
 def length_and_hardware(arch: str, task: str) -> dict:
-    spec = get_spec(arch)
+    spec = get_spec(arch, task)
     out: dict = {}
     cols = st.columns(4)
     out["epochs"] = s.widget("epochs", FORM, where=cols[0])
@@ -207,7 +207,7 @@ for warning in split_warnings(load_manifest(manifest["id"])):   # the listing om
 
 st.subheader("Model")
 arch, model_options = architecture(manifest)
-pretrained, freeze, problem = transfer_learning(arch, model_options)
+pretrained, freeze, problem = transfer_learning(arch, model_options, task)
 st.subheader("Augmentation")
 augment, augment_params = augmentations()
 st.subheader("Optimisation")

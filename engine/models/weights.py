@@ -186,7 +186,8 @@ def imagenet_status(spec: ModelSpec, options: dict[str, Any] | None = None) -> I
     """Look for the weight file in $TORCH_HOME/hub/checkpoints (no download, no hash check: that is at load)."""
     source = imagenet_source(spec, options or spec.default_options()) if spec.pretrained else None
     if source is None:
-        return ImageNetStatus(False, message=f"{spec.title} has no ImageNet weights; train it from scratch.")
+        return ImageNetStatus(False, message=f"{spec.title} has no ImageNet weights; train from scratch or supply a "
+                                             "weights file.")
     folder = checkpoint_dir()
     urls = imagenet_urls(source)
     for url in urls:

@@ -20,6 +20,7 @@ from engine import workspace
 from engine.config import RunConfig
 from engine.data.dataset import load_split
 from engine.data.manifest import load_manifest
+from engine.diagnosis import within_noise_of_default
 from engine.errors import UserError
 from engine.metrics import ClassificationMeter, SegmentationMeter
 from engine.models.registry import DEFAULT_ARCH, get_spec, resolve_options
@@ -118,8 +119,12 @@ def verdict(name: str, info: dict[str, Any] | None = None) -> dict[str, Any]:
         run_id, bar = run
         out.update(bar=bar, bar_run_id=run_id, offer=best > bar)
         if out["offer"]:
-            return out | {"reason": f"The best trial's {metric} ({best:.3f}) beats run {run_id}, trained with the "
-                                    f"default settings on this dataset ({bar:.3f})."}
+            reason = (f"The best trial's {metric} ({best:.3f}) beats run {run_id}, trained with the default "
+                      f"settings on this dataset ({bar:.3f}).")
+            noise = within_noise_of_default(best, bar, spec.objective, _scored_images(run_id, spec.objective))
+            if noise:                        # higher, but not by more than the validation set can tell
+                return out | {"within_noise": True, "reason": f"{reason} {noise['message']}"}
+            return out | {"reason": reason}
         return out | {"reason": f"Not offered: the best trial's {metric} ({best:.3f}) does not beat run {run_id}, "
                                 f"trained with the default settings on this dataset ({bar:.3f}), so training "
                                 "with the search's settings would not help. Keep that run, or search with more "
@@ -142,3 +147,10 @@ def verdict(name: str, info: dict[str, Any] | None = None) -> dict[str, Any]:
     return out | {"reason": f"Not offered: the best trial's {metric} ({best:.3f}) does not beat a constant guess "
                             f"({what} scores {bar:.3f} on the validation images), so the search has not found "
                             "settings that learn yet. Try more epochs per trial or another learning-rate range."}
+
+
+def _scored_images(run_id: str, metric: str) -> int | None:
+    """How many validation images the default run's score rests on (Dice: those showing the structure)."""
+    best = (store.get_run(run_id) or {}).get("best") or {}
+    n = best.get(f"{metric}_n", best.get("n"))
+    return int(n) if isinstance(n, (int, float)) and n > 0 else None

@@ -326,6 +326,19 @@ def test_the_best_trial_must_beat_the_run_with_default_settings(tiny_segmentatio
     assert above["offer"] is True and page_default in above["reason"]
 
 
+def test_a_best_within_noise_of_the_default_says_so(tiny_segmentation):
+    """0.75 vs 0.72 on 12 validation images is within chance; on 5,000 images it is a real gain."""
+    from engine.search import baseline
+    run_id = _default_run(tiny_segmentation, "segmentation", 0.72, "dice")
+    store.update_run(run_id, best={"dice": 0.72, "dice_n": 12, "n": 12})
+    close = baseline.verdict(_finished_study(tiny_segmentation, [0.75]))
+    assert close["offer"] is True and close.get("within_noise") is True
+    assert "within chance" in close["reason"] and "12 validation images" in close["reason"]
+    store.update_run(run_id, best={"dice": 0.72, "dice_n": 5000, "n": 5000})
+    clear = baseline.verdict(_finished_study(tiny_segmentation, [0.75]))
+    assert clear["offer"] is True and not clear.get("within_noise") and "within chance" not in clear["reason"]
+
+
 def test_without_a_default_run_the_bar_is_the_best_constant_guess(tiny_segmentation):
     """Every pixel one class, scored by the trainer's own meter on the validation images at the search's size."""
     import torch

@@ -189,6 +189,8 @@ def test_upload_train_monitor_compare_predict(server, browser_page: Page, demo_z
         open_page(page, "train", "Train")
         choose(page, "Dataset", re.compile(r"^cardiac · segmentation"))
         choose(page, "Architecture", "U-Net (2015)")
+        # 120 images leave 18 for validation: the page warns that scores on so few images are shaky
+        expect(page.get_by_text(re.compile(r"The validation split holds \d+ images")).first).to_be_visible()
         set_number(page, "Epochs", 2)
         set_number(page, "Batch size", 2)
         set_number(page, "Image size (px)", TRAIN_SIZE)

@@ -27,7 +27,7 @@ def cmd_ingest(args) -> dict:
     src = Path(args.src)
     if not src.exists():
         raise UserError(f"{src} does not exist; give a folder or a .zip file.")
-    result = ingest(src, task=args.task, name=args.name, seed=args.seed,
+    result = ingest(src, task=args.task, name=args.name, seed=args.seed, group_by=args.group_by,
                     progress=file_progress("Ingesting", enabled=not args.quiet))
     return {"dataset_id": result.dataset_id, "report": result.report.to_dict()}
 
@@ -62,4 +62,8 @@ def register(add) -> None:
     p.add_argument("--task", required=True, choices=TASKS[::-1])
     p.add_argument("--name", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--group-by", default="auto", metavar="auto|none|folder|REGEX",
+                   help="which images belong to one patient and so share a split: auto (DICOM PatientID, a folder "
+                        "per patient or a leading ID in the file names, when one fits), none, folder, or a regular "
+                        "expression on the path as uploaded whose first group (or whole match) is the key")
     p.set_defaults(handler=cmd_ingest)

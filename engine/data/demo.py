@@ -22,7 +22,7 @@ DEMOS = {
         "description": "Short-axis-like slices with the left-ventricle blood pool outlined. The right ventricle "
                        "is just as bright, so intensity alone does not find it: the network has to learn shape "
                        "and context.",
-        "n": 120,
+        "n": 200,
     },
     "classification": {
         "title": "Synthetic chest vs abdomen X-ray",

@@ -21,9 +21,13 @@ import numpy as np
 
 from engine import workspace
 from engine.data import dataset, io
+from engine.data.checks import find_warnings
 from engine.data.dicom import NotAnImage
+from engine.data.duplicates import near_duplicate_sets, thumbnail
+from engine.data.groups import AUTO, check_group_by
 from engine.data.layout import Item, Layout, problem, scan
-from engine.data.splits import SPLITS, assign_splits
+from engine.data.split_plan import split_rows
+from engine.data.splits import SPLITS
 from engine.data.uploads import extract_zip, write_files
 from engine.errors import UserError
 from engine.tasks import TASKS
@@ -46,6 +50,8 @@ class IngestReport:
     modalities: dict[str, int] = field(default_factory=dict)
     channels: int = 1
     patients: int = 0                                              # distinct PatientIDs (DICOM)
+    groups: dict = field(default_factory=dict)                     # {"key", "count", "spanning_splits", …}
+    warnings: list[dict] = field(default_factory=list)             # {"kind", "message", …}: see checks.py
     mask_values: list[int] = field(default_factory=list)           # label values as stored in the mask files
     mask_levels: dict[str, int] = field(default_factory=dict)      # stored value → class, when they differ
     problems: list[dict] = field(default_factory=list)             # {"file", "kind", "message"}
@@ -69,16 +75,24 @@ class _Decoded:
     dtype: str = ""
     patient: str | None = None
     modality: str | None = None
+    manufacturer: str | None = None
+    thumbs: list[np.ndarray] = field(default_factory=list)     # per frame, for near-duplicates
+    means: list[float] = field(default_factory=list)           # per frame, mean brightness (shortcut check)
     mask_values: set = field(default_factory=set)     # as stored in the files (mapped to classes at the end)
     problem: dict | None = None
 
 
 def ingest(src: Path, task: str, name: str | None = None, seed: int = 0,
-           progress: Progress | None = None, workers: int | None = None) -> IngestResult:
-    """Ingest a folder or .zip into workspace.datasets_dir()/<id>/; bad files are reported and skipped."""
+           progress: Progress | None = None, workers: int | None = None, group_by: str = AUTO) -> IngestResult:
+    """Ingest a folder or .zip into workspace.datasets_dir()/<id>/; bad files are reported and skipped.
+
+    `group_by` says which images belong to one patient and so share a split: auto (DICOM PatientID, a folder per
+    patient or a leading ID in the file names, when one fits), none, folder, or a regular expression whose first
+    group (or whole match) on the path as uploaded is the key."""
     src = Path(src)
     if task not in TASKS:
         raise UserError(f"Unknown task '{task}'; choose classification or segmentation.")
+    group_by = check_group_by(group_by)
     if not src.exists():
         raise UserError(f"{src} does not exist; check the path.")
     with _scratch() as scratch:
@@ -86,11 +100,11 @@ def ingest(src: Path, task: str, name: str | None = None, seed: int = 0,
         if src.is_file():
             folder = scratch / "upload"
             extract_zip(src, folder)          # checks every ZIP rule before writing anything
-        return _ingest_folder(folder, task, name or _stem(src), src.name, seed, progress, workers, scratch)
+        return _ingest_folder(folder, task, name or _stem(src), src.name, seed, progress, workers, scratch, group_by)
 
 
 def ingest_files(files: list[tuple[str, bytes]], task: str, name: str | None = None, seed: int = 0,
-                 progress: Progress | None = None) -> IngestResult:
+                 progress: Progress | None = None, group_by: str = AUTO) -> IngestResult:
     """Ingest loose uploaded files, given as (relative path, content); a single .zip is read as an archive."""
     if not files:
         raise UserError("No files were uploaded; add images or a ZIP and try again.")
@@ -99,13 +113,14 @@ def ingest_files(files: list[tuple[str, bytes]], task: str, name: str | None = N
         write_files(files, folder)
         if len(files) == 1 and files[0][0].lower().endswith(".zip"):
             zipped = next(p for p in folder.rglob("*") if p.is_file())
-            return ingest(zipped, task, name or _stem(zipped), seed, progress)
+            return ingest(zipped, task, name or _stem(zipped), seed, progress, group_by=group_by)
         source = Path(files[0][0].replace("\\", "/")).parts[0] if len(files) > 1 else files[0][0]
-        return _ingest_folder(folder, task, name or _stem(Path(source)), source, seed, progress, None, scratch)
+        return _ingest_folder(folder, task, name or _stem(Path(source)), source, seed, progress, None, scratch,
+                              check_group_by(group_by))
 
 
 def _ingest_folder(folder: Path, task: str, name: str, source: str, seed: int,
-                   progress: Progress | None, workers: int | None, scratch: Path) -> IngestResult:
+                   progress: Progress | None, workers: int | None, scratch: Path, group_by: str) -> IngestResult:
     found = scan(folder, task)
     report = IngestReport(task=task, source=source, files_seen=found.files_seen, problems=list(found.problems))
     staging = scratch / "dataset"
@@ -117,7 +132,8 @@ def _ingest_folder(folder: Path, task: str, name: str, source: str, seed: int,
     levels = _mask_levels(kept) if task == "segmentation" else {}
     classes, labels = _classes(found, kept, task, report, levels)
     dataset_id = f"{_slug(name)}-{secrets.token_hex(3)}"
-    manifest = _manifest(dataset_id, name, task, source, kept, classes, labels, seed, staging, report, levels)
+    manifest = _manifest(dataset_id, name, task, source, kept, classes, labels, seed, staging, report, levels,
+                         group_by)
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
     staging.rename(workspace.datasets_dir() / dataset_id)   # the dataset appears whole or not at all
     return IngestResult(dataset_id, report)
@@ -160,8 +176,11 @@ def _decode_one(index: int, item: Item, staging: Path, task: str) -> _Decoded:
         if problem:
             out.problem = problem
             return out
-    out.dtype, out.patient, out.modality = image.dtype, image.patient, image.modality
+    out.dtype, out.patient, out.modality, out.manufacturer = (image.dtype, image.patient, image.modality,
+                                                              image.manufacturer)
     for f, (frame, mask) in enumerate(zip(image.frames, masks)):
+        out.thumbs.append(thumbnail(frame))
+        out.means.append(round(float(frame.mean()), 4))
         key = f"{index:06d}-{f:05d}"
         np.save(staging / "images" / f"{key}.npy", dataset.cap_image(frame).astype(np.float16))
         if mask is not None:
@@ -248,37 +267,47 @@ def _classes(found: Layout, kept: list[_Decoded], task: str, report: IngestRepor
 
 def _manifest(dataset_id: str, name: str, task: str, source: str, kept: list[_Decoded], classes: list[str],
               labels: list[int | None], seed: int, staging: Path, report: IngestReport,
-              levels: dict[int, int]) -> dict:
+              levels: dict[int, int], group_by: str) -> dict:
     channels = 3 if any(c == 3 for r in kept for *_, c in r.frames) else 1
     remap = levels if any(value != label for value, label in levels.items()) else {}    # grey levels → classes
-    secret = workspace.secret_key()
-    rows, sample_labels, groups, fixed = [], [], [], []
-    for result, label in zip(kept, labels):
-        many = len(result.frames) > 1
-        # Frames of one file, or files of one patient, must share a split
-        group = result.patient or (f"file:{result.item.path}" if many else None)
-        for f, (temp_key, h, w, c) in enumerate(result.frames):
-            key = f"{len(rows):06d}"
-            _finish_arrays(staging, temp_key, key, c, channels, remap)
-            rows.append({"key": key, "source": result.item.path + (f"#{f}" if many else ""), "split": "",
-                         "patient": _pseudonym(result.patient, secret), "height": h, "width": w,
-                         "modality": result.modality} | ({"label": label} if task == "classification" else {}))
-            sample_labels.append(label)
-            groups.append(group)
-            fixed.append(result.item.split)
-    for row, split in zip(rows, assign_splits(sample_labels, groups, fixed, seed=seed)):
-        row["split"] = split
+    rows = _rows(kept, labels, task, staging, channels, remap)
+    thumbs = [t for result in kept for t in result.thumbs]
+    copies = near_duplicate_sets(np.stack(thumbs))
+    report.groups = split_rows(rows, classes, group_by, copies, seed)     # patients and copies share a split
+    for number, members in enumerate(copies):
+        for i in members:
+            rows[i]["near_duplicate"] = number
     if not any(row["split"] == "train" for row in rows):
         raise UserError("The upload has no training images (only val/ or test/ folders); add a train/ folder.")
     for leftover in staging.glob("*/*-*.npy"):
         leftover.unlink()                                  # arrays of skipped duplicates
     _fill_report(report, kept, rows, classes, channels, task)
+    report.warnings = find_warnings(rows, classes, task, report.groups, copies)
     if remap:
         report.mask_levels = {str(value): label for value, label in sorted(remap.items())}
     return {"id": dataset_id, "name": name, "task": task, "created": datetime.now(timezone.utc).isoformat(),
             "source": source, "channels": channels, "classes": classes, "num_classes": len(classes),
             "mask_levels": report.mask_levels, "samples": rows, "split_counts": report.per_split,
-            "report": report.to_dict()}
+            "seed": seed, "group_by": group_by, "report": report.to_dict()}
+
+
+def _rows(kept: list[_Decoded], labels: list[int | None], task: str, staging: Path, channels: int,
+          remap: dict[int, int]) -> list[dict]:
+    """One manifest row per stored frame (arrays renamed to their final keys), without its split yet."""
+    secret = workspace.secret_key()
+    rows = []
+    for result, label in zip(kept, labels):
+        many = len(result.frames) > 1
+        for f, (temp_key, h, w, c) in enumerate(result.frames):
+            key = f"{len(rows):06d}"
+            _finish_arrays(staging, temp_key, key, c, channels, remap)
+            rows.append({"key": key, "source": result.item.path + (f"#{f}" if many else ""), "split": "",
+                         "patient": _pseudonym(result.patient, secret), "height": h, "width": w,
+                         "modality": result.modality, "manufacturer": result.manufacturer, "channels": c,
+                         "mean": result.means[f], "folder": result.item.folders[0] if result.item.folders else None,
+                         "folder_split": result.item.split, "near_duplicate": None}
+                        | ({"label": label} if task == "classification" else {}))
+    return rows
 
 
 def _pseudonym(patient: str | None, key: bytes) -> str | None:

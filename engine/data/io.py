@@ -30,6 +30,7 @@ class Decoded:
     dtype: str                          # stored sample type, e.g. "uint8", "uint16", "int16"
     patient: str | None = None
     modality: str | None = None
+    manufacturer: str | None = None     # DICOM Manufacturer: a scanner that only one class comes from is a shortcut
 
 
 def is_dicom(source: Path | bytes, name: str = "") -> bool:
@@ -62,7 +63,8 @@ def decode_file(source: Path | bytes, name: str = "", window: tuple[float, float
     if is_dicom(source, name):
         ds = dicom.read_dataset(source, label)
         frames = dicom.dicom_frames(ds, window, label)
-        return Decoded(frames, dicom.stored_type(ds), dicom.patient_id(ds), str(ds.get("Modality") or "") or None)
+        return Decoded(frames, dicom.stored_type(ds), dicom.patient_id(ds), _text(ds, "Modality"),
+                       _text(ds, "Manufacturer"))
     frames, stored = [], ""
     for page in _pages(_open(source, label), label):
         array, stored = _pil_to_array(page)
@@ -162,6 +164,10 @@ def grey_levels(values) -> bool:
     gaps = np.diff(values)
     return (values[0] == 0 and len(values) <= MAX_GREY_LEVELS and (gaps >= MIN_LEVEL_GAP).all()
             and values[-1] > MAX_LABEL)
+
+
+def _text(ds, keyword: str) -> str | None:
+    return str(ds.get(keyword) or "").strip() or None
 
 
 def _label(source: Path | bytes, name: str) -> str:

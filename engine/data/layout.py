@@ -26,6 +26,7 @@ class Item:
     split: str | None = None
     mask: Path | None = None
     mask_path: str | None = None
+    folders: tuple[str, ...] = ()      # folders below the class (or around images/) that may name a patient
 
 
 @dataclass
@@ -86,7 +87,7 @@ def _scan_classification(folder: Path, root: Path, files: list[Path], problems: 
         if not io.is_supported(file):
             problems.append(problem(rel(file, folder), "unsupported", f"{file.name} is not an image file."))
             continue
-        items.append(Item(file, rel(file, folder), label=rest[0], split=split))
+        items.append(Item(file, rel(file, folder), label=rest[0], split=split, folders=tuple(rest[1:-1])))
     for child in (c for c in root.iterdir() if c.is_dir() and not ignored([c.name])):
         subdirs = [d.name for d in child.iterdir() if d.is_dir() and not ignored([d.name])]
         class_names.update(subdirs if child.name.lower() in SPLIT_NAMES and subdirs else [child.name])
@@ -114,17 +115,20 @@ def _scan_segmentation(folder: Path, root: Path, files: list[Path], problems: li
         split = SPLIT_NAMES.get(parts[where - 1].lower()) if where else None
         if split is None and len(parts) > where + 2:      # images/train/a.png works too
             split = SPLIT_NAMES.get(parts[where + 1].lower())
-        (images if parts[where].lower() in IMAGE_FOLDERS else masks)[key] = (file, split)
+        around = (*parts[:where], *parts[where + 1:-1])          # p01/images/a.png or images/p01/a.png
+        folders = tuple(p for p in around if p.lower() not in SPLIT_NAMES)
+        (images if parts[where].lower() in IMAGE_FOLDERS else masks)[key] = (file, split, folders)
     _refuse_one_sided(len(images), len(masks))
     masks = _match_masks(masks, images, folder, problems)
     items = []
-    for key, (file, split) in images.items():
+    for key, (file, split, folders) in images.items():
         if key in masks:
             mask = masks[key][0]
-            items.append(Item(file, rel(file, folder), split=split, mask=mask, mask_path=rel(mask, folder)))
+            items.append(Item(file, rel(file, folder), split=split, mask=mask, mask_path=rel(mask, folder),
+                              folders=folders))
         else:
             problems.append(problem(rel(file, folder), "mask_missing", f"No mask named like {file.name} in masks/."))
-    for key, (file, _) in masks.items():
+    for key, (file, *_) in masks.items():
         if key not in images:
             problems.append(problem(rel(file, folder), "image_missing",
                                      f"No image named like {file.name} in images/."))

@@ -21,6 +21,13 @@ def test_segmentation_demo_zip_ingests_without_problems(workspace, tmp_path):
     assert set(np.unique(train.targets)) == {0, 1}
 
 
+def test_default_cardiac_demo_gives_no_warning(workspace, tmp_path):
+    """Smooth phantom slices are not near-duplicates of each other, and the default size fills val and test."""
+    result = ingest(demo.write_demo("segmentation", tmp_path / "cardiac"), "segmentation")
+    assert result.report.warnings == [] and result.report.groups["key"] == "none"
+    assert result.report.per_split == {"train": 140, "val": 30, "test": 30}
+
+
 def test_cardiac_is_not_a_threshold_problem():
     rng = np.random.default_rng(0)
     slices = [demo.cardiac_slice(rng, 128) for _ in range(30)]
@@ -38,6 +45,7 @@ def test_classification_demo_ingests_and_mean_intensity_does_not_separate(worksp
     assert sorted(p.name for p in folder.iterdir()) == ["abdomen", "chest"]
     result = ingest(folder, "classification")
     assert result.report.problems == [] and result.report.per_class == {"abdomen": 100, "chest": 100}
+    assert result.report.warnings == []                     # no false alarm: no shortcut, copy, imbalance, tiny split
     arrays = [load_split(result.dataset_id, split, 128) for split in ("train", "val", "test")]
     means = np.concatenate([a.images.astype(np.float32).mean(axis=(1, 2, 3)) for a in arrays])
     labels = np.concatenate([a.targets for a in arrays])

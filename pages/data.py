@@ -6,12 +6,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import plotly.express as px
+import plotly.graph_objects as go
 import streamlit as st
 
 from engine.data import dicom
 from engine.data.dataset import SPLITS, list_datasets, load_manifest
 from engine.data.demo import DEMOS, ensure_demo_dataset
 from engine.data.ingest import ingest
+from engine.data.resplit import resplit
 from engine.runs import lifecycle
 from engine.training.augment import AUGMENTATIONS, preview
 from pages import _widgets as w
@@ -32,8 +34,21 @@ scans.zip
 ├── images/   case01.png, case02.png, …
 └── masks/    case01.png, case02.png, …
 ```
-DICOM works anywhere, also without a file extension. Images of one patient (DICOM PatientID) stay in one split.
+DICOM works anywhere, also without a file extension. Images of one patient stay in one split: the patient is
+the DICOM PatientID, a folder per patient (`normal/patient07/img3.png`, `images/p01/slice_3.png`) or an ID at the
+start of the file name (`SCD0000101_0048.png`), whichever fits the upload; you can choose another grouping below.
 """
+GROUP_CHOICES = {
+    "auto": "Automatic: DICOM patient ID, a folder per patient, or an ID at the start of the file names",
+    "none": "No grouping: every image is placed in a split on its own",
+    "folder": "By folder: each folder below the class folder (or around images/) is one patient",
+    "pattern": "By a pattern on the file path (a regular expression)",
+}
+GROUP_HELP = ("Images of one patient look alike. If some are in training and others in the test split, the test "
+              "score measures how well the model recognises the patient, not the disease.")
+PATTERN_HELP = ("Python regular expression searched in each file's path as uploaded (e.g. normal/SCD0000101_0048.png); "
+                "its first bracketed part, or else the whole match, names the patient. Files it does not match are "
+                "split on their own.")
 
 
 def goto_section(name: str) -> None:
@@ -47,6 +62,10 @@ def bring_data() -> None:
     if done:
         st.success(f"Dataset **{done['name']}** is ready: {done['samples']} images"
                    + (f", {len(done['problems'])} file(s) skipped." if done["problems"] else "."))
+        if done.get("groups"):
+            st.caption(describe_groups(done["groups"]))
+        for warning in done.get("warnings") or []:
+            st.warning(warning["message"])
         st.button("Explore it", on_click=goto_section, args=("Explore a dataset",), key="explore_new")
 
     st.subheader("Upload your images")
@@ -55,6 +74,7 @@ def bring_data() -> None:
                                                               "segmentation": "Segmentation: a mask per image"}[t])
     with st.expander("How to lay out the files"):
         st.markdown(LAYOUT_HELP)
+    group_by = group_by_control("upload")
     kind = st.radio("Upload", ("zip", "folder", "files"), horizontal=True, key="upload_kind",
                     format_func=lambda k: {"zip": "A ZIP file", "folder": "A folder", "files": "Loose files"}[k])
     turn = st.session_state.setdefault("upload_turn", 0)     # a new key empties the uploader after ingest
@@ -68,12 +88,13 @@ def bring_data() -> None:
         loose = st.file_uploader("Image files (PNG, JPEG, TIFF, BMP, DICOM)", type=IMAGE_TYPES,
                                  accept_multiple_files=True, key=f"files_{turn}")
     name = st.text_input("Dataset name (optional)", key="upload_name", placeholder="e.g. Chest X-ray pilot")
-    if st.button("Ingest", type="primary", disabled=not (archive or loose), key="ingest"):
+    if st.button("Ingest", type="primary", disabled=not (archive or loose) or group_by is None, key="ingest"):
         with w.shows_errors("Reading the upload"):
-            result = ingest_upload(archive, loose or [], task, name.strip())
+            result = ingest_upload(archive, loose or [], task, name.strip(), group_by)
             st.session_state["dataset_id"] = result.dataset_id
             st.session_state["ingested"] = {"name": load_manifest(result.dataset_id)["name"],
-                                            "samples": result.report.samples, "problems": result.report.problems}
+                                            "samples": result.report.samples, "problems": result.report.problems,
+                                            "groups": result.report.groups, "warnings": result.report.warnings}
             st.session_state["upload_turn"] = turn + 1
             st.rerun()
 
@@ -93,7 +114,34 @@ def _sample_count() -> int:
     return len(load_manifest(st.session_state["dataset_id"])["samples"])
 
 
-def ingest_upload(archive, loose: list, task: str, name: str):
+def group_by_control(prefix: str) -> str | None:
+    """The grouping chosen on the page: auto, none, folder or a pattern (None while the pattern box is empty)."""
+    choice = st.selectbox("Keep each patient's images in one split", list(GROUP_CHOICES), key=f"{prefix}_group_by",
+                          format_func=GROUP_CHOICES.get, help=GROUP_HELP)
+    if choice != "pattern":
+        return choice
+    pattern = st.text_input("Pattern", key=f"{prefix}_group_pattern", placeholder=r"([^/_]+)_[^/]*$",
+                            help=PATTERN_HELP)
+    if not pattern.strip():
+        st.caption("Type a pattern, e.g. `([^/_]+)_[^/]*$` for the part of the file name before its first '_'.")
+    return pattern.strip() or None
+
+
+def describe_groups(groups: dict) -> str:
+    """One sentence: how images were grouped into patients and how many groups that made."""
+    key, count = groups.get("key", "none"), groups.get("count", 0)
+    if key == "none" or not count:
+        return "No patient grouping: each image was placed in a split on its own."
+    how = {"dicom": f"by DICOM patient ID: {count} patients",
+           "filename prefix": f"by the ID at the start of the file names: {count} patients",
+           "folder": f"by folder: {count} folders"}.get(key, f"by the pattern `{key}`: {count} groups")
+    spanning = groups.get("spanning_splits", 0)
+    tail = (f", but {spanning} of them lie in more than one of the train/, val/ and test/ folders you made."
+            if spanning else ", each inside one split.")
+    return f"Images were grouped {how}{tail}"
+
+
+def ingest_upload(archive, loose: list, task: str, name: str, group_by: str = "auto"):
     """Write the upload to the workspace, ingest it with a progress bar, and remove the copy afterwards."""
     folder = w.spool_uploads([archive], keep_folders=False) if archive else w.spool_uploads(loose)
     source = folder / w.safe_parts(archive.name)[-1] if archive else folder
@@ -104,7 +152,7 @@ def ingest_upload(archive, loose: list, task: str, name: str):
         if total and (done == total or done % max(1, total // 100) == 0):   # ≤ 100 updates, however many files
             bar.progress(done / total, text=f"Read {done} of {total} files")
     try:
-        return ingest(source, task, name=name or default, progress=progress)
+        return ingest(source, task, name=name or default, progress=progress, group_by=group_by)
     finally:
         w.remove_quietly(folder)
         bar.empty()
@@ -125,7 +173,8 @@ def explore() -> None:
     cols[0].metric("Images", len(samples))
     cols[1].metric("Classes", manifest["num_classes"])
     cols[2].metric("Channels", manifest["channels"])
-    cols[3].metric("Patients", report.get("patients") or "–")
+    cols[3].metric("Patients", report.get("patients") or (report.get("groups") or {}).get("count") or "–")
+    checks(manifest, report)
 
     left, right = st.columns(2)
     with left:
@@ -159,6 +208,7 @@ def explore() -> None:
         st.success("Every file was read; nothing was skipped.")
 
     gallery(manifest, samples)
+    groups_panel(manifest, report)
     with st.expander("Delete this dataset"):
         st.caption("Removes the stored images and masks. Runs trained on it keep their results.")
         sure = st.checkbox(f"Yes, delete {manifest['name']}", key="delete_sure")
@@ -166,6 +216,72 @@ def explore() -> None:
             with w.shows_errors("Deleting the dataset"):
                 lifecycle.delete_dataset(manifest["id"])
                 st.session_state.pop("dataset_id", None)
+                st.rerun()
+
+
+def checks(manifest: dict, report: dict) -> None:
+    """The dataset warnings in plain words, with the copies side by side and the shortcut drawn per class."""
+    st.markdown("**Checks before you train**")
+    if "warnings" not in report:
+        st.info("This dataset was read before Lightbox checked for leaks and shortcuts; split it again under "
+                "Patients and groups below to run the checks.")
+        return
+    for number, warning in enumerate(report["warnings"]):
+        st.warning(warning["message"])
+        if warning["kind"] == "near_duplicates":
+            copies_side_by_side(manifest, warning)
+        elif warning["kind"] == "shortcut":
+            st.plotly_chart(shortcut_figure(warning), key=f"shortcut_{number}")
+    if not report["warnings"]:
+        st.success("No warning: no patient or copy is on both sides of the split, no simple property of the files "
+                   "tells the classes apart, the classes are balanced and the validation and test splits are big "
+                   "enough to compare runs." if manifest["task"] == "classification" else
+                   "No warning: no patient or copy is on both sides of the split, and the validation and test "
+                   "splits are big enough to compare runs.")
+
+
+def copies_side_by_side(manifest: dict, warning: dict, sets: int = 3) -> None:
+    for sources, keys, splits in list(zip(warning["groups"], warning["keys"], warning["splits"]))[:sets]:
+        pictures = [w.with_mask(*w.load_sample(manifest["id"], key)) for key in keys[:4]]
+        captions = [f"{w.short_name(source)} · {split}" for source, split in zip(sources[:4], splits[:4])]
+        w.image_grid(pictures, captions, columns=4)
+    if warning["count"] > sets:
+        st.caption(f"The first {sets} of {warning['count']} sets of near-identical images.")
+
+
+def shortcut_figure(warning: dict) -> go.Figure:
+    """The property per class: a box per class for numbers, stacked counts for categories."""
+    unit = f" ({warning['unit']})" if warning.get("unit") else ""
+    fig = go.Figure()
+    for name, values in warning["per_class"].items():
+        if warning["value_kind"] == "number":
+            fig.add_trace(go.Box(name=name, x=[name], q1=[values["q1"]], median=[values["median"]],
+                                 q3=[values["q3"]], lowerfence=[values["min"]], upperfence=[values["max"]]))
+        else:
+            fig.add_trace(go.Bar(name=name, x=list(values), y=list(values.values())))
+    fig.update_layout(title=f"{warning['title']} per class", height=300, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      yaxis_title=("" if warning["value_kind"] == "number" else "Images") + unit,
+                      barmode="group", showlegend=warning["value_kind"] != "number")
+    return fig
+
+
+def groups_panel(manifest: dict, report: dict) -> None:
+    """How images were grouped into patients, a few examples, and a way to split again with another grouping."""
+    st.markdown("**Patients and groups**")
+    groups = report.get("groups") or {}
+    st.caption(describe_groups(groups) if groups else "Grouping was not recorded for this dataset.")
+    examples = groups.get("examples") or []
+    if examples:
+        st.dataframe(pd.DataFrame([{"Group": e["key"], "Images": e["images"], "Split": ", ".join(e["splits"]),
+                                    "Example files": ", ".join(w.short_name(f) for f in e["files"])}
+                                   for e in examples]), hide_index=True, key="group_examples")
+    with st.expander("Group the images differently"):
+        st.caption("Makes a new dataset with the same images split again; runs trained on this one keep their "
+                   "results.")
+        group_by = group_by_control("regroup")
+        if st.button("Split again as a new dataset", disabled=group_by is None, key="regroup"):
+            with w.shows_errors("Splitting again"):
+                st.session_state["dataset_id"] = resplit(manifest["id"], group_by)
                 st.rerun()
 
 

@@ -280,3 +280,108 @@ def test_sections_without_a_dataset_point_to_bring_data(lb):
     at = open_section(lb.app(DATA), "Augmentation preview")
     lb.no_exception(at)
     assert "No datasets yet" in lb.texts(at, "info")
+
+
+# ---- issue 12: groups, near-duplicates, shortcuts ----------------------------------------------------------
+
+def smooth(seed: int, size: int = 40) -> np.ndarray:
+    """A smooth random image: different seeds are clearly different pictures."""
+    from scipy import ndimage
+    field = ndimage.gaussian_filter(np.random.default_rng(seed).standard_normal((size, size)), 3)
+    return np.round(40 + 180 * (field - field.min()) / (field.max() - field.min())).astype(np.uint8)
+
+
+def patient_slices(patients: int = 5, slices: int = 6) -> dict[str, bytes]:
+    files = {}
+    for p in range(patients):
+        for s in range(slices):
+            image = smooth(100 * p + s)
+            files[f"scd/images/SCD00001{p:02d}_{s:04d}.png"] = png_of(image)
+            files[f"scd/masks/SCD00001{p:02d}_{s:04d}.png"] = png_of(((image > 130) * 255).astype(np.uint8))
+    return files
+
+
+def ingest_here(lb, files: dict[str, bytes], task: str, **options) -> str:
+    from engine.data.ingest import ingest
+    root = lb.home.parent / "src"
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return ingest(root, task, **options).dataset_id
+
+
+def test_upload_shows_the_patients_found_and_the_warnings(lb):
+    at = lb.app(DATA)
+    at.radio(key="upload_task").set_value("segmentation")
+    assert at.selectbox(key="upload_group_by").value == "auto"
+    at.file_uploader(key="zip_0").set_value(("scd.zip", zipped(patient_slices()), "application/zip"))
+    at.run()
+    at.button(key="ingest").click().run()
+    lb.no_exception(at)
+    assert "grouped by the ID at the start of the file names: 5 patients, each inside one split" \
+        in lb.texts(at, "caption")
+    assert "The validation split has only" in lb.texts(at, "warning")        # 5 patients: honest, tiny splits
+
+
+def test_a_pattern_is_needed_before_ingest_and_then_used(lb):
+    at = lb.app(DATA)
+    at.radio(key="upload_task").set_value("segmentation")
+    at.file_uploader(key="zip_0").set_value(("scd.zip", zipped(patient_slices()), "application/zip"))
+    at.selectbox(key="upload_group_by").set_value("pattern").run()
+    assert at.button(key="ingest").disabled                                  # no pattern typed yet
+    at.text_input(key="upload_group_pattern").set_value(r"SCD(\d+)_").run()
+    at.button(key="ingest").click().run()
+    lb.no_exception(at)
+    (dataset,) = list_datasets()
+    assert dataset["report"]["groups"]["key"] == r"SCD(\d+)_" and dataset["report"]["groups"]["count"] == 5
+    assert "by the pattern `SCD(\\d+)_`: 5 groups" in lb.texts(at, "caption")
+
+
+def test_explore_shows_copies_side_by_side_and_the_shortcut_chart(lb):
+    files = {}
+    for i in range(39):
+        image = smooth(6000 + i, 64)
+        files[f"xr/chest/c{i:02d}.png"] = png_of(image if i else image[:50, :60])
+    sizes = np.random.default_rng(7).integers(40, 90, (37, 2))
+    for i in range(37):
+        h, w = (64, 64) if i == 0 else (int(sizes[i, 0]), int(sizes[i, 1]) + (sizes[i, 0] == 64))
+        files[f"xr/abdomen/a{i:02d}.png"] = png_of(smooth(7000 + i, 96)[:h, :w])
+    edited = smooth(6003, 64)
+    edited[5, 5] = 255 - edited[5, 5]
+    files["xr/chest/c03_copy.png"] = png_of(edited)
+    ingest_here(lb, files, "classification")
+    at = open_section(lb.app(DATA), "Explore a dataset")
+    lb.no_exception(at)
+    warnings = lb.texts(at, "warning")
+    assert "Image size alone tells the classes apart: 39 of 40 chest images are 64×64 px" in warnings
+    assert "2 images are near-identical copies of one another (1 set, e.g. xr/chest/c03.png and " \
+           "xr/chest/c03_copy.png)" in warnings
+    captions = [i.proto.imgs[0].caption for i in at.image]
+    assert captions[:2] == ["c03.png · " + captions[0].split(" · ")[1], "c03_copy.png · " + captions[0].split(" · ")[1]]
+    charts = [c.proto.spec for c in lb.charts(at)]
+    assert len(charts) == 2 and sum("Image size per class" in spec for spec in charts) == 1
+
+
+def test_a_clean_dataset_says_there_is_no_warning(lb):
+    files = {f"{c}/{c}{i}.png": png_of(smooth(11000 + 1000 * k + i, 24)) for k, c in enumerate(("cat", "dog"))
+             for i in range(100)}
+    ingest_here(lb, files, "classification")
+    at = open_section(lb.app(DATA), "Explore a dataset")
+    lb.no_exception(at)
+    assert not at.warning
+    assert "No warning: no patient or copy is on both sides of the split" in lb.texts(at, "success")
+
+
+def test_group_differently_makes_a_new_dataset(lb):
+    first = ingest_here(lb, patient_slices(), "segmentation", group_by="none")
+    at = open_section(lb.app(DATA), "Explore a dataset")
+    assert "No patient grouping" in lb.texts(at, "caption")
+    at.selectbox(key="regroup_group_by").set_value("auto").run()
+    at.button(key="regroup").click().run()
+    lb.no_exception(at)
+    assert len(list_datasets()) == 2
+    new = at.selectbox(key="explore_dataset").value
+    assert new != first and at.session_state["dataset_id"] == new
+    assert "grouped by the ID at the start of the file names: 5 patients" in lb.texts(at, "caption")
+    table = next(d.value for d in at.dataframe if "Group" in d.value.columns)
+    assert list(table.columns) == ["Group", "Images", "Split", "Example files"] and table["Images"].tolist() == [6] * 3

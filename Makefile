@@ -27,6 +27,7 @@ test: $(VENV)/.dev-installed
 e2e: $(VENV)/.dev-installed
 	$(PY) -m pytest tests/e2e -q
 
+# about 3 minutes even on a busy 2-core CPU; `$(PY) -m engine bench --long` for both models at full length
 bench: $(VENV)/.installed
 	$(PY) -m engine bench --json
 

@@ -4,16 +4,23 @@ Measured alternately in one process (windows of the same loop vary 10–25 % on 
 - engine_ips: Trainer.train_epoch with its real handlers (store logging, cancel checks, train metrics);
 - plain_ips: a hand-written loop with the same memory format and precision (the engine's overhead = ratio);
 - naive_ips: a hand-written NCHW fp32 loop (what the engine's defaults — channels_last, AMP on CUDA — buy).
+ratio and speedup are medians of per-round ratios (the loops of one round ran seconds apart, so a change in the
+machine's load cancels out), with their interquartile range and a 95 % bootstrap interval of the median.
+
+The default is time-boxed (a few minutes even on a busy 2-core CPU); PRESETS["long"] is the full measurement.
 """
 from __future__ import annotations
 
 import os
 import statistics
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TextIO
 
+import numpy as np
 import torch
 
 from engine.config import RunConfig
@@ -30,6 +37,31 @@ CASES = {
     "unet": {"task": "segmentation", "arch": "unet", "size": 128, "batch": 16},
     "resnet18": {"task": "classification", "arch": "resnet18", "size": 224, "batch": 16},
 }
+# quick: the demo's U-Net, rounds until the time budget (seconds, set-up included) is spent, at least min_rounds;
+# long: both models, fixed rounds (the figures in benchmarks/training.md; tens of minutes on a busy 2-core CPU)
+PRESETS = {
+    "quick": {"model": "unet", "batch": 8, "steps": 1, "rounds": None, "budget": 160.0, "min_rounds": 3,
+              "max_rounds": 30},
+    "long": {"model": "all", "batch": None, "steps": 8, "rounds": 8, "budget": None},
+}
+CONTRACT_KEYS = ("engine_ips", "plain_ips", "ratio", "naive_ips", "speedup")
+
+
+class BenchLog:
+    """Progress on stderr: every round in a terminal; in a log or pipe only a few plain lines per model."""
+
+    def __init__(self, stream: TextIO | None = None, enabled: bool = True) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.live = enabled and self.stream.isatty()
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            print(f"bench: {text}", file=self.stream, flush=True)
+
+    def detail(self, text: str) -> None:
+        if self.live:
+            self.line(text)
 
 
 def _prepare_trainer(case: dict, steps: int, device: str):
@@ -84,8 +116,24 @@ def _timed(fn, device) -> float:
     return n / (time.perf_counter() - start)
 
 
-def bench_case(name: str, rounds: int, steps: int, device: str) -> dict:
-    case = CASES[name]
+def spread(values: list[float], seed: int = 0, resamples: int = 2000) -> dict:
+    """Median, interquartile range and a 95 % bootstrap interval of the median (percentile method)."""
+    data = np.asarray(values, dtype=np.float64)
+    q1, q3 = np.percentile(data, [25, 75])
+    draws = np.random.default_rng(seed).choice(data, size=(resamples, len(data)), replace=True)
+    low, high = np.percentile(np.median(draws, axis=1), [2.5, 97.5])
+    return {"median": round(float(np.median(data)), 3), "iqr": [round(float(q1), 3), round(float(q3), 3)],
+            "ci95": [round(float(low), 3), round(float(high), 3)]}
+
+
+def bench_case(name: str, rounds: int | None, steps: int, device: str, batch: int | None = None,
+               size: int | None = None, deadline: float | None = None, min_rounds: int = 3, max_rounds: int = 15,
+               log: BenchLog | None = None) -> dict:
+    """Alternate the three loops for `rounds` rounds, or (rounds=None) until `deadline` (time.monotonic()) would
+    be passed by one more round, but at least min_rounds and at most max_rounds."""
+    log = log or BenchLog(enabled=False)
+    case = {**CASES[name], **({"batch": batch} if batch else {}), **({"size": size} if size else {})}
+    log.line(f"{name}: preparing {case['size']} px demo data and the trainer")
     trainer = _prepare_trainer(case, steps, device)
     amp = trainer.amp_dtype
     loops = {
@@ -93,40 +141,98 @@ def bench_case(name: str, rounds: int, steps: int, device: str) -> dict:
         "plain": _plain_loop(trainer, torch.channels_last, amp),
         "naive": _plain_loop(trainer, torch.contiguous_format, None),
     }
+    started = time.monotonic()
     for loop in loops.values():     # warm-up: allocator, cuDNN autotune, first-call overheads
         loop()
+    durations = [time.monotonic() - started]
+    planned = f"{rounds} rounds" if rounds else f"{min_rounds}–{max_rounds} rounds as time allows"
+    log.line(f"{name}: warm-up took {durations[0]:.0f} s; measuring {planned} of {steps} step{'s' * (steps > 1)} "
+             f"× batch {case['batch']}")
     samples: dict[str, list[float]] = {k: [] for k in loops}
     order = list(loops)
-    for r in range(rounds):
+    r = 0
+    while _another_round(r, rounds, deadline, max(durations[-3:]), min_rounds, max_rounds):
+        begin = time.monotonic()
         for key in (order if r % 2 == 0 else order[::-1]):
             samples[key].append(_timed(loops[key], trainer.device))
+        durations, r = durations + [time.monotonic() - begin], r + 1
+        log.detail(f"{name}: round {r}: ratio {samples['engine'][-1] / samples['plain'][-1]:.3f}, "
+                   f"engine {samples['engine'][-1]:.1f} img/s")
     ips = {k: statistics.median(v) for k, v in samples.items()}
+    ratio = spread([e / p for e, p in zip(samples["engine"], samples["plain"])])
+    speedup = spread([e / n for e, n in zip(samples["engine"], samples["naive"])])
+    log.line(f"{name}: ratio {ratio['median']:.3f} (95 % interval {ratio['ci95'][0]:.3f}–{ratio['ci95'][1]:.3f}, "
+             f"{r} rounds), speed-up vs naive {speedup['median']:.2f}×")
     return {
         "model": name, "arch": case["arch"], "image_size": case["size"], "batch_size": case["batch"],
         "device": str(trainer.device), "amp": str(amp) if amp else "off", "threads": torch.get_num_threads(),
-        "rounds": rounds, "steps_per_round": steps,
+        "rounds": r, "steps_per_round": steps,
         "engine_ips": round(ips["engine"], 2), "plain_ips": round(ips["plain"], 2),
-        "naive_ips": round(ips["naive"], 2), "ratio": round(ips["engine"] / ips["plain"], 3),
-        "speedup": round(ips["engine"] / ips["naive"], 3),
+        "naive_ips": round(ips["naive"], 2), "ratio": ratio["median"], "speedup": speedup["median"],
+        "ratio_iqr": ratio["iqr"], "ratio_ci95": ratio["ci95"],
+        "speedup_iqr": speedup["iqr"], "speedup_ci95": speedup["ci95"],
         "samples": {k: [round(x, 2) for x in v] for k, v in samples.items()},
     }
 
 
-def run_bench(model: str = "all", rounds: int = 6, steps: int = 5, device: str = "auto") -> dict:
-    """Run the benchmark in a scratch workspace; the last case's figures are also the top-level keys."""
+def _another_round(done: int, rounds: int | None, deadline: float | None, expected: float, min_rounds: int,
+                   max_rounds: int) -> bool:
+    """`expected`: the longest of the last three rounds (the warm-up before the first), with half as much again to
+    spare: on a shared CPU one round can take twice as long as the one before."""
+    if rounds is not None:
+        return done < rounds
+    if done < min_rounds:
+        return True
+    return done < max_rounds and (deadline is None or time.monotonic() + 1.5 * expected <= deadline)
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux /proc; 0 elsewhere): a command's budget includes importing torch,
+    which alone takes half a minute on a busy 2-core machine."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def run_bench(model: str = "unet", rounds: int | None = None, steps: int = 1, device: str = "auto",
+              batch: int | None = 8, size: int | None = None, budget: float | None = 160.0, min_rounds: int = 3,
+              max_rounds: int = 30, log: BenchLog | None = None, started: float | None = None) -> dict:
+    """Run the benchmark in a scratch workspace; the contract's keys report the case with the worst ratio.
+    With a budget (seconds since `started`, a time.monotonic() value, default now) and no fixed rounds, rounds
+    go on while the next one fits; each model gets an equal share of what is left."""
+    log = log or BenchLog(enabled=False)
     names = list(CASES) if model == "all" else [model]
+    start = time.monotonic() if started is None else started
     previous = {k: os.environ.get(k) for k in ("LIGHTBOX_HOME", "LIGHTBOX_DB_URL")}
+    cases = []
     with tempfile.TemporaryDirectory(prefix="lightbox-bench-") as scratch:
         os.environ["LIGHTBOX_HOME"] = scratch
         os.environ.pop("LIGHTBOX_DB_URL", None)
         try:
-            cases = [bench_case(name, rounds, steps, device) for name in names]
+            for i, name in enumerate(names):
+                deadline = None
+                if budget is not None and rounds is None:
+                    now = time.monotonic()
+                    deadline = now + (start + budget - now) / (len(names) - i)
+                cases.append(bench_case(name, rounds, steps, device, batch, size, deadline, min_rounds, max_rounds,
+                                        log))
         finally:
             for key, value in previous.items():
                 if value is None:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+    seconds = round(time.monotonic() - start, 1)
     headline = min(cases, key=lambda c: c["ratio"])     # the contract's keys report the worst case
-    keys = ("engine_ips", "plain_ips", "ratio", "naive_ips", "speedup")
-    return {**{k: headline[k] for k in keys}, "cases": cases}
+    timed = budget is not None and rounds is None
+    over = timed and seconds > budget
+    log.line(f"finished after {seconds:.0f} s" + (f" of a {budget:.0f} s budget" if timed else "")
+             + (f", {seconds - budget:.0f} s over: at least {min_rounds} rounds are always measured, and on a shared "
+                "CPU a round can run slower than those before it" if over else ""))
+    return {**{k: headline[k] for k in CONTRACT_KEYS}, "model": headline["model"], "rounds": headline["rounds"],
+            "ratio_iqr": headline["ratio_iqr"], "ratio_ci95": headline["ratio_ci95"],
+            "speedup_ci95": headline["speedup_ci95"], "seconds": seconds, "budget_seconds": budget,
+            "over_budget": over, "cases": cases}

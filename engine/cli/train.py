@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
-from engine.bench import run_bench
+from engine.bench import PRESETS, BenchLog, process_age, run_bench
 from engine.cli.common import CommandFailed, finite, run_summary
 from engine.cli.options import add_run_settings, config_from_args
 from engine.cli.progress import TrainProgress
+from engine.errors import UserError
 from engine.runs import execute, worker
 from engine.runs.submit import create_run, submit
 
@@ -39,8 +41,27 @@ def cmd_worker(args) -> dict:
     return {"jobs_run": worker.run_worker(slots=args.slots, until_idle=args.until_idle, poll=args.poll)}
 
 
+def bench_settings(args) -> dict:
+    """The preset (time-boxed quick default, or --long) with any flag given on top; fixed --rounds drop the budget."""
+    settings = dict(PRESETS["long" if args.long else "quick"])
+    given = {"model": args.model, "rounds": args.rounds, "steps": args.steps, "batch": args.batch_size,
+             "budget": args.budget}
+    for flag, value, least in (("--rounds", args.rounds, 1), ("--steps", args.steps, 1),
+                               ("--batch-size", args.batch_size, 2), ("--budget", args.budget, 0)):
+        if value is not None and value < least:
+            raise UserError(f"{flag} must be at least {least}; leave it out for the default.")
+    settings.update({k: v for k, v in given.items() if v is not None})
+    if args.rounds is not None:
+        settings["budget"] = None
+    elif args.budget is not None:
+        settings["rounds"] = None           # --long --budget S: the long form's sizes, time-boxed
+    return settings
+
+
 def cmd_bench(args) -> dict:
-    return run_bench(model=args.model, rounds=args.rounds, steps=args.steps, device=args.device)
+    """The budget counts from the process start: what a user waits for includes importing torch."""
+    return run_bench(device=args.device, log=BenchLog(enabled=not args.quiet),
+                     started=time.monotonic() - process_age(), **bench_settings(args))
 
 
 def register(add) -> None:
@@ -61,9 +82,18 @@ def register(add) -> None:
     p.add_argument("--poll", type=float, default=1.0)
     p.set_defaults(handler=cmd_worker)
 
-    p = add("bench", "engine vs plain-PyTorch training throughput")
-    p.add_argument("--model", default="all", choices=["all", "unet", "resnet18"])
-    p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--steps", type=int, default=5)
+    quick = PRESETS["quick"]
+    p = add("bench", f"engine vs plain-PyTorch training throughput (about {quick['budget']:.0f} s; --long: "
+                     "both models, full rounds)")
+    p.add_argument("--long", action="store_true", help="both models at batch 16, 8 rounds of 8 steps "
+                   "(tens of minutes on a busy 2-core CPU)")
+    p.add_argument("--model", default=None, choices=["all", "unet", "resnet18"],
+                   help=f"default {quick['model']} ({PRESETS['long']['model']} with --long)")
+    p.add_argument("--rounds", type=int, default=None, help="a fixed number of rounds instead of the time budget")
+    p.add_argument("--steps", type=int, default=None, help=f"optimizer steps per loop and round "
+                   f"(default {quick['steps']})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"default {quick['batch']}")
+    p.add_argument("--budget", type=float, default=None, help=f"seconds for the whole command, start-up and set-up "
+                   f"included (default {quick['budget']:.0f}); at least {quick['min_rounds']} rounds are measured")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(handler=cmd_bench)

@@ -11,12 +11,15 @@ from engine.cli.common import CommandFailed, finite, run_summary
 from engine.cli.options import add_run_settings, config_from_args
 from engine.cli.progress import TrainProgress
 from engine.errors import UserError
-from engine.runs import execute, worker
+from engine.runs import crossval, execute, worker
 from engine.runs.submit import create_run, submit
 
 
 def cmd_train(args) -> dict:
-    run_id = create_run(config_from_args(args), status="starting")
+    config = config_from_args(args)
+    if config.folds >= 2 and not config.fold:
+        return _train_folds(config, quiet=args.quiet)
+    run_id = create_run(config, status="starting")
     run = execute.run_job(run_id, handlers=[TrainProgress(enabled=not args.quiet)])
     result = run_summary(run)
     if run["status"] != "done":
@@ -24,8 +27,22 @@ def cmd_train(args) -> dict:
     return result
 
 
+def _train_folds(config, quiet: bool) -> dict:
+    """`train --folds K`: every fold trains here; the JSON holds each fold's best and the mean ± sd."""
+    result = crossval.run_folds_here(config, config.folds, handlers=lambda: [TrainProgress(enabled=not quiet)])
+    failed = [f for f in result["folds"] if f["status"] != "done"]
+    if failed:
+        raise CommandFailed(f"{len(failed)} of {config.folds} folds did not finish (first: run {failed[0]['run_id']} "
+                            f"{failed[0]['status']})", result)
+    return result
+
+
 def cmd_submit(args) -> dict:
-    return {"run_id": submit(config_from_args(args)), "status": "queued"}
+    config = config_from_args(args)
+    if config.folds >= 2 and not config.fold:
+        cv_id, run_ids = crossval.create_folds(config, config.folds)
+        return {"run_id": run_ids[0], "run_ids": run_ids, "cv_id": cv_id, "status": "queued"}
+    return {"run_id": submit(config), "status": "queued"}
 
 
 def cmd_run_job(args) -> dict:

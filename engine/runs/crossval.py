@@ -15,7 +15,8 @@ from statistics import mean, stdev
 from engine.config import RunConfig
 from engine.data.folds import fold_groups
 from engine.data.manifest import load_manifest
-from engine.runs import queue, store
+from engine.preflight import check_config
+from engine.runs import execute, queue, store
 from engine.runs.submit import create_run
 from engine.tasks import TASK_METRICS
 
@@ -29,6 +30,7 @@ def fold_configs(config: RunConfig, folds: int) -> list[RunConfig]:
 
 def create_folds(config: RunConfig, folds: int, status: str = "queued") -> tuple[str, list[str]]:
     """Record (and with status 'queued', enqueue) one run per fold; returns the cross-validation id and run ids."""
+    check_config(replace(config, folds=folds, fold=1))          # refuse before any fold is recorded
     cv_id = CV_PREFIX + secrets.token_hex(4)
     run_ids = []
     for fold_config in fold_configs(config, folds):
@@ -37,6 +39,17 @@ def create_folds(config: RunConfig, folds: int, status: str = "queued") -> tuple
             queue.enqueue(run_id, resume=False)
         run_ids.append(run_id)
     return cv_id, run_ids
+
+
+def run_folds_here(config: RunConfig, folds: int, handlers=lambda: ()) -> dict:
+    """`train --folds K`: the K fold runs one after another in this process; the summary, plus the id."""
+    check_config(replace(config, folds=folds, fold=1))          # refuse before the first fold trains
+    cv_id = CV_PREFIX + secrets.token_hex(4)
+    runs = []
+    for fold_config in fold_configs(config, folds):
+        run_id = create_run(fold_config, status="starting", study=cv_id, trial=fold_config.fold)
+        runs.append(execute.run_job(run_id, handlers=handlers()))
+    return {"cv_id": cv_id, **summary(runs)}
 
 
 def summary(runs: list[dict]) -> dict:

@@ -58,3 +58,39 @@ def test_without_patients_each_sample_is_its_own_group():
     manifest = {"samples": [{"key": str(i), "split": "train"} for i in range(6)]}
     assert len(set(assign_folds(manifest["samples"], 3).values())) == 3
     assert run_splits(manifest, 0, 0) == ["train"] * 6                # no cross-validation: the dataset's own
+
+
+def test_train_folds_from_the_cli_validates_every_patient_once(tmp_path):
+    """`train --folds 3 --json`: three ordinary runs, disjoint validation patients covering all, mean ± sd."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LIGHTBOX_HOME": str(tmp_path / "ws")}
+    env.pop("LIGHTBOX_DB_URL", None)
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "engine", *args, "--json", "--quiet"], capture_output=True,
+                              text=True, env=env, timeout=600)
+        return proc, (json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else None)
+
+    cli("demo-data", "classification", str(tmp_path / "demo.zip"), "--n", "36", "--size", "32")
+    _, ingested = cli("ingest", str(tmp_path / "demo.zip"), "--task", "classification")
+    path = tmp_path / "ws" / "datasets" / ingested["dataset_id"] / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for i, sample in enumerate(manifest["samples"]):      # 12 patients of 3 images each, as ingest would group
+        sample["group"] = f"patient-{i // 3}"
+    path.write_text(json.dumps(manifest))
+    proc, result = cli("train", "--dataset", ingested["dataset_id"], "--arch", "lenet5", "--epochs", "1",
+                       "--image-size", "32", "--batch-size", "4", "--folds", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert [f["fold"] for f in result["folds"]] == [1, 2, 3] and len({f["run_id"] for f in result["folds"]}) == 3
+    validated = [g for f in result["folds"] for g in f["val_groups"]]
+    outside_test = {s["group"] for s in manifest["samples"] if s["split"] != "test"}
+    assert sorted(validated) == sorted(outside_test) and len(validated) == len(set(validated))
+    assert set(result["cv"]["accuracy"]) >= {"mean", "sd"} and result["cv"]["accuracy"]["n"] == 3
+    _, listed = cli("runs")
+    assert sorted(r["run_id"] for r in listed["runs"]) == sorted(f["run_id"] for f in result["folds"])
+    proc, _ = cli("train", "--dataset", ingested["dataset_id"], "--arch", "lenet5", "--folds", "40")
+    assert proc.returncode != 0 and "needs at least 40 patients" in proc.stderr and "Traceback" not in proc.stderr

@@ -11,10 +11,22 @@ import streamlit as st
 
 from engine.data.dataset import load_sample
 from engine.errors import UserError
-from engine.inference.batch import mask_png, masks_by_image_stem, predict_zip, results_csv
+from engine.inference.batch import (
+    mask_png,
+    masks_by_image_stem,
+    predict_zip,
+    results_csv,
+)
 from engine.inference.export import export_zip
-from engine.inference.predict import Prediction, Predictor, held_out_samples, load_predictor, predictable_runs
+from engine.inference.predict import (
+    Prediction,
+    Predictor,
+    held_out_samples,
+    load_predictor,
+    predictable_runs,
+)
 from engine.models.registry import get_spec
+from engine.tasks import HEADLINE_METRICS, METRIC_NOTES, auc_accuracy_note
 from engine.visualize.gradcam import heat_scale
 from pages import _widgets as w
 
@@ -36,15 +48,13 @@ def pick_run() -> dict | None:
 
 def run_card(run: dict, predictor: Predictor) -> None:
     """Architecture, validation and held-out test results of the chosen run."""
-    spec = get_spec(run["arch"])
+    spec = get_spec(run["arch"], predictor.task)
     st.markdown(f"**{spec.title}** · {predictor.task} · classes: {', '.join(predictor.classes)} · "
                 f"input {predictor.size}×{predictor.size} px")
     st.caption(spec.note)
-    names = w.TASK_METRICS.get(predictor.task, ())
-    cols = st.columns(len(names) * 2 or 1)
-    for i, name in enumerate(names):
-        cols[i].metric(f"Validation {w.METRIC_TITLES[name]}", _number((run.get("best") or {}).get(name)))
-        cols[len(names) + i].metric(f"Test {w.METRIC_TITLES[name]}", _number((run.get("test") or {}).get(name)))
+    st.dataframe(score_table(run, predictor.task), hide_index=True, key="predict_scores")
+    for note in notes(run, predictor.task):
+        st.caption(note)
     test = run.get("test")
     with st.expander("Held-out test report"):
         if not test:
@@ -57,8 +67,43 @@ def run_card(run: dict, predictor: Predictor) -> None:
                                 key="predict_test_confusion")
 
 
+def score_table(run: dict, task: str) -> pd.DataFrame:
+    """One row per headline metric (a table, not tiles: long names such as 'Balanced accuracy' fit), each score
+    with its 95 % interval and the number of images it rests on."""
+    rows = []
+    for name in HEADLINE_METRICS.get(task, ()):
+        row = {"Score": w.METRIC_TITLES.get(name, name)}
+        for split, scores in (("Validation", run.get("best") or {}), ("Test", run.get("test") or {})):
+            row[split] = _number(scores.get(name))
+            row[f"{split} 95 % interval (n)"] = _interval(scores, name)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def notes(run: dict, task: str) -> list[str]:
+    """What the numbers above do and do not say, in words (empty slices, AUC against accuracy)."""
+    out = []
+    best = run.get("best") or {}
+    if task == "segmentation":
+        out.append(METRIC_NOTES["dice"])
+        if best.get("empty_total"):
+            out.append(f"{best.get('empty_correct', 0)} of {best['empty_total']} validation images with nothing to "
+                       "find were correctly left empty.")
+    elif (note := auc_accuracy_note(best)):
+        out.append(note)
+    return out
+
+
+def _interval(scores: dict, name: str) -> str:
+    low_high, n = scores.get(f"{name}_ci"), scores.get(f"{name}_n", scores.get("n"))
+    if isinstance(low_high, list) and len(low_high) == 2 and all(v == v for v in low_high if v is not None) \
+            and None not in low_high:
+        return f"{low_high[0]:.2f}–{low_high[1]:.2f}" + (f" (n={n})" if n else "")
+    return f"n={n}" if n else ""
+
+
 def _number(value) -> str:
-    return "–" if value is None else f"{value:.3f}"
+    return "–" if not isinstance(value, (int, float)) or value != value else f"{value:.3f}"
 
 
 def gather(predictor: Predictor, tta: bool) -> list[Prediction]:

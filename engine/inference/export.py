@@ -115,7 +115,7 @@ def _metric_table(metrics: dict | None) -> list[str]:
 
 def model_card(run_id: str, model, config, info: dict, ckpt: dict) -> str:
     """A Markdown card: data, architecture, settings, validation and test metrics, intended use, limitations."""
-    spec = get_spec(config.arch)
+    spec = get_spec(config.arch, config.task)
     run = store.get_run(run_id) or {}
     best = run.get("best") or ckpt.get("best_metrics")
     settings = {k: getattr(config, k) for k in ("epochs", "batch_size", "image_size", "optimizer", "lr", "schedule",

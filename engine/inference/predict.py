@@ -12,7 +12,13 @@ import torch.nn.functional as F
 
 from engine.config import RunConfig
 from engine.data.dataset import cap_image, load_manifest, to_model_input
-from engine.data.io import SUPPORTED_EXTENSIONS, is_dicom, normalise_labels, read_image, read_mask_frames
+from engine.data.io import (
+    SUPPORTED_EXTENSIONS,
+    is_dicom,
+    normalise_labels,
+    read_image,
+    read_mask_frames,
+)
 from engine.device import pick_device
 from engine.errors import UserError
 from engine.metrics import dice_per_class, iou_per_class
@@ -20,12 +26,11 @@ from engine.models.network import LightboxModel, build_network
 from engine.runs import store
 from engine.runs.paths import checkpoint_path, has_best_checkpoint
 from engine.visualize.gradcam import explain_image
-from engine.visualize.images import compare_masks, overlay, to_rgb
+from engine.visualize.images import OVERLAY_ALPHA, compare_masks, overlay, to_rgb
 
 READABLE = "PNG, JPEG, TIFF, BMP or DICOM"
 MIN_SIDE = 16                      # the smallest image size a run can be trained at (RunConfig.validate)
 TTA_FLIPS = {"hflip": (-1,), "vflip": (-2,)}
-OVERLAY_ALPHA = 0.45
 
 
 @dataclass

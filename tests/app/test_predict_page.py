@@ -148,5 +148,17 @@ def test_zip_upload_shows_a_results_table(lb, seg_run):
     at.file_uploader(key="predict_zip").set_value(("batch.zip", buffer.getvalue(), "application/zip")).run()
     lb.no_exception(at)
     assert not at.error
-    assert list(at.dataframe[0].value["file"]) == ["images/a.png", "images/b.png"]
+    results = next(d.value for d in at.dataframe if "file" in d.value.columns)
+    assert list(results["file"]) == ["images/a.png", "images/b.png"]
     assert any(b.label == "Download results (CSV)" for b in at.get("download_button"))
+
+
+
+def test_scores_are_a_table_with_intervals_and_n(lb, cls_run):
+    """Long names ('Balanced accuracy') were cut off in eight narrow tiles; a table also holds n and the CI."""
+    at = lb.page(PAGE).run()
+    lb.no_exception(at)
+    table = next(d.value for d in at.dataframe if "Score" in d.value.columns)
+    assert list(table["Score"]) == ["Accuracy", "Balanced accuracy", "ROC AUC", "F1 (macro)"]
+    assert "(n=" in table.loc[0, "Validation 95 % interval (n)"] and "–" in table.loc[0, "Validation 95 % interval (n)"]
+    assert not [m.label for m in at.metric if m.label.startswith("Validation")]

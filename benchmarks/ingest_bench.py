@@ -1,7 +1,9 @@
 """Ingest throughput on 1,000 16-bit DICOM files, and proof that a training epoch reads only the array cache.
 
 Run: .venv/bin/python benchmarks/ingest_bench.py [--files 1000] [--rounds 2]
-Prints a JSON object on its last line; the figures are copied by hand into benchmarks/ingest.md.
+     .venv/bin/python benchmarks/ingest_bench.py --checks-cost [--rounds 3]   # near-duplicate + shortcut checks
+     .venv/bin/python benchmarks/ingest_bench.py --false-alarms               # warnings on every generated dataset
+Prints a JSON object on its last line; the figures are copied by hand into benchmarks/ingest.md and traps.md.
 """
 from __future__ import annotations
 
@@ -24,7 +26,10 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.data.dataset import load_split  # noqa: E402  (after the path fix above)
+from engine.data import checks, duplicates  # noqa: E402  (after the path fix above)
+from engine.data import ingest as ingest_module  # noqa: E402
+from engine.data.dataset import load_split  # noqa: E402
+from engine.data.demo import write_demo  # noqa: E402
 from engine.data.ingest import ingest  # noqa: E402
 from engine.data.io import read_image  # noqa: E402
 
@@ -68,9 +73,9 @@ def make_upload(root: Path, files: int, size: int) -> None:
 
 
 def time_ingest(upload: Path, workers: int) -> tuple[float, float, str]:
-    """Wall seconds, CPU seconds of this process (all threads), dataset id."""
+    """Wall seconds, CPU seconds of this process (all threads), dataset id (workers 0: ingest's default)."""
     start, cpu = time.perf_counter(), time.process_time()
-    result = ingest(upload, "classification", name="bench", workers=workers)
+    result = ingest(upload, "classification", name="bench", workers=workers or None)
     return time.perf_counter() - start, time.process_time() - cpu, result.dataset_id
 
 
@@ -109,12 +114,145 @@ def epoch_from_cache(dataset_id: str, size: int, batch: int = 32) -> dict:
             "epoch_samples_per_s": round(seen / epoch)}
 
 
+def png_copy(upload: Path, out: Path) -> Path:
+    """The same slices as 8-bit PNG (PNG decodes faster than DICOM, so the checks weigh more there)."""
+    from PIL import Image
+    for path in upload.rglob("*.dcm"):
+        target = out / path.relative_to(upload).with_suffix(".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((read_image(path)[0][0] * 255).round().astype(np.uint8)).save(target)
+    return out
+
+
+def without_checks():
+    """Patches that skip the thumbnail, near-duplicate search and shortcut check (everything else stays)."""
+    blank = np.zeros((duplicates.THUMB, duplicates.THUMB), np.uint8)
+    return [mock.patch.object(ingest_module, "thumbnail", lambda frame: blank),
+            mock.patch.object(ingest_module, "near_duplicate_sets", lambda thumbs: []),
+            mock.patch.object(checks, "find_shortcuts", lambda rows, classes: [])]
+
+
+def time_with_and_without(upload: Path, rounds: int) -> dict:
+    """Whole ingests, alternating with and without the checks (the machine is shared): wall and CPU medians."""
+    wall: dict[str, list[float]] = {"with": [], "without": []}
+    cpu: dict[str, list[float]] = {"with": [], "without": []}
+    for _ in range(rounds):
+        for mode in ("without", "with"):
+            patches = without_checks() if mode == "without" else []
+            for patch in patches:
+                patch.start()
+            try:
+                seconds, cpu_seconds, _ = time_ingest(upload, workers=0)
+            finally:
+                for patch in patches:
+                    patch.stop()
+            wall[mode].append(seconds)
+            cpu[mode].append(cpu_seconds)
+            print(f"  {upload.name} {mode} checks: {seconds:.2f} s wall, {cpu_seconds:.2f} s CPU", flush=True)
+    med = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in (("wall", wall), ("cpu", cpu))}
+    return {"wall_s": {m: round(v, 2) for m, v in med["wall"].items()},
+            "cpu_s": {m: round(v, 2) for m, v in med["cpu"].items()},
+            "wall_ratio": round(med["wall"]["with"] / med["wall"]["without"], 3),
+            "cpu_ratio": round(med["cpu"]["with"] / med["cpu"]["without"], 3)}
+
+
+def time_pieces(upload: Path) -> dict:
+    """The checks alone on 1,000 images: thumbnails, the near-duplicate search, the shortcut check."""
+    from engine.data.manifest import load_manifest
+    from engine.data.shortcuts import find_shortcuts
+    frames = [read_image(p)[0] for p in sorted(upload.rglob("*.dcm"))]
+    start = time.process_time()
+    thumbs = np.stack([duplicates.thumbnail(f) for f in frames])
+    thumb_s = time.process_time() - start
+    start = time.process_time()
+    duplicates.near_duplicate_sets(thumbs)
+    search_s = time.process_time() - start
+    manifest = load_manifest(ingest(upload, "classification", name="pieces").dataset_id)
+    start = time.process_time()
+    find_shortcuts(manifest["samples"], manifest["classes"])
+    shortcut_s = time.process_time() - start
+    return {"images": len(frames), "thumbnails_cpu_s": round(thumb_s, 3), "near_duplicates_cpu_s": round(search_s, 3),
+            "shortcuts_cpu_s": round(shortcut_s, 3)}
+
+
+def checks_cost(args) -> dict:
+    with tempfile.TemporaryDirectory(prefix="lightbox-bench-") as tmp:
+        os.environ["LIGHTBOX_HOME"] = str(Path(tmp) / "workspace")
+        upload = Path(tmp) / "mr-upload"
+        make_upload(upload, args.files, args.size)
+        pngs = png_copy(upload, Path(tmp) / "png-upload")
+        return {"files": args.files, "size": args.size, "cpus": os.cpu_count(),
+                "load_avg_1m": round(os.getloadavg()[0], 2), "pieces": time_pieces(upload),
+                "dicom": time_with_and_without(upload, args.rounds), "png": time_with_and_without(pngs, args.rounds)}
+
+
+def false_alarms(args) -> dict:
+    """Every dataset the project generates, ingested: the warnings it raised, and which of them are false.
+
+    A small_split is true when validation or test holds < 30 images or < 5 of a class (checked here on the splits
+    themselves); nothing else can be true of these generators (independent images, balanced classes, no patients).
+    """
+    cases = [("classification", n, size, seed) for n, size, seed in
+             [(200, 128, 0), (200, 128, 1), (200, 128, 2), (200, 128, 3), (200, 128, 4), (200, 64, 0),
+              (200, 256, 0), (400, 128, 0), (1000, 128, 0), (12, 32, 0), (16, 32, 1), (24, 32, 3)]]
+    cases += [("segmentation", n, size, seed) for n, size, seed in
+              [(200, 128, 0), (200, 128, 1), (200, 128, 2), (200, 64, 0), (200, 256, 0), (400, 128, 0),
+               (120, 128, 2), (12, 32, 0), (16, 32, 1), (24, 32, 3)]]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="lightbox-bench-") as tmp:
+        os.environ["LIGHTBOX_HOME"] = str(Path(tmp) / "workspace")
+        sources = [(f"demo {task} n={n} size={size} seed={seed}", task,
+                    lambda task=task, n=n, size=size, seed=seed: write_demo(task, Path(tmp) / f"{task}-{n}-{size}-{seed}",
+                                                                          n=n, size=size, seed=seed))
+                   for task, n, size, seed in cases]
+        sources.append((f"benchmark MR DICOM {args.files} files", "classification",
+                        lambda: _mr_upload(Path(tmp) / "mr", args.files, args.size)))
+        for name, task, build in sources:
+            result = ingest(build(), task)
+            report = result.report.to_dict()
+            true_small = _true_small_splits(result.dataset_id)
+            found = [w["kind"] for w in report["warnings"]]
+            false = [k for k in found if k != "small_split"] + \
+                    [w["split"] for w in report["warnings"] if w["kind"] == "small_split" and w["split"] not in true_small]
+            missed = sorted(set(true_small) - {w["split"] for w in report["warnings"] if w["kind"] == "small_split"})
+            rows.append({"dataset": name, "images": report["samples"], "groups": report["groups"]["key"],
+                         "warnings": found, "false_alarms": len(false), "missed": missed})
+            print(json.dumps(rows[-1]), flush=True)
+    return {"datasets": rows, "false_alarms": sum(r["false_alarms"] for r in rows)}
+
+
+def _mr_upload(root: Path, files: int, size: int) -> Path:
+    make_upload(root, files, size)
+    return root
+
+
+def _true_small_splits(dataset_id: str) -> list[str]:
+    from collections import Counter
+
+    from engine.data.manifest import load_manifest
+    manifest = load_manifest(dataset_id)
+    small = []
+    for split in ("val", "test"):
+        members = [s for s in manifest["samples"] if s["split"] == split]
+        per_class = Counter(s.get("label") for s in members)
+        thin = manifest["task"] == "classification" and any(per_class.get(i, 0) < 5
+                                                             for i in range(manifest["num_classes"]))
+        if len(members) < 30 or thin:
+            small.append(split)
+    return small
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--checks-cost", action="store_true", help="time ingest with and without the checks")
+    parser.add_argument("--false-alarms", action="store_true", help="warnings on every generated dataset")
     args = parser.parse_args()
+    if args.checks_cost or args.false_alarms:
+        print(json.dumps(checks_cost(args) if args.checks_cost else false_alarms(args)))
+        return
     with tempfile.TemporaryDirectory(prefix="lightbox-bench-") as tmp:
         os.environ["LIGHTBOX_HOME"] = str(Path(tmp) / "workspace")
         upload = Path(tmp) / "mr-upload"

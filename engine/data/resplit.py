@@ -18,8 +18,9 @@ from engine import workspace
 from engine.data.checks import find_warnings
 from engine.data.duplicates import near_duplicate_sets, thumbnail
 from engine.data.groups import check_group_by
+from engine.data.layout import SPLIT_NAMES
 from engine.data.manifest import SPLITS, dataset_dir, load_manifest
-from engine.data.split_plan import split_rows
+from engine.data.split_plan import file_of, split_rows
 from engine.errors import UserError
 
 GROUPING_NAMES = {"auto": "auto grouping", "none": "no grouping", "folder": "grouped by folder"}
@@ -31,7 +32,7 @@ def resplit(dataset_id: str, group_by: str) -> str:
         raise UserError(f"There is no dataset '{dataset_id}'.")
     group_by = check_group_by(group_by)
     manifest = load_manifest(dataset_id)
-    rows = [dict(row) for row in manifest["samples"]]
+    rows = [_with_folder_split(dict(row)) for row in manifest["samples"]]
     copies = _near_duplicates(dataset_id, rows)
     report = dict(manifest.get("report") or {})
     seed = int(manifest.get("seed", 0))
@@ -49,6 +50,15 @@ def resplit(dataset_id: str, group_by: str) -> str:
                       "resplit_from": dataset_id}
     _write_linked_copy(dataset_dir(dataset_id), new_id, new)
     return new_id
+
+
+def _with_folder_split(row: dict) -> dict:
+    """A row of a dataset ingested before the split fixed by train/val/test folders was recorded: read it from
+    the path as uploaded, as the layout scan does."""
+    if "folder_split" not in row:
+        folders = [part.lower() for part in file_of(row).split("/")[:-1]]
+        row["folder_split"] = next((SPLIT_NAMES[f] for f in folders if f in SPLIT_NAMES), None)
+    return row
 
 
 def _near_duplicates(dataset_id: str, rows: list[dict]) -> list[list[int]]:

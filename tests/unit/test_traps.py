@@ -297,3 +297,20 @@ def test_resplit_makes_a_new_dataset_and_leaves_the_old_one(workspace, tmp_path)
     assert len(load_split(second, "train", 32).keys) == after["split_counts"]["train"]
     with pytest.raises(UserError, match="no dataset"):
         resplit("../escape", "auto")
+
+
+def test_resplit_checks_a_dataset_ingested_before_the_checks(workspace, tmp_path):
+    """Old manifests have no near-duplicate sets or folder splits recorded: they come from the arrays and paths."""
+    files = {f"train/{k}" if not k.endswith("_edited.png") else f"test/{k}": v for k, v in copies_upload().items()}
+    first = ingest(write(tmp_path / "up", files), "classification", group_by="none")
+    path = Path(workspace) / "datasets" / first.dataset_id / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for row in manifest["samples"]:
+        for field in ("near_duplicate", "folder_split", "group", "split_group", "mean", "channels", "folder"):
+            row.pop(field)
+    del manifest["report"]["warnings"], manifest["report"]["groups"], manifest["seed"]
+    path.write_text(json.dumps(manifest))
+    again = load_manifest(resplit(first.dataset_id, "none"))
+    (copies,) = [w for w in again["report"]["warnings"] if w["kind"] == "near_duplicates"]
+    assert copies["count"] == 6 and "lie in different train/val/test folders" in copies["message"]
+    assert all(s["split"] == "test" for s in again["samples"] if s["source"].startswith("test/"))

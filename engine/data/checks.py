@@ -43,7 +43,7 @@ def _group_spans_splits(groups: dict) -> list[dict]:
 
 def _near_duplicates(rows: list[dict], sets: list[list[int]], classes: list[str]) -> list[dict]:
     """Sets of near-identical images that a patient group did not already hold together."""
-    shown = [m for m in sets if len({rows[i]["group"] or file_of(rows[i]) for i in m}) > 1]
+    shown = [m for m in sets if len({rows[i]["group_key"] or file_of(rows[i]) for i in m}) > 1]
     if not shown:
         return []
     images = sum(len(m) for m in shown)

@@ -90,7 +90,7 @@ def find_shortcuts(rows: list[dict], classes: list[str]) -> list[dict]:
     on the training split; the message and the chart describe every image."""
     rows = [r for r in rows if r.get("label") is not None]
     train = [i for i, r in enumerate(rows) if r["split"] == "train"]
-    fold_of = _folds([rows[i].get("split_group") or rows[i]["key"] for i in train])
+    fold_of = _folds([rows[i].get("group") or rows[i]["key"] for i in train])
     best: dict[str, dict] = {}
     for prop in PROPERTIES:
         values = [prop.value(r, classes) for r in rows]

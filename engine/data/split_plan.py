@@ -21,13 +21,15 @@ def file_of(row: dict) -> str:
 
 def split_rows(rows: list[dict], classes: list[str], group_by: str, near_duplicates: list[list[int]],
                seed: int) -> dict:
-    """Set each row's "group", "split_group" and "split"; returns the report's `groups` entry."""
+    """Set each row's "group_key" (its patient as found by `group_by`), "group" (the set of samples it must share
+    a split with: its patient, the frames of its file and its near-duplicates; None when it may go alone; what
+    cross-validation folds use too) and "split". Returns the report's `groups` entry."""
     grouping = group_files([_file_info(r, classes) for r in rows], group_by)
     units = _units(rows, grouping, near_duplicates)
     labels = [r.get("label") for r in rows]
     fixed = [r.get("folder_split") for r in rows]
     for row, key, unit, split in zip(rows, grouping.groups, units, assign_splits(labels, units, fixed, seed=seed)):
-        row["group"], row["split_group"], row["split"] = key, unit, split
+        row["group_key"], row["group"], row["split"] = key, unit, split
     return _summary(rows, grouping)
 
 
@@ -57,8 +59,8 @@ def _units(rows: list[dict], grouping: Grouping, near_duplicates: list[list[int]
 def _summary(rows: list[dict], grouping: Grouping) -> dict:
     members: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
-        if row["group"] is not None:
-            members[row["group"]].append(row)
+        if row["group_key"] is not None:
+            members[row["group_key"]].append(row)
     spanning = sorted(k for k, m in members.items() if len({r["split"] for r in m}) > 1)
     biggest = sorted(members, key=lambda k: (-len(members[k]), k))[:EXAMPLES]
     return {"key": grouping.key, "count": len(members), "spanning_splits": len(spanning),

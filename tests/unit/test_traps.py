@@ -16,6 +16,7 @@ from engine.cli.main import main as cli
 from engine.data import demo
 from engine.data.dataset import load_manifest, load_split
 from engine.data.duplicates import near_duplicate_sets, thumbnail
+from engine.data.folds import run_splits
 from engine.data.groups import FileInfo, group_files
 from engine.data.ingest import ingest
 from engine.data.resplit import resplit
@@ -195,6 +196,11 @@ def test_re_encoded_and_edited_copies_share_their_originals_split(workspace, tmp
     assert all(len(splits) == 1 for splits in by_original.values())
     found = warning(result, "near_duplicates")
     assert found["count"] == 6 and found["images"] == 18
+    manifest = load_manifest(result.dataset_id)                 # cross-validation folds keep them together too
+    for fold in (1, 2, 3):
+        in_fold = [dict(s, split=split) for s, split in zip(manifest["samples"], run_splits(manifest, 3, fold))]
+        assert all(len(splits) == 1 for splits in splits_by({"samples": in_fold}, lambda s: s.split("/")[-1]
+                                                             .split("_")[0].removesuffix(".png")).values())
     assert sorted(found["groups"][0]) == ["cat/cat0.png", "cat/cat0_edited.png", "cat/cat0_resaved.png"]
     assert "near-identical" in found["message"] and "kept in one split" in found["message"]
 
@@ -306,7 +312,7 @@ def test_resplit_checks_a_dataset_ingested_before_the_checks(workspace, tmp_path
     path = Path(workspace) / "datasets" / first.dataset_id / "manifest.json"
     manifest = json.loads(path.read_text())
     for row in manifest["samples"]:
-        for field in ("near_duplicate", "folder_split", "group", "split_group", "mean", "channels", "folder"):
+        for field in ("near_duplicate", "folder_split", "group_key", "group", "mean", "channels", "folder"):
             row.pop(field)
     del manifest["report"]["warnings"], manifest["report"]["groups"], manifest["seed"]
     path.write_text(json.dumps(manifest))

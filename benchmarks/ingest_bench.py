@@ -202,8 +202,8 @@ def false_alarms(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="lightbox-bench-") as tmp:
         os.environ["LIGHTBOX_HOME"] = str(Path(tmp) / "workspace")
         sources = [(f"demo {task} n={n} size={size} seed={seed}", task,
-                    lambda task=task, n=n, size=size, seed=seed: write_demo(task, Path(tmp) / f"{task}-{n}-{size}-{seed}",
-                                                                          n=n, size=size, seed=seed))
+                    lambda task=task, n=n, size=size, seed=seed: write_demo(
+                        task, Path(tmp) / f"{task}-{n}-{size}-{seed}", n=n, size=size, seed=seed))
                    for task, n, size, seed in cases]
         sources.append((f"benchmark MR DICOM {args.files} files", "classification",
                         lambda: _mr_upload(Path(tmp) / "mr", args.files, args.size)))
@@ -212,9 +212,9 @@ def false_alarms(args) -> dict:
             report = result.report.to_dict()
             true_small = _true_small_splits(result.dataset_id)
             found = [w["kind"] for w in report["warnings"]]
-            false = [k for k in found if k != "small_split"] + \
-                    [w["split"] for w in report["warnings"] if w["kind"] == "small_split" and w["split"] not in true_small]
-            missed = sorted(set(true_small) - {w["split"] for w in report["warnings"] if w["kind"] == "small_split"})
+            small = [w["split"] for w in report["warnings"] if w["kind"] == "small_split"]
+            false = [k for k in found if k != "small_split"] + [s for s in small if s not in true_small]
+            missed = sorted(set(true_small) - set(small))
             rows.append({"dataset": name, "images": report["samples"], "groups": report["groups"]["key"],
                          "warnings": found, "false_alarms": len(false), "missed": missed})
             print(json.dumps(rows[-1]), flush=True)

@@ -20,7 +20,7 @@ def find_warnings(rows: list[dict], classes: list[str], task: str, groups: dict,
     classification = task == "classification"
     found = _group_spans_splits(groups)
     found += _near_duplicates(rows, near_duplicates, classes if classification else [])
-    if classification:
+    if classification:      # a segmentation label is a mask drawn on the image, not a class a property could predict
         found += find_shortcuts(rows, classes)
         found += _imbalance(rows, classes)
     found += _small_splits(rows, classes if classification else [])
@@ -31,7 +31,7 @@ def _group_spans_splits(groups: dict) -> list[dict]:
     count = groups.get("spanning_splits", 0)
     if not count:
         return []
-    what = "patient" if groups["key"] == "dicom" else "group"
+    what = "patient" if groups["key"] in ("dicom", "filename prefix", "folder") else "group"
     names = ", ".join(f"{s['key']} ({', '.join(s['splits'])})" for s in groups.get("spanning", [])[:3])
     message = (f"{_count(count, what)} {'has' if count == 1 else 'have'} images in more than one of the train/, val/ "
                f"and test/ folders of the upload (e.g. {names}), so the model is scored on {what}s it has already "

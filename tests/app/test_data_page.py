@@ -357,7 +357,8 @@ def test_explore_shows_copies_side_by_side_and_the_shortcut_chart(lb):
     assert "2 images are near-identical copies of one another (1 set, e.g. xr/chest/c03.png and " \
            "xr/chest/c03_copy.png)" in warnings
     captions = [i.proto.imgs[0].caption for i in at.image]
-    assert captions[:2] == ["c03.png · " + captions[0].split(" · ")[1], "c03_copy.png · " + captions[0].split(" · ")[1]]
+    split = captions[0].split(" · ")[1]                                    # a copy shares its original's split
+    assert captions[:2] == [f"c03.png · {split}", f"c03_copy.png · {split}"]
     charts = [c.proto.spec for c in lb.charts(at)]
     assert len(charts) == 2 and sum("Image size per class" in spec for spec in charts) == 1
 

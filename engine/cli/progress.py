@@ -48,6 +48,12 @@ class Progress:
             self.bar.close()
             self.bar = None
 
+    def finish(self) -> None:
+        """Plain mode: one closing line with the latest note (the last milestone came before the last epoch)."""
+        if not self.live and self.postfix:
+            print(f"{self.label}: finished ({self.postfix})", file=self.stream, flush=True)
+        self.close()
+
 
 def file_progress(label: str, enabled: bool) -> Callable[[int, int], None] | None:
     return Progress(label, "file").update if enabled else None
@@ -66,7 +72,7 @@ class TrainProgress:
         events.on(Event.FIT_START, self.on_fit_start)
         events.on(Event.STEP_END, self.on_step)
         events.on(Event.EPOCH_END, self.on_epoch)
-        events.on(Event.FIT_END, lambda **_: self.progress.close())
+        events.on(Event.FIT_END, lambda **_: self.progress.finish())
 
     def on_fit_start(self, trainer) -> None:
         self.total = trainer.config.epochs * trainer.steps_per_epoch

@@ -210,6 +210,8 @@ def set_status(run_id: str, status: str, message: str = "", *, only_if: Iterable
     values: dict[str, Any] = {"status": status, "message": message}
     if status == "starting":
         values["started_at"] = now()
+    elif status == "running":                     # straight from queued (no 'starting'): it starts now
+        values["started_at"] = func.coalesce(runs.c.started_at, now())
     if status in STARTED:
         values["heartbeat_at"] = now()
     if status in FINISHED:

@@ -106,8 +106,8 @@ def test_trainer_refuses_training_masks_without_the_structure(tiny_segmentation,
     from engine.training import trainer as trainer_module
     real = trainer_module.load_split
 
-    def blank_training_masks(dataset_id, split, size):
-        arrays = real(dataset_id, split, size)
+    def blank_training_masks(dataset_id, split, size, **folds):
+        arrays = real(dataset_id, split, size, **folds)
         if split == "train":
             arrays.targets[...] = 0
         return arrays

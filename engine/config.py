@@ -16,7 +16,7 @@ from engine.tasks import TASKS, default_loss, default_monitor, monitor_choices
 OPTIMIZER_TITLES = {"adam": "Adam", "adamw": "AdamW (decoupled weight decay)", "sgd": "SGD with momentum"}
 SCHEDULE_TITLES = {"constant": "Constant", "exponential": "Exponential decay", "step": "Step decay",
                    "cosine": "Cosine annealing", "onecycle": "One-cycle"}
-DEVICE_TITLES = {"auto": "Automatic (GPU when there is one)", "cpu": "CPU", "cuda": "GPU (CUDA)"}
+DEVICE_TITLES = {"auto": "Auto (GPU if any)", "cpu": "CPU", "cuda": "GPU (CUDA)"}
 OPTIMIZERS, SCHEDULES, DEVICES = tuple(OPTIMIZER_TITLES), tuple(SCHEDULE_TITLES), tuple(DEVICE_TITLES)
 LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)   # steps of about ×3: a log scale
 

@@ -214,9 +214,9 @@ st.subheader("Optimisation")
 choices = optimisation(task)
 st.subheader("Length and hardware")
 choices |= length_and_hardware(arch, task)
+batch_note(manifest, choices["batch_size"])
 st.subheader("Validation")
 choices |= cross_validation(manifest)
-batch_note(manifest, choices["batch_size"])
 name = s.widget("name", FORM, placeholder="e.g. baseline, more augmentation")
 
 config = RunConfig(dataset_id=manifest["id"], arch=arch, task=task, name=name.strip(), pretrained=pretrained,

@@ -12,6 +12,7 @@ from engine.data.folds import fold_view, group_count
 from engine.errors import UserError
 from engine.models.registry import DEFAULT_ARCH, get_spec, resolve_options
 from engine.models.weights import imagenet_status
+from engine.tasks import headline_metric
 
 
 def check_config(config: RunConfig) -> dict:
@@ -23,6 +24,8 @@ def check_config(config: RunConfig) -> dict:
     manifest = load_manifest(config.dataset_id)
     if not config.task:
         config.task = manifest["task"]
+        if not config.monitor:            # not chosen: lead with balanced accuracy when classes are imbalanced
+            config.monitor = headline_metric(config.task, _class_counts(manifest, "train"))
         config.__post_init__()
     if config.task != manifest["task"]:
         raise UserError(f"This dataset is for {manifest['task']}, but the run is set up for {config.task}.")

@@ -5,6 +5,7 @@ supplies the choices that depend on the dataset (architectures, losses, metrics,
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import replace
 
 import streamlit as st
@@ -17,7 +18,7 @@ from engine.models import DEFAULT_ARCH, get_spec, models_for, parameter_count
 from engine.models.weights import imagenet_status
 from engine.preflight import split_warnings
 from engine.runs import crossval, submit
-from engine.tasks import METRIC_TITLES, default_loss, default_monitor, monitor_choices
+from engine.tasks import METRIC_TITLES, default_loss, headline_metric, monitor_choices
 from engine.training.augment import AUGMENTATIONS
 from engine.training.losses import losses_for
 from pages import _settings as s
@@ -125,7 +126,7 @@ def optimisation(task: str) -> dict:
     return out
 
 
-def length_and_hardware(arch: str, task: str) -> dict:
+def length_and_hardware(arch: str, task: str, headline: str) -> dict:
     spec = get_spec(arch, task)
     out: dict = {}
     cols = st.columns(4)
@@ -134,7 +135,7 @@ def length_and_hardware(arch: str, task: str) -> dict:
     out["image_size"] = s.widget("image_size", FORM, value=spec.default_size, context=arch, where=cols[2])
     out["early_stopping"] = s.widget("early_stopping", FORM, where=cols[3])
     cols = st.columns(4)
-    out["monitor"] = s.widget("monitor", FORM, value=default_monitor(task), context=task, where=cols[0],
+    out["monitor"] = s.widget("monitor", FORM, value=headline, context=task, where=cols[0],
                               options=monitor_choices(task), titles=lambda m: f"validation {METRIC_TITLES[m]}")
     out["device"] = s.widget("device", FORM, where=cols[1])
     out["seed"] = s.widget("seed", FORM, where=cols[2])
@@ -158,6 +159,12 @@ def cross_validation(manifest: dict) -> dict:
         cols[2].caption(f"Only {groups} patients (groups) outside the test split: one validation split is a "
                         "lottery here. Consider 5-fold cross-validation.")
     return {"folds": folds}
+
+
+def class_counts(manifest: dict) -> dict:
+    """Training images per class (classification), for the headline score: balanced accuracy when imbalanced."""
+    samples = load_manifest(manifest["id"])["samples"]
+    return Counter(sample.get("label") for sample in samples if sample["split"] == "train")
 
 
 def batch_note(manifest: dict, batch_size: int) -> None:
@@ -213,7 +220,7 @@ augment, augment_params = augmentations()
 st.subheader("Optimisation")
 choices = optimisation(task)
 st.subheader("Length and hardware")
-choices |= length_and_hardware(arch, task)
+choices |= length_and_hardware(arch, task, headline_metric(task, class_counts(manifest)))
 batch_note(manifest, choices["batch_size"])
 st.subheader("Validation")
 choices |= cross_validation(manifest)

@@ -130,3 +130,28 @@ def test_train_json_exits_non_zero_with_one_line(tiny_classification, lightbox_e
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "validation split" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_imbalanced_classes_are_headlined_by_balanced_accuracy(tiny_classification, lightbox_env):
+    """Not chosen by the user, the best epoch is picked by balanced accuracy when classes are > 1.5 : 1."""
+    import json
+
+    from engine import workspace
+    assert check_config(RunConfig(dataset_id=tiny_classification)).get("task") == "classification"
+    assert RunConfig(dataset_id=tiny_classification).monitor == ""
+    balanced = RunConfig(dataset_id=tiny_classification)
+    check_config(balanced)
+    assert balanced.monitor == "accuracy"
+    path = workspace.datasets_dir() / tiny_classification / "manifest.json"
+    manifest = json.loads(path.read_text())
+    train = [s for s in manifest["samples"] if s["split"] == "train"]
+    for sample in train[: len(train) - 2]:
+        sample["label"] = 0
+    train[-1]["label"] = 1
+    path.write_text(json.dumps(manifest))
+    imbalanced = RunConfig(dataset_id=tiny_classification)
+    check_config(imbalanced)
+    assert imbalanced.monitor == "balanced_accuracy"
+    chosen = RunConfig(dataset_id=tiny_classification, monitor="accuracy")
+    check_config(chosen)
+    assert chosen.monitor == "accuracy"                   # the user's choice stands

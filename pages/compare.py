@@ -7,10 +7,13 @@ import pandas as pd
 import streamlit as st
 
 from engine.data.dataset import load_manifest
+from engine.diagnosis import compare_runs, diagnose
 from engine.errors import UserError
 from engine.runs import crossval, store
 from engine.tasks import LOWER_IS_BETTER, TASKS
 from pages import _widgets as w
+
+NOTICED_RUNS = 10          # diagnose the top of the ranking, not hundreds of runs on every rerun
 
 
 def score(run: dict, metric: str) -> float | None:
@@ -56,6 +59,31 @@ def interval(scores: dict | None, metric: str) -> str:
     if not isinstance(low_high, list) or len(low_high) != 2 or any(v is None or v != v for v in low_high):
         return f"n={n}" if n else ""
     return f"{low_high[0]:.2f}–{low_high[1]:.2f}" + (f" (n={n})" if n else "")
+
+
+def notices(runs: list[dict], metric: str) -> None:
+    """What Lightbox notices: whether the top two differ by more than chance, and each run's diagnosis."""
+    scored = [r for r in runs if score(r, metric) is not None]
+    manifest = _manifest(runs[0]["dataset_id"])
+    lines = []
+    if len(scored) >= 2 and (verdict := compare_runs(scored[0], scored[1], metric, manifest=manifest)):
+        if verdict["within_noise"]:
+            lines.append(verdict["message"])
+    histories = store.epoch_metrics_many([r["id"] for r in runs[:NOTICED_RUNS]])
+    for run in runs[:NOTICED_RUNS]:
+        for finding in diagnose(run, histories.get(run["id"], []), manifest):
+            lines.append(f"{run.get('name') or run['arch']} ({run['id']}): {finding['message']}")
+    if lines:
+        with st.expander(f"What Lightbox notices ({len(lines)})", expanded=True):
+            for line in lines:
+                st.warning(line, icon=":material/lightbulb:")
+
+
+def _manifest(dataset_id: str) -> dict | None:
+    try:
+        return load_manifest(dataset_id)
+    except UserError:
+        return None
 
 
 def cross_validations(runs: list[dict], metric: str) -> None:
@@ -233,6 +261,7 @@ with w.shows_errors("Reading the runs"):
         st.stop()
     shown = ranked(shown, metric)
     show_tables(shown, dataset, metric)
+    notices(shown, metric)
     cross_validations(shown, metric)
     st.subheader("Curves")
     curves(shown, metric)

@@ -179,3 +179,18 @@ def test_the_leaderboard_shows_each_scores_interval_and_n(lb, cls_dataset):
     at = lb.app(COMPARE)
     board = at.dataframe[0].value
     assert board.loc[0, "95 % interval (n)"] == "0.47–0.91 (n=12)"
+
+
+def test_two_runs_within_chance_and_each_diagnosis_are_said(lb, cls_dataset):
+    """0.80 vs 0.75 on 12 validation images cannot be told apart; a run stuck on one class is named."""
+    a = lb.fake_run(cls_dataset, "classification", name="a", value=0.80)
+    b = lb.fake_run(cls_dataset, "classification", name="b", value=0.75)
+    for run_id in (a, b):
+        store.update_run(run_id, best=store.get_run(run_id)["best"] | {"n": 12})
+    stuck = store.get_run(b)["best"] | {"confusion": [[6, 0], [6, 0]], "balanced_accuracy": 0.5}
+    store.update_run(b, best=stuck)
+    at = lb.app(COMPARE)
+    lb.no_exception(at)
+    warnings = lb.texts(at, "warning")
+    assert "cannot tell them apart" in warnings and "12 validation images" in warnings
+    assert f"b ({b})" in warnings

@@ -320,3 +320,33 @@ def test_resplit_checks_a_dataset_ingested_before_the_checks(workspace, tmp_path
     (copies,) = [w for w in again["report"]["warnings"] if w["kind"] == "near_duplicates"]
     assert copies["count"] == 6 and "lie in different train/val/test folders" in copies["message"]
     assert all(s["split"] == "test" for s in again["samples"] if s["source"].startswith("test/"))
+
+
+
+def test_a_single_patient_upload_is_warned_at_ingest_and_refused_before_training(workspace, tmp_path):
+    """All 18 slices of one PatientID used to be split 18/0/0 and 'validated' on the training images."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from engine.config import RunConfig
+    from engine.preflight import check_config
+    files = {}
+    for s, (name, data) in enumerate(sorted(cardiac_slices(patients=1, slices=18).items())):
+        if name.startswith("images/"):
+            ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+            pixels = np.asarray(Image.open(bytes_io.BytesIO(data)), dtype=np.uint16)
+            ds.Rows, ds.Columns = pixels.shape
+            ds.PixelData = (pixels * 16 + 100).tobytes()
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+            ds.WindowCenter, ds.WindowWidth, ds.PatientID = 2100, 4000, "ONE-PATIENT"
+            buffer = bytes_io.BytesIO()
+            ds.save_as(buffer)
+            files[name.replace(".png", ".dcm")] = buffer.getvalue()
+        else:
+            files[name.replace(".png", ".png")] = data
+    result = ingest(write(tmp_path / "one", files), "segmentation")
+    assert result.report.groups["count"] == 1 and result.report.patients == 1
+    assert "small_split" in kinds(result)
+    assert {s["split"] for s in load_manifest(result.dataset_id)["samples"]} == {"train"}
+    with pytest.raises(UserError, match="validation split of this dataset is empty"):
+        check_config(RunConfig(dataset_id=result.dataset_id, arch="unet", image_size=32))

@@ -216,6 +216,25 @@ def series(frame: pd.DataFrame, split: str, name: str, x: str = "epoch") -> pd.D
     return part.drop_duplicates(subset=[x], keep="last").sort_values(x)
 
 
+def curve(columns: dict[str, list], split: str, name: str, x: str = "epoch",
+          also: str = "step") -> tuple[list, list, list]:
+    """x, value and the `also` column of one named curve, sorted by x, the last value kept when an x repeats
+    (a resumed epoch): `series` in plain Python over columns read once. The live panel draws ~8 curves every
+    few seconds, and pandas' per-call overhead was most of its CPU (benchmarks/monitor.md)."""
+    last: dict = {}
+    for at, other, sp, nm, value in zip(columns[x], columns[also], columns["split"], columns["name"],
+                                        columns["value"]):
+        if nm == name and sp == split and value is not None and value == value:     # value == value: not NaN
+            last[at] = (value, other)
+    xs = sorted(last)
+    return xs, [last[k][0] for k in xs], [last[k][1] for k in xs]
+
+
+def curve_columns(rows: list[dict]) -> dict[str, list]:
+    """Metric rows (as the store returns them) as plain columns, the input of `curve` and the live figures."""
+    return {c: [row[c] for row in rows] for c in ("epoch", "step", "split", "name", "value")}
+
+
 def downsample(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
     """Bucket means: at most max_points points, same overall shape."""
     if len(x) <= max_points:
@@ -229,60 +248,64 @@ def smooth(y: np.ndarray, weight: float = 0.9) -> np.ndarray:
     return pd.Series(y).ewm(alpha=1 - weight, adjust=True).mean().to_numpy()
 
 
-def _figure(traces: list[dict], frame: pd.DataFrame, title: str, x_title: str, y_title: str,
-            unit: bool = False) -> go.Figure:
+def _figure(traces: list[dict], title: str, x_title: str, y_title: str, unit: bool = False,
+            max_epoch: int | None = None, validate: bool = True) -> go.Figure:
     """One Figure from plain trace dicts. Building it in one call, not trace by trace with add_scatter and
-    update_layout, makes a live refresh ~4x cheaper — CPU that a CPU training run would otherwise lose."""
+    update_layout, makes a live refresh ~4x cheaper — CPU that a CPU training run would otherwise lose; the live
+    curves also skip plotly's property validation (another ~8x on building; a test validates them)."""
     xaxis: dict = {"title": {"text": x_title}}
-    if x_title == "epoch" and len(frame) and frame["epoch"].max() <= 20:
+    if x_title == "epoch" and max_epoch and max_epoch <= 20:
         xaxis["dtick"] = 1          # whole epochs only (no 1.2, 1.4 …) while they are few enough to label
     yaxis: dict = {"title": {"text": y_title}}
     if unit:
         yaxis["range"] = [-0.02, 1.02]      # scores live in [0, 1]: a flat 1.0 must not get a 0-2 axis
     layout = {"title": {"text": title}, "xaxis": xaxis, "yaxis": yaxis, "height": 340,
               "margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "legend": {"orientation": "h", "y": -0.25}}
-    return go.Figure(data=traces, layout=layout)
+    return go.Figure(data=traces, layout=layout, _validate=validate)
 
 
 def _line(x, y, name: str, **style) -> dict:
-    return {"type": "scatter", "x": list(x), "y": list(y), "name": name, "mode": "lines", **style}
+    # Float arrays, not lists: plotly copies a figure twice on its way to the browser and sends arrays as one
+    # base64 block, which costs a fraction of walking a list point by point.
+    return {"type": "scatter", "x": np.asarray(x, dtype=float), "y": np.asarray(y, dtype=float), "name": name,
+            "mode": "lines", **style}
 
 
-def loss_figure(frame: pd.DataFrame) -> go.Figure:
+def loss_figure(columns: dict[str, list]) -> go.Figure:
     """Per-step training loss (faint raw, bold smoothed) with per-epoch train and validation loss on top."""
     traces = []
-    steps = series(frame, "train", "loss", x="step")
-    if len(steps):
-        raw = steps["value"].to_numpy(float)
+    steps, losses, _ = curve(columns, "train", "loss", x="step", also="epoch")
+    if steps:
+        raw = np.asarray(losses, dtype=float)
         # Smooth before thinning out, so the smoothing does not depend on how long the run is
-        x, y = downsample(steps["step"].to_numpy(float), raw)
-        _, y_smooth = downsample(steps["step"].to_numpy(float), smooth(raw, weight=0.98 if len(raw) > 500 else 0.9))
+        x, y = downsample(np.asarray(steps, dtype=float), raw)
+        _, y_smooth = downsample(np.asarray(steps, dtype=float), smooth(raw, weight=0.98 if len(raw) > 500 else 0.9))
         traces.append(_line(x, y, "train loss (each step)", opacity=0.3, line={"color": "#1f6feb", "width": 1}))
         traces.append(_line(x, y_smooth, "train loss (smoothed)", line={"color": "#1f6feb"}))
     for split, name, label, colour in (("train", "epoch_loss", "train loss (epoch mean)", "#0b3d91"),
                                        ("val", "loss", "validation loss", "#d1242f")):
-        part = series(frame, split, name)
-        if len(part):
-            traces.append(_line(part["step"], part["value"], label, mode="lines+markers",
-                                customdata=list(part["epoch"]), hovertemplate="epoch %{customdata}: %{y:.4f}",
-                                line={"color": colour}))
-    return _figure(traces, frame, "Loss", "optimizer step", "loss")
+        epochs, values, steps = curve(columns, split, name)        # one point per epoch, at its last step
+        if epochs:
+            traces.append(_line(steps, values, label, mode="lines+markers", customdata=epochs,
+                                hovertemplate="epoch %{customdata}: %{y:.4f}", line={"color": colour}))
+    return _figure(traces, "Loss", "optimizer step", "loss", validate=False)
 
 
-def metric_figure(frame: pd.DataFrame, task: str) -> go.Figure:
+def metric_figure(columns: dict[str, list], task: str) -> go.Figure:
     """The task's validation metrics per epoch, with the training value dashed where it is logged."""
     traces = []
     palette = ["#d1242f", "#1f6feb", "#1a7f37", "#8250df"]
     for colour, name in zip(palette, TASK_METRICS.get(task, ())):
-        val = series(frame, "val", name)
-        if len(val):
-            traces.append(_line(val["epoch"], val["value"], f"validation {METRIC_TITLES[name]}",
+        epochs, values, _ = curve(columns, "val", name)
+        if epochs:
+            traces.append(_line(epochs, values, f"validation {METRIC_TITLES[name]}",
                                 mode="lines+markers", line={"color": colour}))
-        train = series(frame, "train", name)
-        if len(train):
-            traces.append(_line(train["epoch"], train["value"], f"train {METRIC_TITLES[name]}",
+        epochs, values, _ = curve(columns, "train", name)
+        if epochs:
+            traces.append(_line(epochs, values, f"train {METRIC_TITLES[name]}",
                                 line={"color": colour, "dash": "dash"}))
-    return _figure(traces, frame, "Scores (validation solid, training dashed)", "epoch", "score", unit=True)
+    return _figure(traces, "Scores (validation solid, training dashed)", "epoch", "score", unit=True,
+                   max_epoch=max(columns["epoch"], default=None), validate=False)
 
 
 def compare_figure(frame: pd.DataFrame, split: str, name: str, labels: dict[str, str], title: str) -> go.Figure:
@@ -292,7 +315,8 @@ def compare_figure(frame: pd.DataFrame, split: str, name: str, labels: dict[str,
         curve = series(part, split, name)
         if len(curve):
             traces.append(_line(curve["epoch"], curve["value"], labels.get(run_id, run_id), mode="lines+markers"))
-    return _figure(traces, frame, title, "epoch", METRIC_TITLES.get(name, name), unit=name in UNIT_METRICS)
+    return _figure(traces, title, "epoch", METRIC_TITLES.get(name, name), unit=name in UNIT_METRICS,
+                   max_epoch=frame["epoch"].max() if len(frame) else None)
 
 
 def confusion_figure(matrix: list[list[float]], classes: list[str], title: str) -> go.Figure:
@@ -303,7 +327,7 @@ def confusion_figure(matrix: list[list[float]], classes: list[str], title: str) 
     heatmap = {"type": "heatmap", "z": z.tolist(), "x": names, "y": names, "colorscale": "Blues", "showscale": False,
                "text": text.tolist(), "texttemplate": "%{text}",
                "hovertemplate": "true %{y}, predicted %{x}: %{z}<extra></extra>"}
-    fig = _figure([heatmap], pd.DataFrame(), title, "predicted", "true")
+    fig = _figure([heatmap], title, "predicted", "true")
     fig.update_yaxes(autorange="reversed")
     return fig
 

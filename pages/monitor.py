@@ -107,7 +107,7 @@ def header(run: dict) -> None:
         st.warning("Waiting for a worker: none is running. It starts with the app, or run `python -m engine worker`.")
 
 
-def progress(run: dict, frame) -> None:
+def progress(run: dict, columns: dict[str, list]) -> None:
     epoch, epochs = run["epoch"] or 0, run["epochs"] or 0
     text = f"Epoch {epoch}/{epochs}"
     if run["status"] == "queued":
@@ -115,20 +115,20 @@ def progress(run: dict, frame) -> None:
     elif run["status"] == "starting":
         text += " · starting: loading the data and building the model (Stop ends it at once)"
     elif run["status"] == "running":
-        text += f" · {eta(frame, epochs - epoch)}"
+        text += f" · {eta(columns, epochs - epoch)}"
         if run.get("cancel_requested"):
             text += " · stopping…"
     st.progress(min(1.0, max(0.0, float(run["progress"] or (epoch / epochs if epochs else 0)))), text=text)
 
 
-def eta(frame, epochs_left: int) -> str:
-    seconds = w.series(frame, "train", "epoch_seconds")["value"].tail(3)
-    if seconds.empty:
+def eta(columns: dict[str, list], epochs_left: int) -> str:
+    seconds = w.curve(columns, "train", "epoch_seconds")[1][-3:]
+    if not seconds:
         return "time left: estimating after the first epoch"
-    return f"about {w.duration(seconds.mean() * epochs_left)} left"
+    return f"about {w.duration(sum(seconds) / len(seconds) * epochs_left)} left"
 
 
-def numbers(run: dict, frame) -> None:
+def numbers(run: dict) -> None:
     cols = st.columns(4)
     best = run.get("best_metric")
     cols[0].metric(f"Best validation {w.METRIC_TITLES.get(best or '', best or 'score')}",
@@ -153,7 +153,8 @@ def sample_predictions(run: dict) -> None:
     epoch = int(match.group(1)) if match else "?"
     how = ("each row: image · true mask · predicted mask" if run["task"] == "segmentation"
            else "true and predicted labels; green is right, red is wrong")
-    st.image(str(path), caption=f"Validation images after epoch {epoch} ({how})")
+    # The file is a PNG already: saying so spares Streamlit re-encoding it on every refresh.
+    st.image(str(path), caption=f"Validation images after epoch {epoch} ({how})", output_format="PNG")
 
 
 def live_panel(run_id: str, seen_status: str) -> None:
@@ -163,15 +164,16 @@ def live_panel(run_id: str, seen_status: str) -> None:
         return
     if run["status"] != seen_status:
         st.rerun()          # the whole page follows the new status (buttons, messages, whether to poll)
-    frame = w.metrics_frame(w.metric_rows(run))
-    progress(run, frame)
-    numbers(run, frame)
-    if frame.empty:
+    # Plain columns, not a DataFrame: this reruns every few seconds while a run trains (benchmarks/monitor.md)
+    columns = w.curve_columns(w.metric_rows(run))
+    progress(run, columns)
+    numbers(run)
+    if not columns["step"]:
         st.caption("Curves appear once the first training steps are logged.")
     else:
         left, right = st.columns(2)
-        left.plotly_chart(w.loss_figure(frame), key="monitor_loss")
-        scores = w.metric_figure(frame, run["task"])
+        left.plotly_chart(w.loss_figure(columns), key="monitor_loss")
+        scores = w.metric_figure(columns, run["task"])
         if scores.data:
             right.plotly_chart(scores, key="monitor_metric")
         else:

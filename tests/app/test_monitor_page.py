@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import numpy as np
+import plotly.graph_objects as go
+import pytest
 from PIL import Image
 
 from engine.config import RunConfig
-from engine.runs import execute, store, submit
+from engine.runs import execute, queue, store, submit
 from engine.runs.paths import run_dir
+from pages import _widgets as w
 
 MONITOR = "pages/monitor.py"
 
@@ -127,6 +130,7 @@ def test_a_real_tiny_training_run(lb, seg_dataset):
     """One real 2-epoch run through the queue's executor: the page draws what the trainer actually logs."""
     run_id = submit.submit(RunConfig(dataset_id=seg_dataset, arch="fcn_simple", epochs=2, batch_size=4,
                                    image_size=32, device="cpu"))
+    assert queue.claim_next_job("test-worker").run_id == run_id      # as a worker does: queued → starting
     execute.run_job(run_id)
     at = lb.app()
     at.session_state["run_id"] = run_id
@@ -160,3 +164,14 @@ def test_active_runs_cannot_be_deleted(lb, seg_dataset):
     at = monitor(lb, run_id)
     assert "Stop the run before deleting it." in lb.texts(at, "caption")
     assert "monitor_delete" not in [b.key for b in at.button]
+
+
+@pytest.mark.parametrize("task", ["segmentation", "classification"])
+def test_live_figures_pass_plotly_validation(lb, seg_dataset, cls_dataset, task):
+    """The live panel builds its figures without plotly's property checks (they cost most of a refresh): the
+    same figures must pass them."""
+    run_id = lb.fake_run(seg_dataset if task == "segmentation" else cls_dataset, task, status="running")
+    columns = w.curve_columns(store.get_metrics(run_id))
+    for figure in (w.loss_figure(columns), w.metric_figure(columns, task)):
+        assert len(figure.data) >= 2
+        go.Figure(figure.to_dict())         # raises ValueError on an unknown or ill-typed property

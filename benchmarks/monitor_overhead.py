@@ -70,7 +70,7 @@ def main() -> None:
     from engine.data.dataset import load_manifest
     from engine.data.demo import write_demo
     from engine.data.ingest import ingest
-    from engine.runs import store
+    from engine.runs import store, submit
 
     dataset_id = ingest(write_demo("segmentation", Path(home) / "src", n=args.n, size=128, seed=2),
                         task="segmentation").dataset_id

@@ -24,7 +24,7 @@ from engine.data.dataset import load_sample  # noqa: F401 - pages call it as w.l
 from engine.errors import UserError
 from engine.preflight import check_config  # noqa: F401 - pages call it as w.check_config
 from engine.runs import store
-from engine.tasks import METRIC_TITLES, TASK_METRICS, UNIT_METRICS  # noqa: F401 - pages use them as w.*
+from engine.tasks import HEADLINE_METRICS, METRIC_TITLES, TASK_METRICS, UNIT_METRICS  # noqa: F401 - pages use w.*
 from engine.training.augment import AUGMENTATIONS
 from engine.visualize.images import to_rgb, with_mask  # noqa: F401 - pages call them as w.*
 
@@ -292,10 +292,11 @@ def loss_figure(columns: dict[str, list]) -> go.Figure:
 
 
 def metric_figure(columns: dict[str, list], task: str) -> go.Figure:
-    """The task's validation metrics per epoch, with the training value dashed where it is logged."""
+    """The task's headline metrics per epoch, with the training value dashed where it is logged. Pixel accuracy
+    is left out on purpose: near 1 beside a Dice near 0, it reads as success (engine.tasks.METRIC_NOTES)."""
     traces = []
     palette = ["#d1242f", "#1f6feb", "#1a7f37", "#8250df"]
-    for colour, name in zip(palette, TASK_METRICS.get(task, ())):
+    for colour, name in zip(palette, HEADLINE_METRICS.get(task, ())):
         epochs, values, _ = curve(columns, "val", name)
         if epochs:
             traces.append(_line(epochs, values, f"validation {METRIC_TITLES[name]}",

@@ -6,9 +6,12 @@ import re
 
 import streamlit as st
 
+from engine.data.manifest import load_manifest
+from engine.diagnosis import diagnose
 from engine.errors import UserError
 from engine.runs import lifecycle, queue, store, worker
 from engine.runs.paths import latest_preview
+from engine.tasks import METRIC_NOTES, auc_accuracy_note
 from pages import _widgets as w
 
 # A refresh every 2 s slowed CPU training by 3.3 % (benchmarks/monitor.md); 5 s keeps it within 2 %.
@@ -134,6 +137,8 @@ def numbers(run: dict) -> None:
     cols[0].metric(f"Best validation {w.METRIC_TITLES.get(best or '', best or 'score')}",
                    "–" if run.get("best_value") is None else f"{run['best_value']:.3f}",
                    help="The best checkpoint is kept; later epochs can be worse.")
+    if (uncertainty := spread(run.get("best") or {}, best)):
+        cols[0].caption(uncertainty)
     cols[1].metric("Best epoch", run.get("best_epoch") or "–")
     cols[2].metric("Training time", w.duration(run.get("train_seconds")))
     cols[3].metric("Parameters", w.millions(run.get("params")))
@@ -142,6 +147,57 @@ def numbers(run: dict) -> None:
         st.caption(f"Held-out test split ({test.get('n', '?')} images): "
                    + ", ".join(f"{w.METRIC_TITLES.get(k, k)} {v:.3f}" for k, v in test.items()
                                if k in w.TASK_METRICS.get(run["task"], ()) and isinstance(v, (int, float)) and v == v))
+
+
+def spread(scores: dict, metric: str | None) -> str:
+    """'95 % interval 0.71–0.86 · 18 images': how far the number could move on another set of images."""
+    if not metric:
+        return ""
+    n = scores.get(f"{metric}_n", scores.get("n"))
+    low_high = scores.get(f"{metric}_ci")
+    parts = []
+    if isinstance(low_high, list) and len(low_high) == 2 and None not in low_high and all(v == v for v in low_high):
+        parts.append(f"95 % interval {low_high[0]:.2f}–{low_high[1]:.2f}")
+    if n:
+        parts.append(f"{n} image{'' if n == 1 else 's'}")
+    if scores.get("empty_total"):
+        parts.append(f"{scores.get('empty_correct', 0)}/{scores['empty_total']} empty slices left empty")
+    return " · ".join(parts)
+
+
+def more_metrics(run: dict) -> None:
+    """Every validation number at the best epoch, with what the non-headline ones do not say."""
+    best = {k: v for k, v in (run.get("best") or {}).items() if isinstance(v, (int, float)) and v == v}
+    if not best:
+        return
+    with st.expander("More metrics (all validation numbers at the best epoch)"):
+        st.dataframe([{"metric": w.METRIC_TITLES.get(k, k), "value": round(float(v), 4)} for k, v in best.items()],
+                     hide_index=True, key="monitor_more_metrics")
+        if "pixel_accuracy" in best:
+            st.caption(METRIC_NOTES["pixel_accuracy"])
+        if (note := auc_accuracy_note(best)):
+            st.caption(note)
+
+
+def findings(run: dict, rows: list[dict]) -> None:
+    """Plain-language diagnosis: each finding one sentence and the next thing to try (engine.diagnosis)."""
+    manifest = None
+    if run["status"] not in store.ACTIVE:        # a finished run: the manifest adds class names and counts
+        try:
+            manifest = load_manifest(run["dataset_id"])
+        except UserError:
+            manifest = None
+    key = (run["id"], run.get("epoch"), run["status"], len(rows))
+    cached = st.session_state.get("_diagnosis")
+    if cached and cached[0] == key:          # the panel refreshes every few seconds; rules rerun on new rows only
+        found = cached[1]
+    else:
+        found = diagnose(run, rows, manifest)
+        st.session_state["_diagnosis"] = (key, found)
+    if found:
+        st.markdown("**What Lightbox notices**")
+        for finding in found:
+            st.warning(finding["message"], icon=":material/lightbulb:")
 
 
 def sample_predictions(run: dict) -> None:
@@ -165,9 +221,12 @@ def live_panel(run_id: str, seen_status: str) -> None:
     if run["status"] != seen_status:
         st.rerun()          # the whole page follows the new status (buttons, messages, whether to poll)
     # Plain columns, not a DataFrame: this reruns every few seconds while a run trains (benchmarks/monitor.md)
-    columns = w.curve_columns(w.metric_rows(run))
+    rows = w.metric_rows(run)
+    columns = w.curve_columns(rows)
     progress(run, columns)
     numbers(run)
+    findings(run, rows)
+    more_metrics(run)
     if not columns["step"]:
         st.caption("Curves appear once the first training steps are logged.")
     else:

@@ -175,3 +175,21 @@ def test_live_figures_pass_plotly_validation(lb, seg_dataset, cls_dataset, task)
     for figure in (w.loss_figure(columns), w.metric_figure(columns, task)):
         assert len(figure.data) >= 2
         go.Figure(figure.to_dict())         # raises ValueError on an unknown or ill-typed property
+
+
+def test_a_finished_run_shows_its_interval_n_and_diagnosis(lb, seg_dataset):
+    """A model that finds nothing: Dice 0 with pixel accuracy 0.98 — the accuracy paradox, said in words."""
+    from engine.runs import store
+    run_id = lb.fake_run(seg_dataset, "segmentation", value=0.01)
+    store.update_run(run_id, best=store.get_run(run_id)["best"] | {"dice": 0.0, "pixel_accuracy": 0.98, "n": 12,
+                                                                   "dice_n": 9, "dice_ci": [0.0, 0.05],
+                                                                   "empty_correct": 3, "empty_total": 3})
+    store.log_metrics(run_id, [(3, 12, "val", "pixel_accuracy", 0.98), (3, 12, "val", "dice", 0.0)])
+    at = lb.app("pages/monitor.py")
+    lb.no_exception(at)
+    assert "95 % interval 0.00–0.05 · 9 images · 3/3 empty slices left empty" in lb.texts(at, "caption")
+    assert "What Lightbox notices" in lb.texts(at, "markdown")
+    assert "pixel accuracy" in lb.texts(at, "warning").lower()
+    assert "accuracy paradox" in lb.texts(at, "caption")               # in "More metrics", with why it misleads
+    chart = next(c for c in lb.charts(at) if "Scores" in str(c.proto.spec))
+    assert "Pixel accuracy" not in str(chart.proto.spec)               # not among the headline curves

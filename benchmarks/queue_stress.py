@@ -61,7 +61,7 @@ def main() -> None:
     from engine.data.dataset import load_manifest
     from engine.data.demo import write_demo
     from engine.data.ingest import ingest
-    from engine.runs import store
+    from engine.runs import store, submit
 
     dataset_id = ingest(write_demo("classification", Path(home) / "src", n=24, size=32, seed=1),
                         task="classification").dataset_id
@@ -94,7 +94,6 @@ def main() -> None:
     runs = {rid: store.get_run(rid) for rid in run_ids}
     latency = [runs[r]["started_at"] - submitted[r] for r in run_ids if runs[r]["started_at"]]
     # Queue wait grows with position; the worker's own pick-up delay is the gap after a slot frees up.
-    finished = sorted((runs[r]["finished_at"], runs[r]["started_at"]) for r in run_ids)
     starts = sorted(runs[r]["started_at"] for r in run_ids)
     ends = sorted(runs[r]["finished_at"] for r in run_ids)
     pickup = [s - e for s, e in zip(starts[args.slots:], ends[: len(ends) - args.slots])]

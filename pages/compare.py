@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.data.dataset import load_manifest
+from engine.data.manifest import manifest_or_none
 from engine.diagnosis import compare_runs, diagnose
 from engine.errors import UserError
 from engine.runs import crossval, store
@@ -43,7 +44,7 @@ def leaderboard(runs: list[dict], metric: str) -> pd.DataFrame:
         rows.append({
             "Rank": rank if value is not None else None, "Run": run["id"], "Name": run.get("name") or "",
             "Model": run["arch"], "Status": run["status"], f"Validation {title}": value,
-            "95 % interval (n)": interval(run.get("best"), metric),
+            "95 % interval (n)": w.interval_text(run.get("best"), metric),
             f"Test {title}": (run.get("test") or {}).get(metric), "Best epoch": run.get("best_epoch"),
             "Training time (s)": round(run.get("train_seconds") or 0.0, 1),
         })
@@ -51,20 +52,10 @@ def leaderboard(runs: list[dict], metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows).astype({"Rank": "Int64", "Best epoch": "Int64"})
 
 
-def interval(scores: dict | None, metric: str) -> str:
-    """'0.71–0.88 (n=12)' from the stored 95 % interval of a metric and the images it was measured on; '' when
-    the run has none (runs from before intervals existed)."""
-    scores = scores or {}
-    low_high, n = scores.get(f"{metric}_ci"), scores.get(f"{metric}_n", scores.get("n"))
-    if not isinstance(low_high, list) or len(low_high) != 2 or any(v is None or v != v for v in low_high):
-        return f"n={n}" if n else ""
-    return f"{low_high[0]:.2f}–{low_high[1]:.2f}" + (f" (n={n})" if n else "")
-
-
 def notices(runs: list[dict], metric: str) -> None:
     """What Lightbox notices: whether the top two differ by more than chance, and each run's diagnosis."""
     scored = [r for r in runs if score(r, metric) is not None]
-    manifest = _manifest(runs[0]["dataset_id"])
+    manifest = manifest_or_none(runs[0]["dataset_id"])
     lines = []
     if len(scored) >= 2 and (verdict := compare_runs(scored[0], scored[1], metric, manifest=manifest)):
         if verdict["within_noise"]:
@@ -77,13 +68,6 @@ def notices(runs: list[dict], metric: str) -> None:
         with st.expander(f"What Lightbox notices ({len(lines)})", expanded=True):
             for line in lines:
                 st.warning(line, icon=":material/lightbulb:")
-
-
-def _manifest(dataset_id: str) -> dict | None:
-    try:
-        return load_manifest(dataset_id)
-    except UserError:
-        return None
 
 
 def cross_validations(runs: list[dict], metric: str) -> None:

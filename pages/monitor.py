@@ -6,7 +6,7 @@ import re
 
 import streamlit as st
 
-from engine.data.manifest import load_manifest
+from engine.data.manifest import manifest_or_none
 from engine.diagnosis import diagnose
 from engine.errors import UserError
 from engine.runs import lifecycle, queue, store, worker
@@ -181,12 +181,8 @@ def more_metrics(run: dict) -> None:
 
 def findings(run: dict, rows: list[dict]) -> None:
     """Plain-language diagnosis: each finding one sentence and the next thing to try (engine.diagnosis)."""
-    manifest = None
-    if run["status"] not in store.ACTIVE:        # a finished run: the manifest adds class names and counts
-        try:
-            manifest = load_manifest(run["dataset_id"])
-        except UserError:
-            manifest = None
+    # a finished run: the manifest adds class names and counts
+    manifest = None if run["status"] in store.ACTIVE else manifest_or_none(run["dataset_id"])
     key = (run["id"], run.get("epoch"), run["status"], len(rows))
     cached = st.session_state.get("_diagnosis")
     if cached and cached[0] == key:          # the panel refreshes every few seconds; rules rerun on new rows only

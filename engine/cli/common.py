@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.data.manifest import load_manifest
+from engine.data.manifest import manifest_or_none
 from engine.diagnosis import diagnose
-from engine.errors import UserError
 from engine.runs import store
 
 
@@ -36,7 +35,7 @@ def run_summary(run: dict, metrics: list[dict] | None = None, manifest: dict | N
     if metrics is None:
         metrics = store.epoch_metrics_many([run["id"]])[run["id"]]
     if manifest is None:
-        manifest = _manifest_or_none(run.get("dataset_id"))
+        manifest = manifest_or_none(run.get("dataset_id"))
     out["diagnosis"] = diagnose(run, metrics, manifest)
     if isinstance(out.get("best"), dict):
         out["best"] = {k: v for k, v in out["best"].items() if not isinstance(v, list)}
@@ -46,15 +45,5 @@ def run_summary(run: dict, metrics: list[dict] | None = None, manifest: dict | N
 def run_summaries(runs: list[dict]) -> list[dict]:
     """run_summary for many runs: their metric histories in one query, each dataset's manifest read once."""
     histories = store.epoch_metrics_many([run["id"] for run in runs])
-    manifests = {ds: _manifest_or_none(ds) for ds in {run.get("dataset_id") for run in runs}}
+    manifests = {ds: manifest_or_none(ds) for ds in {run.get("dataset_id") for run in runs}}
     return [run_summary(run, histories[run["id"]], manifests[run.get("dataset_id")]) for run in runs]
-
-
-def _manifest_or_none(dataset_id: str | None) -> dict | None:
-    """A run outlives its dataset: without the manifest the diagnosis just knows less."""
-    if not dataset_id:
-        return None
-    try:
-        return load_manifest(dataset_id)
-    except (UserError, OSError, ValueError):
-        return None

@@ -34,3 +34,13 @@ def list_datasets() -> list[dict]:
 
 def delete_dataset(dataset_id: str) -> None:
     shutil.rmtree(dataset_dir(dataset_id), ignore_errors=True)
+
+
+def manifest_or_none(dataset_id: str | None) -> dict | None:
+    """A run outlives its dataset: the manifest when it is still there and readable, else None."""
+    if not dataset_id:
+        return None
+    try:
+        return load_manifest(dataset_id)
+    except (UserError, OSError, ValueError):
+        return None

@@ -14,7 +14,7 @@ from statistics import mean, stdev
 
 from engine.config import RunConfig
 from engine.data.folds import fold_groups
-from engine.data.manifest import load_manifest
+from engine.data.manifest import manifest_or_none
 from engine.preflight import check_config
 from engine.runs import execute, queue, store
 from engine.runs.submit import create_run
@@ -58,8 +58,9 @@ def summary(runs: list[dict]) -> dict:
     if not runs:
         return {"folds": [], "cv": {}}
     config = runs[0]["config"]
-    folds = config.get("folds") or 0
-    groups = fold_groups(load_manifest(config["dataset_id"]), folds) if folds >= 2 and _exists(config) else {}
+    folds, manifest = config.get("folds") or 0, manifest_or_none(config["dataset_id"])
+    # a deleted dataset: the folds' numbers stay, their group names go
+    groups = fold_groups(manifest, folds) if folds >= 2 and manifest else {}
     out = [{"run_id": r["id"], "fold": r.get("trial"), "status": r["status"],
             "best": {k: v for k, v in (r.get("best") or {}).items() if isinstance(v, (int, float))},
             "val_groups": groups.get(r.get("trial"), [])} for r in runs]
@@ -74,11 +75,3 @@ def summary(runs: list[dict]) -> dict:
 
 def runs_of(cv_id: str) -> list[dict]:
     return store.list_runs(study=cv_id)
-
-
-def _exists(config: dict) -> bool:
-    try:
-        load_manifest(config["dataset_id"])
-        return True
-    except Exception:  # noqa: BLE001 - a deleted dataset: the folds' numbers stay, their group names go
-        return False

@@ -351,6 +351,16 @@ def metric_rows(run: dict) -> list[dict]:
 
 # ---- numbers ----------------------------------------------------------------------------------------------
 
+def interval_text(scores: dict | None, metric: str) -> str:
+    """'0.71–0.88 (n=12)' from a stored 95 % interval of a metric and the images it was measured on; 'n=12' or ''
+    when the run has no interval (runs from before intervals existed)."""
+    scores = scores or {}
+    low_high, n = scores.get(f"{metric}_ci"), scores.get(f"{metric}_n", scores.get("n"))
+    if not isinstance(low_high, list) or len(low_high) != 2 or any(v is None or v != v for v in low_high):
+        return f"n={n}" if n else ""
+    return f"{low_high[0]:.2f}–{low_high[1]:.2f}" + (f" (n={n})" if n else "")
+
+
 def when(timestamp: float | None) -> str:
     if not timestamp:
         return "–"

@@ -75,7 +75,7 @@ def score_table(run: dict, task: str) -> pd.DataFrame:
         row = {"Score": w.METRIC_TITLES.get(name, name)}
         for split, scores in (("Validation", run.get("best") or {}), ("Test", run.get("test") or {})):
             row[split] = _number(scores.get(name))
-            row[f"{split} 95 % interval (n)"] = _interval(scores, name)
+            row[f"{split} 95 % interval (n)"] = w.interval_text(scores, name)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -92,14 +92,6 @@ def notes(run: dict, task: str) -> list[str]:
     elif (note := auc_accuracy_note(best)):
         out.append(note)
     return out
-
-
-def _interval(scores: dict, name: str) -> str:
-    low_high, n = scores.get(f"{name}_ci"), scores.get(f"{name}_n", scores.get("n"))
-    if isinstance(low_high, list) and len(low_high) == 2 and all(v == v for v in low_high if v is not None) \
-            and None not in low_high:
-        return f"{low_high[0]:.2f}–{low_high[1]:.2f}" + (f" (n={n})" if n else "")
-    return f"n={n}" if n else ""
 
 
 def _number(value) -> str:

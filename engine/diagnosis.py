@@ -32,7 +32,13 @@ from itertools import pairwise
 from typing import Any
 
 from engine.intervals import wilson_interval
-from engine.tasks import LOWER_IS_BETTER, METRIC_TITLES, UNIT_METRICS
+from engine.tasks import (
+    LOWER_IS_BETTER,
+    METRIC_TITLES,
+    SMALL_SPLIT_IMAGES,
+    SMALL_SPLIT_PER_CLASS,
+    UNIT_METRICS,
+)
 
 Finding = dict[str, str]
 
@@ -47,10 +53,6 @@ HIGH_PIXEL_ACCURACY = 0.8
 MAJORITY_SHARE = 0.95
 # Balanced accuracy within this of 1/K (chance for K classes) means nothing was learnt beyond guessing.
 CHANCE_MARGIN = 0.05
-# Below 30 images a proportion's 95 % interval is wider than ±15 points at 70-80 %; below 5 images of a
-# class, that class's recall can only take a handful of values.
-MIN_VAL_IMAGES = 30
-MIN_VAL_PER_CLASS = 5
 # Overfitting: validation loss stayed this far above its lowest value for OVERFIT_EPOCHS epochs and ended
 # OVERFIT_RISE above it (10 % is beyond epoch-to-epoch wobble of a settled run), while training loss fell.
 OVERFIT_EPOCHS = 3
@@ -287,11 +289,11 @@ def _small_validation(run: dict, manifest: dict | None) -> Finding | None:
         return None
     if n == 0:
         return _finding("small_validation", "There are no validation images, so no score can be trusted: "
-                                            f"add validation images ({MIN_VAL_IMAGES} or more).")
+                                            f"add validation images ({SMALL_SPLIT_IMAGES} or more).")
     metric = run.get("best_metric") or (run.get("config") or {}).get("monitor")
     scored = scored_images(run, metric, n)            # Dice: only the images that show the structure count
-    few = {name: count for name, count in per_class.items() if count < MIN_VAL_PER_CLASS}
-    if scored >= MIN_VAL_IMAGES and not few:
+    few = {name: count for name, count in per_class.items() if count < SMALL_SPLIT_PER_CLASS}
+    if scored >= SMALL_SPLIT_IMAGES and not few:
         return None
     value = (run.get("best") or {}).get(metric)
     interval = _interval(run, metric, n)
@@ -300,7 +302,7 @@ def _small_validation(run: dict, manifest: dict | None) -> Finding | None:
                 f"from {interval[0]:.2f} to {interval[1]:.2f}")
     else:
         what = "the validation scores could move a lot by chance"
-    if scored < MIN_VAL_IMAGES:
+    if scored < SMALL_SPLIT_IMAGES:
         images = "validation images" + (" that show the structure" if scored != n else "")
         head = f"With only {scored} {images} {what}"
     else:
@@ -308,7 +310,7 @@ def _small_validation(run: dict, manifest: dict | None) -> Finding | None:
         head = f"With only {counts[0]}{''.join(', ' + c for c in counts[1:])} among the validation images {what}"
     return _finding("small_validation",
                     f"{head}, so small differences between runs mean little: add validation images "
-                    f"({MIN_VAL_IMAGES} or more, at least {MIN_VAL_PER_CLASS} per class) or use cross-validation.")
+                    f"({SMALL_SPLIT_IMAGES} or more, at least {SMALL_SPLIT_PER_CLASS} per class) or use cross-validation.")
 
 
 # ---------------------------------------------------------------- counting and noise

@@ -12,7 +12,7 @@ from engine.data.folds import fold_view, group_count
 from engine.errors import UserError
 from engine.models.registry import DEFAULT_ARCH, get_spec, resolve_options
 from engine.models.weights import imagenet_status
-from engine.tasks import headline_metric
+from engine.tasks import SMALL_SPLIT_IMAGES, SMALL_SPLIT_PER_CLASS, headline_metric
 
 
 def check_config(config: RunConfig) -> dict:
@@ -52,8 +52,6 @@ EMPTY_VALIDATION = ("The validation split of this dataset is empty, so nothing h
 EMPTY_SPLIT = {"val": EMPTY_VALIDATION,
                "test": "The test split of this dataset is empty, so runs end without a held-out score; upload "
                        "more images or add a test/ folder."}
-SMALL_SPLIT_IMAGES = 30       # fewer images than this in validation or test: scores swing from run to run
-SMALL_SPLIT_PER_CLASS = 5     # fewer images of a class than this: that class's recall rests on a handful
 
 
 def check_folds(manifest: dict, folds: int, fold: int) -> None:

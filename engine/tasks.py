@@ -17,7 +17,12 @@ LOWER_IS_BETTER = {"loss", "hd95"}
 # The scores to lead with (shown with n and 95 % intervals); pixel accuracy is computed but never one of them.
 HEADLINE_METRICS = {"segmentation": ("dice", "iou", "hd95"),
                     "classification": ("accuracy", "balanced_accuracy", "auc", "f1_macro")}
-IMBALANCE_RATIO = 1.5       # largest to smallest class above this: lead with balanced accuracy
+IMBALANCE_RATIO = 1.5       # largest to smallest class above this: lead with balanced accuracy, and warn at ingest
+# A validation or test split below these gives scores too shaky to trust (warned at ingest, on the Train page and
+# in a run's diagnosis): below 30 images a proportion's 95 % interval is wider than ±15 points at 70-80 %, and one
+# image moves accuracy by > 3 points; below 5 images of a class, its recall can only take a handful of values.
+SMALL_SPLIT_IMAGES = 30
+SMALL_SPLIT_PER_CLASS = 5
 METRIC_NOTES = {
     "pixel_accuracy": "Pixel accuracy is not a headline score: when the structure covers 2 % of the image, a model "
                       "that predicts only background is 98 % right while finding nothing (the accuracy paradox).",

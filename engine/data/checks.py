@@ -7,10 +7,8 @@ from collections import Counter
 
 from engine.data.shortcuts import find_shortcuts
 from engine.data.split_plan import file_of
+from engine.tasks import IMBALANCE_RATIO, SMALL_SPLIT_IMAGES, SMALL_SPLIT_PER_CLASS
 
-SMALL_SPLIT = 30            # images in validation or test: below this one image moves accuracy by > 3 points
-SMALL_CLASS = 5             # images of one class in validation or test
-IMBALANCE = 1.5             # largest class ÷ smallest class
 LISTED_SETS = 20
 SPLIT_TITLES = {"train": "training", "val": "validation", "test": "test"}
 
@@ -71,7 +69,7 @@ def _imbalance(rows: list[dict], classes: list[str]) -> list[dict]:
     counts = Counter(r["label"] for r in rows)
     per_class = {c: counts.get(i, 0) for i, c in enumerate(classes)}
     big, small = max(per_class, key=per_class.get), min(per_class, key=per_class.get)
-    if not per_class[small] or per_class[big] < IMBALANCE * per_class[small]:
+    if not per_class[small] or per_class[big] < IMBALANCE_RATIO * per_class[small]:
         return []
     ratio = per_class[big] / per_class[small]
     message = (f"The classes are unbalanced: {per_class[big]} {big} images but only {per_class[small]} {small} "
@@ -86,19 +84,19 @@ def _small_splits(rows: list[dict], classes: list[str]) -> list[dict]:
         members = [r for r in rows if r["split"] == split]
         counts = Counter(r.get("label") for r in members)
         per_class = {c: counts.get(i, 0) for i, c in enumerate(classes)}
-        thin = {c: n for c, n in per_class.items() if n < SMALL_CLASS}
-        if len(members) >= SMALL_SPLIT and not thin:
+        thin = {c: n for c, n in per_class.items() if n < SMALL_SPLIT_PER_CLASS}
+        if len(members) >= SMALL_SPLIT_IMAGES and not thin:
             continue
         title = SPLIT_TITLES[split]
         if not members:
             what = f"The {title} split is empty"
-        elif len(members) < SMALL_SPLIT:
-            what = f"The {title} split has only {_count(len(members), 'image')} (fewer than {SMALL_SPLIT})"
+        elif len(members) < SMALL_SPLIT_IMAGES:
+            what = f"The {title} split has only {_count(len(members), 'image')} (fewer than {SMALL_SPLIT_IMAGES})"
         else:
             what = f"The {title} split has {len(members)} images"
         if thin and members:
             listed = ", ".join(f"{n} {c}" for c, n in list(thin.items())[:4])
-            what += f" and fewer than {SMALL_CLASS} of some class ({listed})"
+            what += f" and fewer than {SMALL_SPLIT_PER_CLASS} of some class ({listed})"
         if members:
             what += f": one image more or less right moves its score by {100 / len(members):.0f} points"
         found.append({"kind": "small_split", "split": split, "images": len(members), "per_class": per_class,

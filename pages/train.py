@@ -145,9 +145,9 @@ def length_and_hardware(arch: str, task: str, headline: str) -> dict:
     return out
 
 
-def cross_validation(manifest: dict) -> dict:
+def cross_validation(full: dict) -> dict:
     """K-fold cross-validation by patient: suggested when there are few groups (one split is then a lottery)."""
-    groups = group_count(load_manifest(manifest["id"]))
+    groups = group_count(full)
     cols = st.columns([1, 1, 2])
     folds = s.widget("folds", FORM, where=cols[0])
     s.widget("fold", FORM, where=cols[1], disabled=True)        # set per run when the folds are queued
@@ -161,10 +161,9 @@ def cross_validation(manifest: dict) -> dict:
     return {"folds": folds}
 
 
-def class_counts(manifest: dict) -> dict:
+def class_counts(full: dict) -> dict:
     """Training images per class (classification), for the headline score: balanced accuracy when imbalanced."""
-    samples = load_manifest(manifest["id"])["samples"]
-    return Counter(sample.get("label") for sample in samples if sample["split"] == "train")
+    return Counter(sample.get("label") for sample in full["samples"] if sample["split"] == "train")
 
 
 def batch_note(manifest: dict, batch_size: int) -> None:
@@ -209,7 +208,8 @@ task = manifest["task"]
 cols = st.columns([1, 3])
 s.widget("task", FORM, value=task, where=cols[0], disabled=True)       # fixed by the dataset; shown, not chosen
 cols[1].caption(f"{manifest['channels']} channel(s) · classes: {', '.join(manifest['classes'])}")
-for warning in split_warnings(load_manifest(manifest["id"])):   # the listing omits the samples          # before anything is set up: small splits make scores shaky
+full = load_manifest(manifest["id"])          # with the samples, which the listing omits; read once per rerun
+for warning in split_warnings(full):           # before anything is set up: small splits make scores shaky
     st.warning(warning["message"], icon=":material/warning:")
 
 st.subheader("Model")
@@ -220,10 +220,10 @@ augment, augment_params = augmentations()
 st.subheader("Optimisation")
 choices = optimisation(task)
 st.subheader("Length and hardware")
-choices |= length_and_hardware(arch, task, headline_metric(task, class_counts(manifest)))
+choices |= length_and_hardware(arch, task, headline_metric(task, class_counts(full)))
 batch_note(manifest, choices["batch_size"])
 st.subheader("Validation")
-choices |= cross_validation(manifest)
+choices |= cross_validation(full)
 name = s.widget("name", FORM, placeholder="e.g. baseline, more augmentation")
 
 config = RunConfig(dataset_id=manifest["id"], arch=arch, task=task, name=name.strip(), pretrained=pretrained,

@@ -96,11 +96,12 @@ def ingest(src: Path, task: str, name: str | None = None, seed: int = 0,
     if not src.exists():
         raise UserError(f"{src} does not exist; check the path.")
     with _scratch() as scratch:
-        folder = src
+        folder, skipped = src, []
         if src.is_file():
             folder = scratch / "upload"
-            extract_zip(src, folder)          # checks every ZIP rule before writing anything
-        return _ingest_folder(folder, task, name or _stem(src), src.name, seed, progress, workers, scratch, group_by)
+            skipped = extract_zip(src, folder)      # checks every ZIP rule before writing anything
+        return _ingest_folder(folder, task, name or _stem(src), src.name, seed, progress, workers, scratch, group_by,
+                              skipped)
 
 
 def ingest_files(files: list[tuple[str, bytes]], task: str, name: str | None = None, seed: int = 0,
@@ -110,19 +111,23 @@ def ingest_files(files: list[tuple[str, bytes]], task: str, name: str | None = N
         raise UserError("No files were uploaded; add images or a ZIP and try again.")
     with _scratch() as scratch:
         folder = scratch / "upload"
-        write_files(files, folder)
+        skipped = write_files(files, folder)
+        if len(files) == len(skipped):            # nothing could be written: say why, not 'nothing usable'
+            raise UserError(skipped[0]["message"])
         if len(files) == 1 and files[0][0].lower().endswith(".zip"):
             zipped = next(p for p in folder.rglob("*") if p.is_file())
             return ingest(zipped, task, name or _stem(zipped), seed, progress, group_by=group_by)
         source = Path(files[0][0].replace("\\", "/")).parts[0] if len(files) > 1 else files[0][0]
         return _ingest_folder(folder, task, name or _stem(Path(source)), source, seed, progress, None, scratch,
-                              check_group_by(group_by))
+                              check_group_by(group_by), skipped)
 
 
 def _ingest_folder(folder: Path, task: str, name: str, source: str, seed: int,
-                   progress: Progress | None, workers: int | None, scratch: Path, group_by: str) -> IngestResult:
+                   progress: Progress | None, workers: int | None, scratch: Path, group_by: str,
+                   skipped: list[dict]) -> IngestResult:
     found = scan(folder, task)
-    report = IngestReport(task=task, source=source, files_seen=found.files_seen, problems=list(found.problems))
+    report = IngestReport(task=task, source=source, files_seen=found.files_seen + len(skipped),
+                          problems=[*skipped, *found.problems])      # skipped: entries the disk could not hold
     staging = scratch / "dataset"
     (staging / "images").mkdir(parents=True)
     if task == "segmentation":

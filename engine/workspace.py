@@ -59,3 +59,8 @@ def db_url() -> str:
 # Defensive limits for uploads (bytes / file count); overridable for big local datasets.
 MAX_UPLOAD_BYTES = int(os.environ.get("LIGHTBOX_MAX_UPLOAD_BYTES", 4 * 1024**3))
 MAX_UPLOAD_FILES = int(os.environ.get("LIGHTBOX_MAX_UPLOAD_FILES", 200_000))
+
+# Pixels one image file may decode to (width × height × frames), checked from its header before decoding: a
+# small file can claim a huge picture (a decompression bomb). 64 MP is far above any CT, MR or X-ray (a chest
+# X-ray is ~9 MP, a mammogram ~20 MP) and bounds one decode to ~1.2 GB (an RGB image as float32 plus Pillow's copy).
+MAX_IMAGE_PIXELS = int(os.environ.get("LIGHTBOX_MAX_IMAGE_PIXELS", 64_000_000))

@@ -9,10 +9,13 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_space, get_decoder, pixel_array
+from pydicom.pixels.utils import get_expected_length
 
+from engine import workspace
 from engine.errors import UserError
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+CHUNK = 1 << 22         # samples per step of the float64 steps (modality LUT, windowing): 32 MB of temporaries
 
 # Which pip package brings the decoder for a compressed transfer syntax (by UID prefix).
 _DECODER_PACKAGES = {
@@ -49,8 +52,11 @@ def apply_window(values: np.ndarray, center: float, width: float, function: str 
     LINEAR (the default): 0 where x <= c - 0.5 - (w-1)/2, 1 where x > c - 0.5 + (w-1)/2,
     else ((x - (c - 0.5)) / (w - 1) + 0.5). LINEAR_EXACT drops the half-unit offsets; SIGMOID is 1/(1+e^(-4(x-c)/w)).
     """
+    return _in_chunks(values, lambda part: _window_part(part, center, width, (function or "LINEAR").upper()))
+
+
+def _window_part(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
     x = np.asarray(values, dtype=np.float64)
-    function = (function or "LINEAR").upper()
     if function == "SIGMOID":
         out = 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
     elif function == "LINEAR_EXACT":
@@ -81,7 +87,7 @@ def read_dataset(source: Path | bytes, name: str = "") -> Dataset:
 def dicom_frames(ds: Dataset, window: tuple[float, float] | None = None, name: str = "") -> list[np.ndarray]:
     """One float32 (C, H, W) array in [0, 1] per frame; an explicit (center, width) beats the file's own window."""
     label = name or Path(str(getattr(ds, "filename", "") or "DICOM file")).name
-    raw = _decode(ds, label)
+    raw = decode_pixels(ds, label)
     try:
         return _scale(raw, ds, window)
     except (ValueError, TypeError, KeyError, AttributeError, IndexError) as err:   # broken LUTs or pixel modules
@@ -102,18 +108,22 @@ def _scale(raw: np.ndarray, ds: Dataset, window: tuple[float, float] | None) -> 
     if raw.ndim == (3 if colour and photometric != "PALETTE COLOR" else 2):
         raw = raw[None]                          # a frame axis always, so both paths below are the same
     if colour:
-        rgb = _to_rgb(raw, ds, photometric)
-        return [np.ascontiguousarray(f.transpose(2, 0, 1)) for f in rgb]
-    values = np.stack([_rescale(f, ds, i) for i, f in enumerate(raw)])
+        return [_to_rgb(frame, ds, photometric) for frame in raw]
+    # One float32 stack and in-place steps: a large image costs its float32 size, not several float64 copies
+    values = np.empty(raw.shape, np.float32)
+    for i, frame in enumerate(raw):
+        values[i] = _rescale(frame, ds, i)
     windows = [_frame_item(ds, i, "FrameVOILUTSequence") for i in range(len(raw))]
     if window is None and all(w is not None and _first(w.get("WindowCenter")) is not None
                               and (_first(w.get("WindowWidth")) or 0) > 0 for w in windows):
         # Enhanced multi-frame files keep each frame's window in its functional groups, not at the top level
-        scaled = np.stack([_window(v[None], w, None)[0] for v, w in zip(values, windows)])
+        for i, w in enumerate(windows):
+            values[i] = _window(values[i][None], w, None)[0]
+        scaled = values
     else:
         scaled = _window(values, ds, window)
     if photometric == "MONOCHROME1":
-        scaled = 1.0 - scaled                    # pydicom leaves MONOCHROME1 as stored: low values are white
+        np.subtract(1.0, scaled, out=scaled)     # pydicom leaves MONOCHROME1 as stored: low values are white
     return [f[None] for f in scaled]
 
 
@@ -143,13 +153,66 @@ def header_summary(ds: Dataset, max_len: int = 80) -> list[tuple[str, str, str]]
     return rows
 
 
-def _decode(ds: Dataset, label: str) -> np.ndarray:
+def megapixels(pixels: int) -> str:
+    """A pixel count in megapixels as a person would write it: 3,600 / 169 / 8.4 / 0.01."""
+    mp = pixels / 1e6
+    return f"{mp:,.0f}" if mp >= 10 else f"{mp:.1f}" if mp >= 1 else f"{mp:.2g}"
+
+
+def check_pixel_count(label: str, width: int, height: int, frames: int = 1, total: int | None = None) -> None:
+    """Refuse an image (any format) whose header claims more pixels, frames included, than
+    workspace.MAX_IMAGE_PIXELS, before anything is decoded: a small file can claim a huge picture."""
+    limit = workspace.MAX_IMAGE_PIXELS
+    total = width * height * frames if total is None else total
+    if total <= limit:
+        return
+    size = f"{width}×{height} pixels"
+    what = f"is {size}" if frames == 1 else f"holds {frames} frames of {size}"
+    raise UserError(f"{label} {what} ({megapixels(total)} megapixels{' in all' if frames > 1 else ''}), more "
+                    f"than the limit of {megapixels(limit)} megapixels per file; use a smaller image or raise "
+                    "LIGHTBOX_MAX_IMAGE_PIXELS.")
+
+
+def check_pixel_data(ds: Dataset, label: str) -> None:
+    """From the header alone, refuse pixel data too large to decode or unlike its own description (a 744-byte
+    file that claims 60000×60000 pixels; a header that promises more bytes than the file holds)."""
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 0) or 0)
+    except (AttributeError, TypeError, ValueError, OverflowError) as err:
+        raise UserError(f"{label} has an image header that cannot be read ({_first_line(err)}); "
+                        "export the image again.") from err
+    if min(rows, columns, frames) < 1 or samples not in (1, 3) or not (bits == 1 or bits in range(8, 65, 8)):
+        raise UserError(f"{label} describes an impossible image ({columns}×{rows} pixels, {frames} frame(s), "
+                        f"{samples} sample(s) of {bits} bits); export the image again.")
+    check_pixel_count(label, columns, rows, frames)
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    keyword = next(k for k in PIXEL_KEYWORDS if k in ds)
+    if syntax is not None and syntax.is_compressed:
+        return
+    try:
+        expected = get_expected_length(ds, unit="bytes")
+    except (AttributeError, TypeError, ValueError, KeyError) as err:
+        raise UserError(f"{label} has an image header that cannot be read ({_first_line(err)}); "
+                        "export the image again.") from err
+    held = len(ds[keyword].value or b"")
+    if held < expected:
+        raise UserError(f"{label} has pixel data that cannot be decoded: its header declares {columns}×{rows} "
+                        f"pixels × {frames} frame(s) ({expected:,} bytes) but the file holds {held:,} bytes, so it "
+                        "is truncated or damaged.")
+
+
+def decode_pixels(ds: Dataset, label: str, raw: bool = True) -> np.ndarray:
+    """The stored pixel array, once the header passed check_pixel_data; any decoder failure is one sentence."""
+    check_pixel_data(ds, label)
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if syntax is not None and syntax.is_compressed:
         _require_decoder(str(syntax), syntax.name, label)
     try:
         # raw=True keeps the stored colour space, so the YBR → RGB step below is explicit and testable
-        return pixel_array(ds, raw=True)
+        return pixel_array(ds, raw=raw)
     except Exception as err:  # decoders raise many types (ValueError, RuntimeError, plugin errors)
         raise UserError(f"{label} has pixel data that cannot be decoded ({_first_line(err)}).") from err
 
@@ -167,15 +230,21 @@ def _require_decoder(uid: str, syntax_name: str, label: str) -> None:
     raise UserError(f"{label} uses {kind} compression ({syntax_name}), {need}.")
 
 
-def _to_rgb(raw: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
+def _to_rgb(frame: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
+    """One stored colour frame → float32 (3, H, W) in [0, 1], filled channel by channel."""
     if photometric == "PALETTE COLOR":
-        rgb = np.stack([apply_color_lut(f, ds) for f in raw])
-        return rgb.astype(np.float32) / np.iinfo(rgb.dtype).max
-    if photometric in ("YBR_FULL", "YBR_FULL_422"):
-        raw = convert_color_space(raw, photometric, "RGB")
-    # YBR_RCT/ICT come out of the JPEG 2000 decoder already as RGB
-    top = 2 ** int(ds.get("BitsStored", 8) or 8) - 1
-    return np.clip(raw.astype(np.float32) / top, 0.0, 1.0)
+        frame = apply_color_lut(frame, ds)
+        top = np.iinfo(frame.dtype).max
+    else:
+        if photometric in ("YBR_FULL", "YBR_FULL_422"):
+            frame = convert_color_space(frame, photometric, "RGB")
+        # YBR_RCT/ICT come out of the JPEG 2000 decoder already as RGB
+        top = 2 ** int(ds.get("BitsStored", 8) or 8) - 1
+    out = np.empty((3, *frame.shape[:2]), np.float32)
+    for channel in range(3):
+        out[channel] = frame[..., channel]
+    np.divide(out, top, out=out)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def _frame_item(ds: Dataset, index: int, keyword: str) -> Dataset | None:
@@ -199,23 +268,29 @@ def _rescale(frame: np.ndarray, ds: Dataset, index: int) -> np.ndarray:
     """Stored values → modality values (e.g. Hounsfield units), with the frame's own slope and intercept."""
     item = _frame_item(ds, index, "PixelValueTransformationSequence")
     if item is not None and "RescaleSlope" in item and "RescaleIntercept" in item:
-        return (frame.astype(np.float32) * float(item.RescaleSlope) + float(item.RescaleIntercept)).astype(np.float32)
-    return apply_modality_lut(frame, ds).astype(np.float32)
+        slope, intercept = float(item.RescaleSlope), float(item.RescaleIntercept)
+        return _in_chunks(frame, lambda part: part.astype(np.float32) * slope + intercept)
+    return _in_chunks(frame, lambda part: apply_modality_lut(part, ds))
 
 
 def _window(values: np.ndarray, ds: Dataset, window: tuple[float, float] | None) -> np.ndarray:
+    """Modality values → [0, 1], in place: `values` is a float32 array of the caller's own (memory stays one
+    float32 copy of the image)."""
     if window is not None:
-        return apply_window(values, *window)
+        return _in_chunks(values, lambda part: _window_part(part, *window, "LINEAR"), out=values)
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     if center is not None and width is not None and width > 0:
-        return apply_window(values, center, width, str(ds.get("VOILUTFunction", "LINEAR")))
+        function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+        return _in_chunks(values, lambda part: _window_part(part, center, width, function), out=values)
     if ds.get("VOILUTSequence"):
         return _voi_lut(values, ds)
     # No window in the file: stretch the whole series (not each frame) so slices stay comparable
     low, high = float(values.min()), float(values.max())
     if high <= low:
-        return np.zeros_like(values, dtype=np.float32)
-    return ((values - low) / (high - low)).astype(np.float32)
+        values[...] = 0.0
+        return values
+    np.subtract(values, low, out=values)
+    return np.divide(values, high - low, out=values)
 
 
 def _voi_lut(values: np.ndarray, ds: Dataset) -> np.ndarray:
@@ -229,8 +304,24 @@ def _voi_lut(values: np.ndarray, ds: Dataset) -> np.ndarray:
         lut = np.frombuffer(data, dtype="<u2" if little else ">u2").astype(np.float32)
     else:
         lut = np.asarray(data if isinstance(data, (list, pydicom.multival.MultiValue)) else [data], np.float32)
-    index = np.clip(np.round(values) - first, 0, min(entries or 65536, len(lut)) - 1).astype(np.int64)
-    return np.clip(lut[index] / (2**bits - 1), 0.0, 1.0)
+    last = min(entries or 65536, len(lut)) - 1
+
+    def lookup(part: np.ndarray) -> np.ndarray:
+        index = np.clip(np.round(part) - first, 0, last).astype(np.int64)
+        return np.clip(lut[index] / (2**bits - 1), 0.0, 1.0)
+    return _in_chunks(values, lookup, out=values)
+
+
+def _in_chunks(values: np.ndarray, step, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 result of an element-wise `step`, run on CHUNK samples at a time so its float64 or int64
+    temporaries stay small whatever the image size (the numbers are those of one call on the whole array).
+    `out` may be `values` itself: each chunk is read whole before its result is written back."""
+    values = np.asarray(values)
+    out = np.empty(values.shape, np.float32) if out is None else out
+    flat_in, flat_out = values.reshape(-1), out.reshape(-1)
+    for start in range(0, flat_in.size, CHUNK):
+        flat_out[start:start + CHUNK] = step(flat_in[start:start + CHUNK])
+    return out
 
 
 def _first(value) -> float | None:

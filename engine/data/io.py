@@ -1,6 +1,8 @@
 """Read one image or mask file (PNG/JPEG/TIFF/BMP through Pillow, DICOM through pydicom) into numpy arrays."""
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -8,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
+from engine import workspace
 from engine.data import dicom
 from engine.errors import UserError
 
@@ -17,6 +20,12 @@ MAX_LABEL = 63          # masks hold class indices 0..MAX_LABEL, or 0/255 for bi
 MAX_GREY_LEVELS = 16    # ... or this many grey levels at most (0/85/170/255 and the like), mapped to 0, 1, 2, …
 MIN_LEVEL_GAP = 8       # grey levels closer than this are smearing (JPEG, resizing), not classes
 ORIENTATION_TAG = 0x0112  # EXIF Orientation
+GREY_MODES = ("1", "L", "LA", "P", "PA")
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+# Our own limit (workspace.MAX_IMAGE_PIXELS, frames included) is checked from the header before any decode, so
+# Pillow's warning for pictures above its default limit would only repeat it on stderr.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class LabelRangeError(UserError):
@@ -85,7 +94,7 @@ def read_mask_frames(source: Path | bytes, name: str = "") -> list[np.ndarray]:
     label = _label(source, name)
     if is_dicom(source, name):
         ds = dicom.read_dataset(source, label)
-        stack = np.asarray(ds.pixel_array)
+        stack = dicom.decode_pixels(ds, label, raw=False)
         stack = stack[None] if int(ds.get("NumberOfFrames", 1) or 1) == 1 else stack
         return [_as_labels(f, label) for f in stack]
     return [_as_labels(_mask_page(page, label), label) for page in _pages(_open(source, label), label)]
@@ -170,47 +179,84 @@ def _text(ds, keyword: str) -> str | None:
     return str(ds.get(keyword) or "").strip() or None
 
 
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def _label(source: Path | bytes, name: str) -> str:
     return name or (source.name if isinstance(source, Path) else "upload")
 
 
 def _open(source: Path | bytes, label: str) -> Image.Image:
+    """The first frame, decoded once its size (and frame count) passed the pixel limit."""
+    limit = workspace.MAX_IMAGE_PIXELS
+    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit       # a deployment that raised our limit must not meet Pillow's instead
     try:
         data = source if isinstance(source, bytes) else source.read_bytes()    # no file handle left open by Pillow
-        image = Image.open(BytesIO(data))
+        image = Image.open(BytesIO(data))   # reads the header only
+        dicom.check_pixel_count(label, *image.size, getattr(image, "n_frames", 1))
         image.load()            # decode now, so truncated files fail here with a clear message
         if getattr(image, "n_frames", 1) == 1 and image.getexif().get(ORIENTATION_TAG, 1) != 1:
             image = ImageOps.exif_transpose(image)    # a photo or phone export shows upright, so store it upright
         return image
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        reason = "cannot identify image file" if isinstance(err, UnidentifiedImageError) else str(err).split("\n")[0]
+    except Image.DecompressionBombError as err:    # Pillow's own limit, far above ours: say it our way
+        claimed = re.search(r"\((\d+) pixels\)", str(err))
+        pixels = int(claimed.group(1)) if claimed else limit + 1
+        raise UserError(f"{label} claims {dicom.megapixels(pixels)} megapixels, more than the limit of "
+                        f"{dicom.megapixels(limit)} megapixels per file; use a smaller image or raise "
+                        "LIGHTBOX_MAX_IMAGE_PIXELS.") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
+        reason = "cannot identify image file" if isinstance(err, UnidentifiedImageError) else _first_line(err)
         raise UserError(f"{label} is not a readable image ({reason}).") from err
 
 
 def _pages(image: Image.Image, label: str) -> list[Image.Image]:
+    if getattr(image, "n_frames", 1) == 1:
+        return [image]                     # no copy: a large picture is held once
+    pages, total = [], 0
     try:
-        return [page.copy() for page in ImageSequence.Iterator(image)]
-    except (OSError, ValueError) as err:
-        raise UserError(f"{label} is not a readable image ({err}).") from err
+        for page in ImageSequence.Iterator(image):
+            total += page.size[0] * page.size[1]       # pages of a TIFF may differ in size: count each one
+            if total > workspace.MAX_IMAGE_PIXELS:
+                dicom.check_pixel_count(label, *page.size, len(pages) + 1, total)
+            pages.append(page.copy())
+        return pages
+    except (OSError, ValueError, EOFError, SyntaxError) as err:
+        raise UserError(f"{label} is not a readable image ({_first_line(err)}).") from err
 
 
 def _pil_to_array(image: Image.Image) -> tuple[np.ndarray, str]:
-    """(float32 (C, H, W) in [0, 1], stored type) for any Pillow mode."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    """(float32 (C, H, W) in [0, 1], stored type) for any Pillow mode, with one float32 copy at most: a 36 MP
+    RGB photo makes a 412 MB result, and each extra temporary would cost as much again."""
+    if image.mode in WIDE_MODES:
         values = np.asarray(image, dtype=np.float32)
         stored = {"I": "int32", "F": "float32"}.get(image.mode, "uint16")
         # 16-bit files rarely fill 0..65535 (12-bit detectors, CT numbers stored offset), so /65535 would leave
         # them nearly black; each image's own range is the only scale such a file carries
         low, high = float(values.min()), float(values.max())
-        scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
-        return scaled[None], stored
-    if image.mode in ("1", "L", "LA", "P", "PA") and not _palette_is_colour(image):
-        gray = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-        return gray[None], "uint8"
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0      # drops alpha, maps CMYK/YCbCr/palette
+        if high <= low:
+            return np.zeros((1, *values.shape), np.float32), stored
+        values = values if values.flags.writeable else values.copy()
+        np.subtract(values, low, out=values)
+        np.divide(values, high - low, out=values)
+        return values[None], stored
+    if image.mode in GREY_MODES and not _palette_is_colour(image):
+        grey = image if image.mode == "L" else image.convert("L")
+        return _unit_float(np.asarray(grey))[None], "uint8"
+    rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))   # drops alpha, maps CMYK/YCbCr/palette
     if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
-        return rgb[None, ..., 0].copy(), "uint8"                          # RGB with equal channels is gray
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1)), "uint8"
+        return _unit_float(rgb[..., 0])[None], "uint8"                          # RGB with equal channels is gray
+    out = np.empty((3, *rgb.shape[:2]), np.float32)
+    for channel in range(3):
+        out[channel] = rgb[..., channel]
+    return _unit_float(out), "uint8"
+
+
+def _unit_float(values: np.ndarray) -> np.ndarray:
+    """8-bit samples → float32 in [0, 1], divided in place (same numbers as `values / 255.0` in float32)."""
+    out = values if values.dtype == np.float32 and values.flags.writeable else values.astype(np.float32)
+    return np.divide(out, 255.0, out=out)
 
 
 def _palette_is_colour(image: Image.Image) -> bool:
@@ -222,13 +268,16 @@ def _palette_is_colour(image: Image.Image) -> bool:
 
 def _mask_page(image: Image.Image, label: str) -> np.ndarray:
     # A palette mask stores the class index as the pixel value: keep indices, ignore the display colours
-    if image.mode in ("P", "L", "1", "I;16", "I;16B", "I;16L", "I"):
-        return np.asarray(image).astype(np.int64)
+    # (stored integer types are kept: widening a large mask to int64 would cost 8 bytes a pixel)
+    if image.mode == "1":
+        return np.asarray(image).astype(np.uint8)
+    if image.mode in ("P", "L", "I;16", "I;16B", "I;16L", "I"):
+        return np.asarray(image)
     if image.mode in ("LA", "PA"):
-        return np.asarray(image.getchannel(0)).astype(np.int64)
+        return np.asarray(image.getchannel(0))
     rgb = np.asarray(image.convert("RGB"))
     if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
-        return rgb[..., 0].astype(np.int64)
+        return rgb[..., 0]
     raise LabelRangeError(f"{label} is a colour mask; save masks as gray images with one integer per class.")
 
 

@@ -11,7 +11,7 @@ import os
 import sys
 
 from engine.cli.common import CommandFailed, finite
-from engine.errors import UserError
+from engine.errors import UserError, one_line
 
 # command → module of engine.cli that declares it (its register(add) adds the parser and the handler)
 COMMAND_MODULES = {
@@ -50,12 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.handler(args)
     except CommandFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc, 1000)}", file=sys.stderr)
         if args.json:
             print(json.dumps(finite(exc.result), default=str))
         return 1
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc, 1000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the contract: one readable line, never a traceback
         if os.environ.get("LIGHTBOX_DEBUG"):
             raise
-        print(f"error: unexpected {type(exc).__name__}: {exc} (set LIGHTBOX_DEBUG=1 for details)", file=sys.stderr)
+        # one bounded line even for library text: OSError echoes whole paths, torch errors span many lines
+        print(f"error: unexpected {type(exc).__name__}: {one_line(exc, 300)} (set LIGHTBOX_DEBUG=1 for details)",
+              file=sys.stderr)
         return 3
     result = finite(result)
     print(json.dumps(result, default=str) if args.json else json.dumps(result, indent=2, default=str))

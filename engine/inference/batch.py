@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 import zipfile
 from io import BytesIO, StringIO
@@ -43,6 +44,8 @@ def results_csv(rows: list[dict]) -> str:
 def output_stem(name: str, frame: int, frames: int) -> str:
     """A flat, safe file name for an input's outputs (folders become '__', odd characters '_')."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", str(Path(name).with_suffix("")).replace("/", "__"))
+    if len(stem) > 120:             # a file name stops at 255 bytes; a ZIP member's name can be 64 KB
+        stem = f"{stem[:100]}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
     return f"{stem}_frame{frame:03d}" if frames > 1 else stem
 
 

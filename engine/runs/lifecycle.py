@@ -8,16 +8,13 @@ import shutil
 
 from engine.data.manifest import delete_dataset as remove_dataset_folder
 from engine.data.manifest import load_manifest
-from engine.errors import UserError
+from engine.errors import UserError, shown
 from engine.runs import queue, store
 from engine.runs.paths import run_dir
 
 
 def _existing(run_id: str) -> dict:
-    run = store.get_run(run_id)
-    if run is None:
-        raise UserError(f"There is no run '{run_id}'.")
-    return run
+    return store.require_run(run_id)
 
 
 def cancel(run_id: str) -> str:
@@ -63,15 +60,15 @@ def delete(run_id: str) -> str:
         raise UserError(f"Run {run_id} is {run['status']}; stop it before deleting it.")
     if not store.delete_run(run_id):
         raise UserError(f"Run {run_id} changed state meanwhile; try again.")
-    shutil.rmtree(run_dir(run_id), ignore_errors=True)      # checkpoints, samples, train.log
+    shutil.rmtree(run_dir(run["id"]), ignore_errors=True)      # checkpoints, samples, train.log
     return "deleted"
 
 
 def delete_dataset(dataset_id: str) -> str:
     """Delete an ingested dataset (its images, masks and caches). Refused while a queued or running run uses
     it; finished runs keep their results and checkpoints, and can still predict."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", dataset_id) or ".." in dataset_id:
-        raise UserError(f"There is no dataset '{dataset_id}'.")        # and never a path outside the workspace
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}", dataset_id) or ".." in dataset_id:
+        raise UserError(f"There is no dataset '{shown(dataset_id)}'.")     # and never a path outside the workspace
     load_manifest(dataset_id)                                           # a readable error when it does not exist
     busy = [r["id"] for r in store.list_runs(status=store.ACTIVE) if r["dataset_id"] == dataset_id]
     if busy:

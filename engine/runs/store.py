@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import sys
 import time
@@ -31,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 
 from engine import workspace
+from engine.errors import UserError, shown
 
 metadata = MetaData()
 
@@ -112,6 +114,27 @@ def now() -> float:
 
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+# What an id may look like: new_run_id's alphabet (digits, hex, '-'; letters and '_' for ids made by hand or by
+# older versions), at most the column's 40 characters, no dot and no slash — so never a path, never too long.
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
+
+
+def is_run_id(value: object) -> bool:
+    return isinstance(value, str) and RUN_ID.fullmatch(value) is not None
+
+
+def no_such_run(run_id: object) -> UserError:
+    return UserError(f"There is no run '{shown(run_id)}'; `python -m engine runs` lists the runs.")
+
+
+def require_run(run_id: object) -> dict:
+    """The stored run with this id; a malformed or unknown id (a path, 100 KB of text) is refused in one line."""
+    run = get_run(run_id) if is_run_id(run_id) else None
+    if run is None:
+        raise no_such_run(run_id)
+    return run
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

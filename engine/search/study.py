@@ -8,8 +8,10 @@ works for both storages (Optuna's heartbeat only exists for RDB with optimize())
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,7 +27,7 @@ from optuna.trial import TrialState
 from engine import workspace
 from engine.config import BY_NAME, RunConfig, check_value
 from engine.data.dataset import load_manifest
-from engine.errors import UserError
+from engine.errors import UserError, shown
 from engine.runs import execute, lifecycle, queue, store
 from engine.runs.submit import create_run
 from engine.training.events import Event, Events
@@ -36,6 +38,7 @@ STOPPED_AT = "stopped_at"                # study attribute: when the user last s
 CANCELLED_TRIALS = "cancelled_trials"    # study attribute: trials a stop ended before they had a run
 STOP_WAIT_SECONDS = 10.0                 # how long a stop waits for running trials to end before ending the process
 STOPPED_MESSAGE = "Stopped with its search; continuing the search runs new trials."
+MAX_NAME = 100                           # characters in a search's name ("name #trial" fits the runs' columns)
 
 # Augmentation strength as one categorical choice: each level is a list of (name, params).
 AUGMENT_LEVELS: dict[str, dict[str, dict[str, float]]] = {
@@ -126,11 +129,21 @@ def create_study(spec: StudySpec) -> str:
     check_space(spec.space)
     spec.base = {**spec.base, "dataset_id": spec.dataset_id, "task": task, "monitor": spec.objective}
     RunConfig.from_dict(spec.base).validate()
-    name = spec.name or f"search-{store.new_run_id()}"
+    name = check_name(spec.name.strip()) if spec.name.strip() else f"search-{store.new_run_id()}"
     study = optuna.create_study(study_name=name, storage=storage(), direction="maximize",
                                 sampler=_sampler(spec, False), pruner=_pruner(spec))
     study.set_user_attr("spec", asdict(spec))
     study.set_user_attr("created", time.time())
+    return name
+
+
+def check_name(name: str) -> str:
+    """A study's name is data (shown on pages, stored with its runs), never a file name; it is bounded so that
+    the runs' name and study columns hold it on PostgreSQL too."""
+    if len(name) > MAX_NAME:
+        raise UserError(f"A search name must be at most {MAX_NAME} characters; '{shown(name)}' has {len(name)}.")
+    if not name.isprintable():
+        raise UserError("A search name must be one line of text, without tabs or control characters.")
     return name
 
 
@@ -144,7 +157,7 @@ def load_study(name: str, spec: StudySpec | None = None, joining: bool = True) -
     try:
         study = optuna.load_study(study_name=name, storage=storage())
     except KeyError as exc:
-        raise UserError(f"There is no search called '{name}'.") from exc
+        raise UserError(f"There is no search called '{shown(name)}'.") from exc
     if spec is not None:
         study.sampler, study.pruner = _sampler(spec, joining), _pruner(spec)
     return study
@@ -400,7 +413,7 @@ def _own_search_process(name: str) -> int | None:
     info = background_process(name)
     if not info or not info["alive"]:
         return None
-    pid = int(_log_path(name, "pid").read_text().split()[0])
+    pid = int(_existing_process_files(name)[1].read_text().split()[0])
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
@@ -427,10 +440,30 @@ def _end_process(pid: int, grace: float = 3.0) -> str:
     return "killed" if not _alive(pid) else "still running"
 
 
-def _log_path(name: str, suffix: str) -> Path:
+def process_files(name: str) -> tuple[Path, Path]:
+    """(log, pid file) of the background search of a study, in the workspace's logs folder.
+
+    The name is data (any text: '../x', 100 KB, a newline), so the files are named by an id made from it: a
+    readable slug of the name plus the first 16 hex digits of its SHA-256 — the same name always gives the same
+    files, and nothing a user types chooses the folder, the length or a hidden dot-file."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", name)[:32].strip("-_") or "study"
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     folder = workspace.home() / "logs"
-    folder.mkdir(exist_ok=True)
-    return folder / f"{name}.{suffix}"
+    return folder / f"search-{slug}-{digest}.log", folder / f"search-{slug}-{digest}.pid"
+
+
+_PLAIN_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.-]{0,99}")
+
+
+def _existing_process_files(name: str) -> tuple[Path, Path]:
+    """process_files, or for a search started before they were named by id the old '<name>.log/.pid' — read
+    only, and only for a name that is a plain file name (no folder, no '..', no leading dot)."""
+    log, pid = process_files(name)
+    if not pid.exists() and _PLAIN_FILE_NAME.fullmatch(name) and ".." not in name:
+        old_log, old_pid = log.parent / f"{name}.log", log.parent / f"{name}.pid"
+        if old_pid.is_file():
+            return old_log, old_pid
+    return log, pid
 
 
 def launch_search(name: str) -> int:
@@ -438,18 +471,21 @@ def launch_search(name: str) -> int:
 
     The pid is kept beside the log so the page can tell a search that is still going from one whose process
     died (server restart, out of memory, an error before the first trial)."""
-    with open(_log_path(name, "log"), "ab") as out:
+    load_study(name)                                   # a known study: never a process for an unknown name
+    log, pid_file = process_files(name)
+    log.parent.mkdir(exist_ok=True)
+    with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "engine", "search", "--study", name, "--quiet"],
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=os.environ.copy())
-    _log_path(name, "pid").write_text(f"{proc.pid} {socket.gethostname()}")
+    pid_file.write_text(f"{proc.pid} {socket.gethostname()}")
     return proc.pid
 
 
 def background_process(name: str) -> dict[str, Any] | None:
     """The search process the UI started for this study on this machine: {"alive", "last_line", "started"};
     None when there is none to know of (never launched from here, or launched on another machine)."""
-    pid_file = _log_path(name, "pid")
+    log, pid_file = _existing_process_files(name)
     try:
         pid_text, host = pid_file.read_text().split()
         pid, started = int(pid_text), pid_file.stat().st_mtime   # its time limit counts from the launch
@@ -457,7 +493,7 @@ def background_process(name: str) -> dict[str, Any] | None:
         return None
     if host != socket.gethostname():
         return None
-    return {"alive": _alive(pid), "last_line": _last_line(pid_file.with_suffix(".log")), "started": started}
+    return {"alive": _alive(pid), "last_line": _last_line(log), "started": started}
 
 
 def _last_line(path: Path, tail: int = 4096) -> str:

@@ -13,10 +13,9 @@ import torch
 
 from engine.data.dataset import MAX_STORED_SIDE, load_manifest
 from engine.errors import UserError
-from engine.inference.predict import model_from_checkpoint
+from engine.inference.predict import load_run_model
 from engine.models.registry import count_parameters, get_spec
 from engine.runs import store
-from engine.runs.paths import checkpoint_path
 
 MODEL_FILE, PREPROCESSING_FILE, CARD_FILE = "model.torchscript.pt", "preprocessing.json", "model_card.md"
 TOLERANCE = 1e-5
@@ -28,8 +27,7 @@ NOT_A_DEVICE = ("**This model is not a medical device.** It was trained in Light
 
 def export_run(run_id: str, out_dir: Path | str) -> dict[str, Path]:
     """Write the three files into out_dir and return their paths by kind (model, preprocessing, model_card)."""
-    ckpt = torch.load(checkpoint_path(run_id), map_location="cpu", weights_only=True)
-    model, config, info = model_from_checkpoint(ckpt)
+    _, ckpt, model, config, info = load_run_model(run_id)
     example = torch.rand(2, int(info["channels"]), config.image_size, config.image_size,
                          generator=torch.Generator().manual_seed(0))
     traced = trace(model, example)

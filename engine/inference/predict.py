@@ -22,6 +22,7 @@ from engine.data.io import (
 from engine.device import pick_device
 from engine.errors import UserError
 from engine.metrics import dice_per_class, iou_per_class
+from engine.models.checkpoints import load_checkpoint, not_a_checkpoint
 from engine.models.network import LightboxModel, build_network
 from engine.runs import store
 from engine.runs.paths import checkpoint_path, has_best_checkpoint
@@ -310,6 +311,20 @@ def model_from_checkpoint(ckpt: dict) -> tuple[LightboxModel, RunConfig, dict]:
     return model.eval(), config, info
 
 
+def load_run_model(run_id: str) -> tuple[Path, dict, LightboxModel, RunConfig, dict]:
+    """A stored run's checkpoint (path, contents) and the model rebuilt from it; a file that is not a Lightbox
+    checkpoint (foreign, damaged, malicious, another network's weights) is refused in one sentence."""
+    path = checkpoint_path(run_id)          # a known run of the store, never a path built from user text
+    ckpt = load_checkpoint(path, run_id)
+    try:
+        model, config, info = model_from_checkpoint(ckpt)
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - settings or weights that do not rebuild a model of ours
+        raise not_a_checkpoint(path, run_id, "its settings or weights do not rebuild the run's network") from err
+    return path, ckpt, model, config, info
+
+
 _CACHE: dict[tuple[str, str], tuple[float, Predictor]] = {}
 _LOCK = threading.Lock()
 
@@ -324,12 +339,7 @@ def load_predictor(run_id: str, device: str = "auto") -> Predictor:
         hit = _CACHE.get(key)
         if hit and hit[0] == stamp:
             return hit[1]
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a torn or foreign file must read as a sentence, not a traceback
-        raise UserError(f"The saved model of run {run_id} cannot be read ({type(err).__name__}); "
-                        "train the run again.") from err
-    model, config, info = model_from_checkpoint(ckpt)
+    _, _, model, config, info = load_run_model(run_id)
     predictor = Predictor(model, config, info, dev, run_id)
     with _LOCK:
         if len(_CACHE) >= 4:

@@ -15,6 +15,7 @@ import torchvision.models
 from torch import nn
 
 from engine.errors import UserError
+from engine.models.checkpoints import read_torch_file
 from engine.models.registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -126,11 +127,8 @@ def load_file(model: nn.Module, path: str | os.PathLike) -> LoadReport:
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"Weights file {path} does not exist; check the path or choose 'none' to train from scratch.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, non-tensor objects refused by weights_only
-        raise UserError(f"Could not read weights from {path} ({type(exc).__name__}); "
-                        "save a plain state dict with torch.save(model.state_dict(), path).") from exc
+    state = read_torch_file(path, f"Could not read weights from {path}",
+                            "save a plain state dict with torch.save(model.state_dict(), path)")
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -207,7 +205,8 @@ def load_imagenet(model: nn.Module, spec: ModelSpec, options: dict[str, Any]) ->
         raise UserError(status.message or f"{spec.title} has no ImageNet weights; train from scratch or supply "
                         "a weights file.")
     verify_hash(status.path, status.url)
-    state = torch.load(status.path, map_location="cpu", weights_only=True)
+    state = read_torch_file(status.path, f"Could not read the ImageNet weights {status.path.name} in "
+                            f"{status.path.parent}", f"delete the file and download it again from {status.url}")
     return apply_state_dict(model, state, status.path.name, imagenet_source(spec, options).model_key)
 
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from engine.config import RunConfig
 from engine.data.dataset import load_split
-from engine.errors import UserError
+from engine.errors import UserError, one_line, shown
+from engine.models.checkpoints import load_checkpoint, write_failure
 from engine.runs import store
 from engine.runs.paths import run_dir
 from engine.training.events import Events, Handler
@@ -30,7 +32,7 @@ def evaluate_test_split(trainer: Trainer) -> dict | None:
     test = load_split(trainer.config.dataset_id, "test", trainer.config.image_size)
     if not best.exists() or len(test.images) == 0:
         return None
-    state = torch.load(best, map_location=trainer.device, weights_only=True)
+    state = load_checkpoint(best, trainer.run_dir.name, map_location=trainer.device)
     trainer.model.load_state_dict(state["model"])
     images = torch.from_numpy(test.images.astype("float32"))
     metrics = trainer.evaluate(images, torch.from_numpy(test.targets.astype("int64")), full=True)
@@ -42,11 +44,9 @@ def execute_run(run_id: str, resume: bool = False, handlers: Sequence[Handler] =
     """Train a stored run to its end; the final status and message land in the store. Returns the run row.
 
     `handlers` are extra listeners (a progress bar, a search's pruner) attached after the standard ones."""
-    run = store.get_run(run_id)
-    if run is None:
-        raise UserError(f"There is no run '{run_id}'.")
+    run = store.require_run(run_id)
     config = RunConfig.from_dict(run["config"])
-    folder = run_dir(run_id)
+    folder = run_dir(run["id"])
     store.update_run(run_id, cancel_requested=False, attempts=(run["attempts"] or 0) + 1)
     try:
         events = Events()
@@ -69,12 +69,25 @@ def execute_run(run_id: str, resume: bool = False, handlers: Sequence[Handler] =
     except RunPruned as exc:
         store.set_status(run_id, "pruned", str(exc), only_if=store.STARTED)
     except (UserError, TrainingStopped) as exc:
-        store.set_status(run_id, "failed", str(exc), only_if=store.STARTED)
+        store.set_status(run_id, "failed", one_line(exc, 1000), only_if=store.STARTED)
+    except OSError as exc:
+        traceback.print_exc(file=sys.stderr)
+        store.set_status(run_id, "failed", _os_failure(folder, exc), only_if=store.STARTED)
     except Exception as exc:  # noqa: BLE001 - anything unexpected still ends the run with a readable status
         traceback.print_exc(file=sys.stderr)
-        store.set_status(run_id, "failed", f"Unexpected error: {type(exc).__name__}: {exc}",
+        store.set_status(run_id, "failed", f"Unexpected error: {type(exc).__name__}: {one_line(exc, 300)}",
                          only_if=store.STARTED)
     return store.get_run(run_id)
+
+
+def _os_failure(folder: Path, exc: OSError) -> str:
+    """A write into the run folder that failed (a sample picture, the log) names the folder and the cause; any
+    other OSError (e.g. reading the dataset) says which file."""
+    target = Path(exc.filename) if exc.filename else None
+    if target is not None and (target == folder or folder in target.parents):
+        return write_failure(folder, exc, target.name if target != folder else "the run's files")
+    where = f" ({shown(exc.filename, 200)})" if exc.filename else ""
+    return f"Unexpected error: {type(exc).__name__}: {one_line(exc.strerror or exc, 300)}{where}"
 
 
 def heartbeat_thread(run_id: str, stop: threading.Event) -> threading.Thread:

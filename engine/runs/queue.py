@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import insert, select, update
 
 from engine.runs import store
-from engine.runs.store import jobs, runs
+from engine.runs.store import jobs, runs, workers
 
 
 def stale_seconds() -> float:
@@ -68,10 +68,19 @@ def queued_jobs() -> int:
 
 
 def mark_stale_runs() -> list[str]:
-    """Started runs whose process stopped heartbeating become 'interrupted' (resumable)."""
+    """Started runs whose process stopped heartbeating become 'interrupted' (resumable). What their dead worker
+    left behind goes with them: the run's claimed job is finished, and workers that went silent are marked
+    stopped (a worker killed with -9 never reaches its own clean-up)."""
     limit = store.now() - stale_seconds()
     query = select(runs.c.id).where(runs.c.status.in_(store.STARTED), runs.c.heartbeat_at < limit)
     with store.db().connect() as conn:
         stale = [r.id for r in conn.execute(query)]
     message = "The training process stopped unexpectedly (worker killed or out of memory); press Resume to continue."
-    return [rid for rid in stale if store.set_status(rid, "interrupted", message, only_if=store.STARTED)]
+    marked = [rid for rid in stale if store.set_status(rid, "interrupted", message, only_if=store.STARTED)]
+    if marked:
+        with store.db().begin() as conn:
+            conn.execute(update(jobs).where(jobs.c.run_id.in_(marked), jobs.c.status == "claimed")
+                         .values(status="finished"))
+            conn.execute(update(workers).where(workers.c.stopped.is_(False), workers.c.heartbeat_at < limit)
+                         .values(stopped=True))
+    return marked

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from contextlib import nullcontext
@@ -19,6 +18,7 @@ from engine.data.dataset import load_split
 from engine.device import pick_device
 from engine.errors import UserError
 from engine.metrics import ClassificationMeter, SegmentationMeter
+from engine.models.checkpoints import RESUME_KEYS, load_checkpoint, not_a_checkpoint, save_checkpoint
 from engine.models.network import IMAGENET_MEAN, IMAGENET_STD, build_network
 from engine.preflight import EMPTY_VALIDATION, check_config, check_mask_classes
 from engine.tasks import LOWER_IS_BETTER
@@ -83,12 +83,6 @@ def build_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer, steps_p
         "cosine": lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)),
     }
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors[config.schedule])
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 class Trainer:
@@ -306,17 +300,21 @@ class Trainer:
 
     def save(self, name: str) -> Path:
         path = self.run_dir / name
-        atomic_save(self.checkpoint(), path)
+        save_checkpoint(self.checkpoint(), path)        # atomic; a failed write is one sentence
         return path
 
     def restore(self, path: Path) -> int:
         """Load a 'last' checkpoint; returns the number of epochs already completed."""
-        ckpt = torch.load(path, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"].cpu())
+        ckpt = load_checkpoint(path, self.run_dir.name, RESUME_KEYS, map_location=self.device)
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            torch.set_rng_state(ckpt["rng"].cpu())
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as err:
+            raise not_a_checkpoint(path, self.run_dir.name, "its weights or training state do not fit this run") \
+                from err
         self.state = TrainState(epoch=ckpt["epoch"], step=ckpt["step"], best_value=ckpt["best_value"],
                                 best_epoch=ckpt["best_epoch"], best_metrics=ckpt["best_metrics"],
                                 bad_epochs=ckpt["bad_epochs"])

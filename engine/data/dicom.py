@@ -1,12 +1,14 @@
 """DICOM pixel pipeline: decode, modality LUT, windowing, MONOCHROME1 inversion → float32 (C, H, W) in [0, 1]."""
 from __future__ import annotations
 
+import struct
 from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_space, get_decoder, pixel_array
 from pydicom.pixels.utils import get_expected_length
@@ -15,6 +17,7 @@ from engine import workspace
 from engine.errors import UserError
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7})
 CHUNK = 1 << 22         # samples per step of the float64 steps (modality LUT, windowing): 32 MB of temporaries
 
 # Which pip package brings the decoder for a compressed transfer syntax (by UID prefix).
@@ -182,8 +185,9 @@ def check_pixel_data(ds: Dataset, label: str) -> None:
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         bits = int(ds.get("BitsAllocated", 0) or 0)
     except (AttributeError, TypeError, ValueError, OverflowError) as err:
-        raise UserError(f"{label} has an image header that cannot be read ({_first_line(err)}); "
-                        "export the image again.") from err
+        raise UserError(f"{label} has an image header that cannot be read (Rows, Columns, Number of Frames, "
+                        "Samples per Pixel or Bits Allocated is missing or not a number); export the image "
+                        "again.") from err
     if min(rows, columns, frames) < 1 or samples not in (1, 3) or not (bits == 1 or bits in range(8, 65, 8)):
         raise UserError(f"{label} describes an impossible image ({columns}×{rows} pixels, {frames} frame(s), "
                         f"{samples} sample(s) of {bits} bits); export the image again.")
@@ -191,6 +195,7 @@ def check_pixel_data(ds: Dataset, label: str) -> None:
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     keyword = next(k for k in PIXEL_KEYWORDS if k in ds)
     if syntax is not None and syntax.is_compressed:
+        _check_frame_sizes(ds, label, columns, rows, frames)
         return
     try:
         expected = get_expected_length(ds, unit="bytes")
@@ -202,6 +207,43 @@ def check_pixel_data(ds: Dataset, label: str) -> None:
         raise UserError(f"{label} has pixel data that cannot be decoded: its header declares {columns}×{rows} "
                         f"pixels × {frames} frame(s) ({expected:,} bytes) but the file holds {held:,} bytes, so it "
                         "is truncated or damaged.")
+
+
+def _check_frame_sizes(ds: Dataset, label: str, columns: int, rows: int, frames: int) -> None:
+    """Each compressed frame's own size (JPEG frame header, JPEG 2000 SIZ) must be the header's: a decoder
+    allocates what the codestream claims, so a 100×100 DICOM holding a JPEG that claims 30000×30000 would
+    take 10 GB before the mismatch is noticed."""
+    try:
+        claims = [_codestream_size(frame) for frame in generate_frames(ds.PixelData, number_of_frames=frames)]
+    except Exception:  # noqa: BLE001 - broken encapsulation: the decoder's own error says so below
+        return
+    for claim in claims:
+        if claim is not None and claim != (columns, rows):
+            raise UserError(f"{label} declares {columns}×{rows} pixels but holds a compressed frame of "
+                            f"{claim[0]}×{claim[1]}; the file is damaged, so it was not decoded.")
+
+
+def _codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG / JPEG-LS frame header or a JPEG 2000 SIZ segment; None when not found."""
+    if frame[:4] == b"\xff\x4f\xff\x51" and len(frame) >= 24:        # J2K: SOC then SIZ
+        xsiz, ysiz, xosiz, yosiz = struct.unpack(">4I", frame[8:24])
+        return xsiz - xosiz, ysiz - yosiz
+    if frame[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(frame) and frame[i] == 0xFF:
+        marker = frame[i + 1]
+        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD7:     # fill byte or standalone marker
+            i += 1 if marker == 0xFF else 2
+            continue
+        if marker == 0xDA:                                                 # start of scan: no frame header
+            return None
+        length = int.from_bytes(frame[i + 2:i + 4], "big")
+        if marker in SOF_MARKERS and i + 9 <= len(frame):
+            height, width = struct.unpack(">HH", frame[i + 5:i + 9])
+            return (width, height) if height else None                     # height 0: given later (DNL)
+        i += 2 + length
+    return None
 
 
 def decode_pixels(ds: Dataset, label: str, raw: bool = True) -> np.ndarray:

@@ -243,3 +243,30 @@ def test_ingest_lists_the_bombs_and_keeps_the_good_images_in_bounded_memory(tmp_
     for file, message in problems.items():
         assert_one_sentence(message, file, "megapixels")
     assert result["peak_mb"] < 300, result
+
+
+def test_compressed_frame_that_claims_another_size_than_its_header_is_refused():
+    # A 100×100 JPEG DICOM whose embedded JPEG claims 30000×30000: the decoder allocated what the JPEG claimed
+    # (10 GB) before pydicom noticed the mismatch
+    result = run_limited("""
+        from io import BytesIO
+        import pydicom
+        from pydicom.data import get_testdata_file
+        from pydicom.encaps import encapsulate, generate_frames
+        ds = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+        (frame,) = generate_frames(ds.PixelData, number_of_frames=1)
+        ds.PixelData = encapsulate([hostile_files.jpeg_with_size(frame, 30000, 30000)])
+        buffer = BytesIO(); ds.save_as(buffer); data = buffer.getvalue()
+        # ---
+        io.decode_file(data, "inner.dcm")
+        result["kind"] = "decoded"
+    """, headroom_mb=600)
+    assert result["kind"] == "user_error", result
+    assert_one_sentence(result["message"], "inner.dcm", "100×100", "30000×30000")
+    assert result["peak_mb"] < 150, result
+
+
+@pytest.mark.parametrize("name", ["JPEG2000.dcm", "MR_small_jpeg_ls_lossless.dcm", "SC_rgb_jpeg_dcmtk.dcm",
+                                  "MR_small_RLE.dcm", "SC_rgb_rle_2frame.dcm", "MR_small_jp2klossless.dcm"])
+def test_honest_compressed_files_pass_the_frame_size_check(name):
+    assert io.read_image(Path(get_testdata_file(name)))

@@ -63,7 +63,7 @@ def worker_line(workers: list[dict], counts: dict[str, int]) -> str:
     """One sentence on who trains the queue, from the workers table only (so every tab says the same)."""
     live = [x for x in workers if x.get("device") != "starting"]
     if live:
-        return f"{len(live)} worker(s) live · " + ", ".join(str(x["device"]) for x in live)
+        return f"{len(live)} worker(s) live · " + w.as_text(", ".join(str(x["device"]) for x in live))
     if workers:     # the app registered the worker it just launched; it is still importing torch
         return "Starting a background training worker…"
     if st.session_state.get("worker_error"):
@@ -97,7 +97,7 @@ def queue_panel() -> None:
 
 def sidebar() -> None:
     with st.sidebar:
-        st.caption(f"Workspace: `{workspace.home()}`")
+        st.caption(f"Workspace: {w.as_text(workspace.home())}")      # a folder name is text, whatever it holds
         st.caption(f"Training device: **{device_name()}**")
         st.fragment(run_every=queue_seconds())(queue_panel)()
         st.caption(w.DISCLAIMER)

@@ -4,6 +4,7 @@ Nothing here trains or decides anything: it turns engine answers into pictures a
 """
 from __future__ import annotations
 
+import html
 import logging
 import re
 import secrets
@@ -36,6 +37,39 @@ STATUS_COLOURS = {"queued": "gray", "starting": "violet", "running": "blue", "do
 DISCLAIMER = "For research and teaching only. Lightbox is not a medical device; never use it for diagnosis."
 
 
+# ---- user text ------------------------------------------------------------------------------------------
+
+# Streamlit renders Markdown in st.markdown, titles, captions, alerts, expander and widget labels, radio options,
+# image captions and st.table cells, with extras of its own: :red[…] colours, :material/…: icons, :smile: emoji,
+# :streamlit:, $…$ LaTeX, ' -> ' arrows, and bare https://…, www.… and e-mail addresses made into links. A name
+# typed by a user (run, dataset, study, class, file, DICOM value, ?run=…) or an engine sentence that quotes one must
+# come out as the characters typed, never as a link, a picture or formatting.
+_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")      # every ASCII punctuation character
+_WORD_JOINER = "\u2060"       # invisible and unbreakable
+# Where Streamlit (and GFM's bare links) rewrite text after the Markdown is parsed, escapes are already gone: a word
+# joiner splits ':' from :smile:, :material/x:, :red[…] and https://, '@' from a domain, 'www' from '.', and
+# the two characters of an arrow.
+_SPLIT = re.compile(r"(?<=[:@])(?=\S)|(?<=www)(?=\.)|(?<=[-<>~=])(?=[-<>=])", re.IGNORECASE)
+_SPACE = re.compile(r"\s+")
+
+
+def as_text(value: Any) -> str:
+    """`value` as Markdown that Streamlit shows as exactly these characters, in any element that renders Markdown.
+
+    Every ASCII punctuation character is backslash-escaped (CommonMark shows an escaped character as itself, so
+    'U-Net (run 3).' reads the same), which defeats links, images, emphasis, HTML, headings, lists and LaTeX; an
+    invisible word joiner (U+2060) splits what is matched in the parsed text (see _SPLIT); whitespace runs, line
+    breaks included, become one space (a new line could start a heading or a list)."""
+    text = _SPLIT.sub(_WORD_JOINER, _SPACE.sub(" ", str(value)))
+    return _PUNCTUATION.sub(r"\\\1", text)
+
+
+def plot_text(value: Any) -> str:
+    """`value` for a Plotly title, legend, axis label or hover text: Plotly draws <a href>, <b>, <br> and more in
+    those strings, and shows &lt; and &amp; as the characters."""
+    return html.escape(str(value), quote=False)
+
+
 # ---- errors -----------------------------------------------------------------------------------------------
 
 @contextmanager
@@ -47,7 +81,7 @@ def shows_errors(what: str = "That did not work") -> Iterator[None]:
     try:
         yield
     except UserError as err:
-        st.error(str(err))
+        st.error(as_text(err))        # engine sentences quote file, run and dataset names
     except Exception:  # noqa: BLE001 - the page must keep working; the details go to the server log
         log.exception("unexpected error in the UI")
         st.error(f"{what}: something unexpected went wrong. Try again; if it keeps happening, "
@@ -63,7 +97,7 @@ def open_run(run_id: str) -> None:
         st.switch_page("pages/monitor.py", query_params={"run": run_id})
     except StreamlitAPIException:
         # The page was opened on its own (no navigation registered): say where to look instead.
-        st.success(f"Run {run_id} is queued; open the Monitor page to follow it.")
+        st.success(f"Run {as_text(run_id)} is queued; open the Monitor page to follow it.")
 
 
 def selected_run_id() -> str | None:
@@ -195,10 +229,11 @@ def short_name(path: str) -> str:
 # ---- pictures ---------------------------------------------------------------------------------------------
 
 def image_grid(pictures: list[np.ndarray], captions: list[str], columns: int = 4) -> None:
+    """Pictures in rows of `columns`; captions are plain text (file and class names), shown as typed."""
     for start in range(0, len(pictures), columns):
         cols = st.columns(columns)
         for col, picture, caption in zip(cols, pictures[start:start + columns], captions[start:start + columns]):
-            col.image(picture, caption=caption, width="stretch")
+            col.image(picture, caption=as_text(caption), width="stretch")
 
 
 # ---- curves -----------------------------------------------------------------------------------------------
@@ -310,25 +345,26 @@ def metric_figure(columns: dict[str, list], task: str) -> go.Figure:
 
 
 def compare_figure(frame: pd.DataFrame, split: str, name: str, labels: dict[str, str], title: str) -> go.Figure:
-    """One curve per run of the same metric, against epoch."""
+    """One curve per run of the same metric, against epoch; `labels` (run names) are plain text."""
     traces = []
     for run_id, part in frame.groupby("run_id", sort=False):
         curve = series(part, split, name)
         if len(curve):
-            traces.append(_line(curve["epoch"], curve["value"], labels.get(run_id, run_id), mode="lines+markers"))
+            traces.append(_line(curve["epoch"], curve["value"], plot_text(labels.get(run_id, run_id)),
+                                mode="lines+markers"))
     return _figure(traces, title, "epoch", METRIC_TITLES.get(name, name), unit=name in UNIT_METRICS,
                    max_epoch=frame["epoch"].max() if len(frame) else None)
 
 
 def confusion_figure(matrix: list[list[float]], classes: list[str], title: str) -> go.Figure:
-    """Rows are the true class, columns the predicted one (counts as given)."""
+    """Rows are the true class, columns the predicted one (counts as given); class names and title are plain text."""
     z = np.asarray(matrix, dtype=float)
-    names = classes if len(classes) == len(z) else [str(i) for i in range(len(z))]
+    names = [plot_text(c) for c in classes] if len(classes) == len(z) else [str(i) for i in range(len(z))]
     text = z.astype(int).astype(str) if np.all(z == z.round()) else z.round(2).astype(str)
     heatmap = {"type": "heatmap", "z": z.tolist(), "x": names, "y": names, "colorscale": "Blues", "showscale": False,
                "text": text.tolist(), "texttemplate": "%{text}",
                "hovertemplate": "true %{y}, predicted %{x}: %{z}<extra></extra>"}
-    fig = _figure([heatmap], title, "predicted", "true")
+    fig = _figure([heatmap], plot_text(title), "predicted", "true")
     fig.update_yaxes(autorange="reversed")
     return fig
 

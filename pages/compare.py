@@ -67,7 +67,7 @@ def notices(runs: list[dict], metric: str) -> None:
     if lines:
         with st.expander(f"What Lightbox notices ({len(lines)})", expanded=True):
             for line in lines:
-                st.warning(line, icon=":material/lightbulb:")
+                st.warning(w.as_text(line), icon=":material/lightbulb:")       # run names, class names
 
 
 def cross_validations(runs: list[dict], metric: str) -> None:
@@ -167,7 +167,7 @@ def rank_metric(where, runs: list[dict], task: str) -> str:
 def show_tables(runs: list[dict], dataset: str, metric: str) -> None:
     title = w.METRIC_TITLES.get(metric, metric)
     table = leaderboard(runs, metric)
-    st.caption(f"{len(runs)} run(s) on **{dataset}**, ranked by validation {title} at each run's best epoch "
+    st.caption(f"{len(runs)} run(s) on **{w.as_text(dataset)}**, ranked by validation {title} at each run's best epoch "
                "(the checkpoint it keeps).")
     # Widths left to Streamlit fit each header and its values; only the free-text name is capped
     number = st.column_config.NumberColumn

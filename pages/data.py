@@ -60,12 +60,12 @@ def goto_section(name: str) -> None:
 def bring_data() -> None:
     done = st.session_state.pop("ingested", None)
     if done:
-        st.success(f"Dataset **{done['name']}** is ready: {done['samples']} images"
+        st.success(f"Dataset **{w.as_text(done['name'])}** is ready: {done['samples']} images"
                    + (f", {len(done['problems'])} file(s) skipped." if done["problems"] else "."))
         if done.get("groups"):
             st.caption(describe_groups(done["groups"]))
         for warning in done.get("warnings") or []:
-            st.warning(warning["message"])
+            st.warning(w.as_text(warning["message"]))
         st.button("Explore it", on_click=goto_section, args=("Explore a dataset",), key="explore_new")
 
     st.subheader("Upload your images")
@@ -134,7 +134,7 @@ def describe_groups(groups: dict) -> str:
         return "No patient grouping: each image was placed in a split on its own."
     how = {"dicom": f"by DICOM patient ID: {count} patients",
            "filename prefix": f"by the ID at the start of the file names: {count} patients",
-           "folder": f"by folder: {count} folders"}.get(key, f"by the pattern `{key}`: {count} groups")
+           "folder": f"by folder: {count} folders"}.get(key, f"by the pattern '{w.as_text(key)}': {count} groups")
     spanning = groups.get("spanning_splits", 0)
     tail = (f", but {spanning} of them lie in more than one of the train/, val/ and test/ folders you made."
             if spanning else ", each inside one split.")
@@ -168,7 +168,7 @@ def explore() -> None:
     samples = pd.DataFrame(manifest["samples"])
     classification = manifest["task"] == "classification"
     # The task is a word, not a number: as text it never gets cut to "classifica…" in a narrow metric tile
-    st.markdown(f"**{manifest['task'].capitalize()}** dataset · classes: {', '.join(manifest['classes'])}")
+    st.markdown(f"**{manifest['task'].capitalize()}** dataset · classes: {w.as_text(', '.join(manifest['classes']))}")
     cols = st.columns(4)
     cols[0].metric("Images", len(samples))
     cols[1].metric("Classes", manifest["num_classes"])
@@ -211,7 +211,7 @@ def explore() -> None:
     groups_panel(manifest, report)
     with st.expander("Delete this dataset"):
         st.caption("Removes the stored images and masks. Runs trained on it keep their results.")
-        sure = st.checkbox(f"Yes, delete {manifest['name']}", key="delete_sure")
+        sure = st.checkbox(f"Yes, delete {w.as_text(manifest['name'])}", key="delete_sure")
         if st.button("Delete", disabled=not sure, key="delete_dataset"):
             with w.shows_errors("Deleting the dataset"):
                 lifecycle.delete_dataset(manifest["id"])
@@ -227,7 +227,7 @@ def checks(manifest: dict, report: dict) -> None:
                 "Patients and groups below to run the checks.")
         return
     for number, warning in enumerate(report["warnings"]):
-        st.warning(warning["message"])
+        st.warning(w.as_text(warning["message"]))        # quotes file and class names
         if warning["kind"] == "near_duplicates":
             copies_side_by_side(manifest, warning)
         elif warning["kind"] == "shortcut":
@@ -254,12 +254,14 @@ def shortcut_figure(warning: dict) -> go.Figure:
     unit = f" ({warning['unit']})" if warning.get("unit") else ""
     fig = go.Figure()
     for name, values in warning["per_class"].items():
+        name = w.plot_text(name)                         # a class name, drawn by Plotly
         if warning["value_kind"] == "number":
             fig.add_trace(go.Box(name=name, x=[name], q1=[values["q1"]], median=[values["median"]],
                                  q3=[values["q3"]], lowerfence=[values["min"]], upperfence=[values["max"]]))
         else:
-            fig.add_trace(go.Bar(name=name, x=list(values), y=list(values.values())))
-    fig.update_layout(title=f"{warning['title']} per class", height=300, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+            fig.add_trace(go.Bar(name=name, x=[w.plot_text(v) for v in values], y=list(values.values())))
+    fig.update_layout(title=w.plot_text(f"{warning['title']} per class"), height=300,
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       yaxis_title=("" if warning["value_kind"] == "number" else "Images") + unit,
                       barmode="group", showlegend=warning["value_kind"] != "number")
     return fig
@@ -312,7 +314,7 @@ def counts_table(samples: pd.DataFrame, manifest: dict) -> pd.DataFrame:
 
 def balance_figure(samples: pd.DataFrame, manifest: dict):
     if manifest["task"] == "classification":
-        frame = samples.assign(Class=samples["label"].map(lambda i: manifest["classes"][int(i)]))
+        frame = samples.assign(Class=samples["label"].map(lambda i: w.plot_text(manifest["classes"][int(i)])))
         frame = frame.groupby(["Class", "split"]).size().reset_index(name="Images")
         fig = px.bar(frame, x="Class", y="Images", color="split", barmode="stack", title="Class balance",
                      category_orders={"split": list(SPLITS)})
@@ -380,7 +382,7 @@ def dicom_viewer() -> None:
         window = choose_window(ds)
         frames = dicom.dicom_frames(ds, window, label)
         index = st.slider("Frame", 1, len(frames), 1, key="dicom_frame") - 1 if len(frames) > 1 else 0
-        st.image(w.to_rgb(frames[index]), caption=window_caption(label, window), width=420)
+        st.image(w.to_rgb(frames[index]), caption=w.as_text(window_caption(label, window)), width=420)
         with st.expander("DICOM header"):
             st.warning("Headers can contain patient information (name, birth date, IDs, referring doctor). "
                        "Do not share screenshots of this table.")

@@ -47,7 +47,8 @@ def delete(run_id: str) -> None:
     try:
         lifecycle.delete(run_id)
         st.session_state.pop("run_id", None)
-        st.session_state["monitor_notice"] = ("success", f"Deleted run {run_id} with its checkpoints and curves.")
+        st.session_state["monitor_notice"] = ("success", f"Deleted run {w.as_text(run_id)} with its checkpoints "
+                                              "and curves.")
     except Exception as err:  # noqa: BLE001
         st.session_state["monitor_notice"] = ("error", _sentence(err, "Could not delete the run"))
 
@@ -58,13 +59,14 @@ def delete_panel(run: dict) -> None:
         return
     st.caption("Removes the run from every page, with its curves, checkpoints and sample pictures. "
                "Download the model first (Predict page) if you want to keep it.")
-    sure = st.checkbox(f"Yes, delete run {run['id']}", key=f"monitor_delete_sure_{run['id']}")
+    sure = st.checkbox(f"Yes, delete run {w.as_text(run['id'])}", key=f"monitor_delete_sure_{run['id']}")
     st.button("Delete run", key="monitor_delete", on_click=delete, args=(run["id"],), disabled=not sure)
 
 
 def _sentence(err: Exception, what: str) -> str:
+    """The notice for a failed button: the engine's sentence (as text: it quotes names), or a short apology."""
     if isinstance(err, UserError):
-        return str(err)
+        return w.as_text(err)
     w.log.exception(what)
     return f"{what}: something unexpected went wrong; try again."
 
@@ -73,7 +75,7 @@ def choose_run(runs: list[dict]) -> dict:
     by_id = {r["id"]: r for r in runs}
     wanted = w.selected_run_id()
     if wanted and wanted not in by_id:
-        st.error(f"There is no run '{wanted}' in this workspace; showing the newest run instead.")
+        st.error(f"There is no run '{w.as_text(wanted)}' in this workspace; showing the newest run instead.")
         st.session_state.pop("run_id", None)
     picked = w.synced_selectbox("Run (newest first)", list(by_id), "run_id", "monitor_run",
                                 format_func=lambda i: w.run_label(by_id[i]))
@@ -84,9 +86,8 @@ def choose_run(runs: list[dict]) -> dict:
 def header(run: dict) -> None:
     cols = st.columns([4, 1, 1])
     with cols[0]:
-        title = run["name"] or run["arch"]
-        st.markdown(f"### {title}")
-        st.caption(f"`{run['id']}` · model **{run['arch']}** · dataset **{run['dataset_id']}** · "
+        st.markdown(f"### {w.as_text(run['name'] or run['arch'])}")
+        st.caption(f"`{run['id']}` · model **{run['arch']}** · dataset **{w.as_text(run['dataset_id'])}** · "
                    f"created {w.when(run['created_at'])}")
         w.status_badge(run["status"])
     cols[1].button("Stop", key="monitor_stop", on_click=stop, args=(run["id"],), width="stretch",
@@ -97,7 +98,7 @@ def header(run: dict) -> None:
     notice = st.session_state.pop("monitor_notice", None)
     if notice:
         getattr(st, notice[0])(notice[1])
-    message = run.get("message") or ""
+    message = w.as_text(run.get("message") or "")       # the engine's words, which may quote a file name
     if run["status"] == "failed":
         st.error(f"The run failed: {message or 'no reason was recorded.'}")
     elif run["status"] == "interrupted":
@@ -193,7 +194,7 @@ def findings(run: dict, rows: list[dict]) -> None:
     if found:
         st.markdown("**What Lightbox notices**")
         for finding in found:
-            st.warning(finding["message"], icon=":material/lightbulb:")
+            st.warning(w.as_text(finding["message"]), icon=":material/lightbulb:")
 
 
 def sample_predictions(run: dict) -> None:

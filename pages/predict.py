@@ -49,7 +49,7 @@ def pick_run() -> dict | None:
 def run_card(run: dict, predictor: Predictor) -> None:
     """Architecture, validation and held-out test results of the chosen run."""
     spec = get_spec(run["arch"], predictor.task)
-    st.markdown(f"**{spec.title}** · {predictor.task} · classes: {', '.join(predictor.classes)} · "
+    st.markdown(f"**{spec.title}** · {predictor.task} · classes: {w.as_text(', '.join(predictor.classes))} · "
                 f"input {predictor.size}×{predictor.size} px")
     st.caption(spec.note)
     st.dataframe(score_table(run, predictor.task), hide_index=True, key="predict_scores")
@@ -128,7 +128,7 @@ def from_uploads(predictor: Predictor, tta: bool) -> list[Prediction]:
             predictions += predictor.predict_file(upload.getvalue(), name, tta, mask.getvalue() if mask else None,
                                                   w.short_name(mask.name) if mask else "")
         except UserError as err:
-            st.error(str(err))
+            st.error(w.as_text(err))
     if files and len(files) > MAX_SHOWN:
         st.warning(f"Showing the first {MAX_SHOWN} of {len(files)} images; upload a ZIP to predict them all.")
     return predictions
@@ -154,7 +154,7 @@ def from_test_split(predictor: Predictor, tta: bool) -> list[Prediction]:
     try:
         samples = {s["key"]: s for s in held_out_samples(predictor.config.dataset_id)}
     except UserError as err:
-        st.info(f"{err} Upload images instead.")
+        st.info(w.as_text(f"{err} Upload images instead."))
         return []
     if not samples:
         st.info("This run's dataset has no test split; upload images instead.")
@@ -170,7 +170,7 @@ def from_test_split(predictor: Predictor, tta: bool) -> list[Prediction]:
 
 def probability_chart(prediction: Prediction, key: str) -> None:
     items = sorted(prediction.probabilities.items(), key=lambda kv: kv[1])
-    fig = go.Figure(go.Bar(x=[p for _, p in items], y=[c for c, _ in items], orientation="h",
+    fig = go.Figure(go.Bar(x=[p for _, p in items], y=[w.plot_text(c) for c, _ in items], orientation="h",
                            marker_color=["#1f6feb" if c == prediction.label else "#9aa4b2" for c, _ in items],
                            text=[f"{p:.1%}" for _, p in items], textposition="auto"))
     fig.update_layout(title="Class probabilities", xaxis=dict(range=[0, 1], tickformat=".0%"),
@@ -180,7 +180,7 @@ def probability_chart(prediction: Prediction, key: str) -> None:
 
 def show_classification(predictor: Predictor, prediction: Prediction, index: int, explain: bool) -> None:
     left, middle, right = st.columns(3)
-    left.image(prediction.rgb(), caption=f"{_title(prediction)} → {prediction.label}", width="stretch")
+    left.image(prediction.rgb(), caption=w.as_text(f"{_title(prediction)} → {prediction.label}"), width="stretch")
     with middle:
         probability_chart(prediction, key=f"predict_probs_{index}")
     if not explain:
@@ -188,28 +188,31 @@ def show_classification(predictor: Predictor, prediction: Prediction, index: int
     with right:
         try:
             cam = predictor.explain(prediction.image)
-            st.image(cam.overlay, caption=f"Grad-CAM for '{predictor.classes[cam.class_index]}'", width="stretch")
+            st.image(cam.overlay, caption=f"Grad-CAM for '{w.as_text(predictor.classes[cam.class_index])}'",
+                     width="stretch")
         except UserError as err:
-            st.info(str(err))
+            st.info(w.as_text(err))
             cam = predictor.explain(prediction.image, method="saliency")
             st.image(cam.overlay, caption="Gradient saliency instead: pixels that most change the score",
                      width="stretch")
         # PNG: a JPEG would smear the ramp's colours, the very thing the legend is for
         st.image(heat_scale(), caption=SCALE_CAPTION, output_format="PNG")
         if cam.note:
-            st.caption(cam.note)
+            st.caption(w.as_text(cam.note))
 
 
 def show_segmentation(prediction: Prediction, index: int, opacity: float) -> None:
     left, right = st.columns(2)
     if prediction.truth is None:
-        left.image(prediction.blend(opacity), caption=_title(prediction), width="stretch")
+        left.image(prediction.blend(opacity), caption=w.as_text(_title(prediction)), width="stretch")
     else:               # PNG: JPEG would blur the one-pixel outline into the fill
-        left.image(prediction.compare(opacity), caption=f"{_title(prediction)} · {COMPARE_LEGEND}", width="stretch",
+        left.image(prediction.compare(opacity), caption=f"{w.as_text(_title(prediction))} · {COMPARE_LEGEND}",
+                   width="stretch",
                    output_format="PNG")
     with right:
         st.metric("Foreground", f"{prediction.foreground_fraction:.1%} of the image")
-        st.table({"class": list(prediction.areas), "pixels": list(prediction.areas.values())})
+        # st.table renders Markdown in its cells: class names are escaped like any other text
+        st.table({"class": [w.as_text(c) for c in prediction.areas], "pixels": list(prediction.areas.values())})
         if prediction.scores:
             st.metric("Dice vs the given mask", f"{prediction.scores['dice_mean']:.3f}",
                       help="Mean over the foreground classes")

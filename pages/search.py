@@ -159,20 +159,20 @@ def start(manifest: dict, v: dict) -> None:
     sent = repr([manifest["id"], *sorted((k, repr(x)) for k, x in v.items() if k != "models")])
     last = st.session_state.get("_search_last_start")
     if last and last[0] == sent and time.time() - last[1] < REPEAT_SECONDS:     # before the name check below
-        st.info(f"Search '{last[2]}' was started from these settings a moment ago; one click starts one "
+        st.info(f"Search '{w.as_text(last[2])}' was started from these settings a moment ago; one click starts one "
                 "search. Change a setting to start another one.")
         return
     reason = problem(v)
     if reason:
-        st.error(reason)
+        st.error(w.as_text(reason))
         return
     with w.shows_errors("Starting the search"):
         name = search.create_study(study_spec(manifest["id"], v))
         search.launch_search(name)
         st.session_state["_search_last_start"] = (sent, time.time(), name)
         st.session_state["study"] = name
-        st.success(f"Search '{name}' started: {v['n_trials']} trials run one after another in the background. "
-                   "Follow them below; each trial is also a run on Monitor and Compare.")
+        st.success(f"Search '{w.as_text(name)}' started: {v['n_trials']} trials run one after another in the "
+                   "background. Follow them below; each trial is also a run on Monitor and Compare.")
 
 
 # ---- (2) follow a study -----------------------------------------------------------------------------------
@@ -305,7 +305,7 @@ def plots(name: str, objective: str) -> None:
         with tab:
             st.caption(PLOT_NOTES[title])
             if isinstance(figure, str):
-                st.info(figure)
+                st.info(w.as_text(figure))
             else:
                 st.plotly_chart(figure, key=f"search_plot_{i}")
 
@@ -327,7 +327,7 @@ def live_panel(name: str, spec: dict, created: float, seen: tuple) -> None:
                    "server may have restarted). Press **Continue this search** to go on.")
     elif state["died"]:
         st.warning(f"The search process stopped before running all its trials. Its last message: "
-                   f"“{state['died']}”. Press **Continue this search** to go on.")
+                   f"“{w.as_text(state['died'])}”. Press **Continue this search** to go on.")
     best(info, objective)
     trial_table(rows, objective)
     st.subheader("Plots")
@@ -349,7 +349,7 @@ def stop(name: str) -> None:
         st.session_state.pop("_search_continued", None)    # Continue may be pressed again
         cancelled = result["cancelled_trials"]
         which = f" Cancelled trial {', '.join(f'#{n}' for n in cancelled)}." if cancelled else ""
-        st.session_state["_search_notice"] = f"Search '{name}' stopped.{which} Continue it any time."
+        st.session_state["_search_notice"] = f"Search '{w.as_text(name)}' stopped.{which} Continue it any time."
         st.rerun()
 
 
@@ -380,7 +380,7 @@ def actions(name: str, state: dict) -> None:
         if continue_pressed:
             continue_search(name)
     if verdict:
-        st.caption(verdict["reason"])
+        st.caption(w.as_text(verdict["reason"]))
     notice = st.session_state.pop("_search_notice", None)
     if notice:
         st.success(notice)
@@ -391,10 +391,10 @@ def results(studies: list[dict]) -> None:
     name, spec = chosen["name"], chosen["spec"] or {}
     state = study_state(name, spec, chosen["created"])
     seen = outline(state)
-    st.caption(f"Dataset **{spec.get('dataset_id', '?')}** · {spec.get('n_trials', '?')} trials of "
+    st.caption(f"Dataset **{w.as_text(spec.get('dataset_id', '?'))}** · {spec.get('n_trials', '?')} trials of "
                f"{(spec.get('base') or {}).get('epochs', '?')} epochs · sampler {spec.get('sampler', '?')} · "
                f"pruning {spec.get('pruner', '?')} · created {w.when(chosen['created'])}. "
-               f"Each trial is a run named '{name} #N' on Monitor and Compare.")
+               f"Each trial is a run named '{w.as_text(name)} #N' on Monitor and Compare.")
     panel = st.fragment(run_every=POLL_SECONDS if state["active"] else None)(live_panel)
     panel(name, spec, chosen["created"], seen)
     actions(name, state)

@@ -82,15 +82,15 @@ def transfer_learning(arch: str, options: dict, task: str) -> tuple[str, bool, s
     if start == "imagenet":
         if not status.available:
             return "imagenet", freeze, status.message
-        st.caption(f"ImageNet weights from the local torch cache ({status.path.name}); grayscale images reuse "
-                   "them by summing the first layer's colour filters.")
+        st.caption(f"ImageNet weights from the local torch cache ({w.as_text(status.path.name)}); grayscale images "
+                   "reuse them by summing the first layer's colour filters.")
         return "imagenet", freeze, None
     upload = st.file_uploader("Weights file (a PyTorch state dict, .pt or .pth)", type=["pt", "pth"],
                               key="train_weights")
     if upload is None:
         return "none", freeze, "Upload a weights file, or start from scratch."
     path = w.spool_one(upload, "weights")    # the run reads it later, from the worker
-    st.caption(f"Using {w.short_name(upload.name)}.")
+    st.caption(f"Using {w.as_text(w.short_name(upload.name))}.")
     return str(path), freeze, None
 
 
@@ -179,7 +179,7 @@ def batch_note(manifest: dict, batch_size: int) -> None:
 
 def launch(config: RunConfig, problem: str | None) -> None:
     if problem:
-        st.error(problem)
+        st.error(w.as_text(problem))          # the engine's sentence, which may quote a file name
     left, right, _ = st.columns([1, 1, 3])
     start = left.button("Start training", type="primary", disabled=bool(problem), key="train_start")
     queue = right.button("Add to queue", disabled=bool(problem), key="train_queue",
@@ -207,10 +207,10 @@ manifest = w.pick_dataset(datasets, key=s.key_for(FORM, "dataset_id"))
 task = manifest["task"]
 cols = st.columns([1, 3])
 s.widget("task", FORM, value=task, where=cols[0], disabled=True)       # fixed by the dataset; shown, not chosen
-cols[1].caption(f"{manifest['channels']} channel(s) · classes: {', '.join(manifest['classes'])}")
+cols[1].caption(f"{manifest['channels']} channel(s) · classes: {w.as_text(', '.join(manifest['classes']))}")
 full = load_manifest(manifest["id"])          # with the samples, which the listing omits; read once per rerun
 for warning in split_warnings(full):           # before anything is set up: small splits make scores shaky
-    st.warning(warning["message"], icon=":material/warning:")
+    st.warning(w.as_text(warning["message"]), icon=":material/warning:")
 
 st.subheader("Model")
 arch, model_options = architecture(manifest)

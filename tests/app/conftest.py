@@ -1,6 +1,7 @@
 """Fixtures for the AppTest page tests: a private workspace per test, tiny datasets, and fake runs in the store."""
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -45,9 +46,20 @@ def no_exception(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
-def texts(at: AppTest, kind: str) -> str:
-    """Everything shown by one kind of element (markdown, error, info, …), joined, for `in` checks."""
+def rendered(source: str) -> str:
+    """How Markdown source reads once rendered, as far as escapes go: a backslash-escaped punctuation character
+    shows as itself and a word joiner is invisible (pages escape user text with pages._widgets.as_text)."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", source).replace("\u2060", "")
+
+
+def sources(at: AppTest, kind: str) -> str:
+    """The Markdown source of every element of one kind (markdown, error, info, …), joined."""
     return "\n".join(str(e.value) for e in getattr(at, kind))
+
+
+def texts(at: AppTest, kind: str) -> str:
+    """Everything shown by one kind of element, as it reads (escapes resolved), joined, for `in` checks."""
+    return rendered(sources(at, kind))
 
 
 def plotly_charts(at: AppTest) -> list:
@@ -57,8 +69,8 @@ def plotly_charts(at: AppTest) -> list:
 @pytest.fixture
 def lb(home) -> SimpleNamespace:
     """The helpers above, as one fixture (test modules never import conftest: several conftest.py files exist)."""
-    return SimpleNamespace(app=app, page=page, no_exception=no_exception, texts=texts, charts=plotly_charts,
-                           fake_run=fake_run, home=home)
+    return SimpleNamespace(app=app, page=page, no_exception=no_exception, texts=texts, sources=sources,
+                           rendered=rendered, charts=plotly_charts, fake_run=fake_run, home=home)
 
 
 @pytest.fixture(scope="session")

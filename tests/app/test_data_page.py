@@ -170,7 +170,7 @@ def test_explore_shows_counts_chart_problems_and_gallery(lb, cls_dataset):
     assert len(lb.charts(at)) == 1
     assert "nothing was skipped" in lb.texts(at, "success")
     assert len(at.image) == 8
-    captions = [i.proto.imgs[0].caption for i in at.image]
+    captions = [lb.rendered(i.proto.imgs[0].caption) for i in at.image]      # file and class names: escaped text
     assert {c.split(" · ")[0] for c in captions} == {"abdomen", "chest"}
     at.selectbox(key="gallery_class").set_value("chest").run()
     lb.no_exception(at)
@@ -239,12 +239,12 @@ def test_dicom_viewer_windows_the_sample_ct(lb):
     assert len(at.image) == 1
     at.selectbox(key="dicom_preset").set_value("lung").run()
     lb.no_exception(at)
-    assert "centre -600, width 1500" in at.image[0].proto.imgs[0].caption
+    assert "centre -600, width 1500" in lb.rendered(at.image[0].proto.imgs[0].caption)
     at.selectbox(key="dicom_preset").set_value("Custom").run()
     at.slider(key="dicom_center").set_value(300).run()
     at.slider(key="dicom_width").set_value(1000).run()
     lb.no_exception(at)
-    assert "centre 300, width 1000" in at.image[0].proto.imgs[0].caption
+    assert "centre 300, width 1000" in lb.rendered(at.image[0].proto.imgs[0].caption)
     assert "can contain patient information" in lb.texts(at, "warning")
     header = at.dataframe[0].value
     assert {"Tag", "Keyword", "Value"} <= set(header.columns)
@@ -334,7 +334,7 @@ def test_a_pattern_is_needed_before_ingest_and_then_used(lb):
     lb.no_exception(at)
     (dataset,) = list_datasets()
     assert dataset["report"]["groups"]["key"] == r"SCD(\d+)_" and dataset["report"]["groups"]["count"] == 5
-    assert "by the pattern `SCD(\\d+)_`: 5 groups" in lb.texts(at, "caption")
+    assert "by the pattern 'SCD(\\d+)_': 5 groups" in lb.texts(at, "caption")
 
 
 def test_explore_shows_copies_side_by_side_and_the_shortcut_chart(lb):
@@ -356,7 +356,7 @@ def test_explore_shows_copies_side_by_side_and_the_shortcut_chart(lb):
     assert "Image size alone tells the classes apart: 39 of 40 chest images are 64×64 px" in warnings
     assert "2 images are near-identical copies of one another (1 set, e.g. xr/chest/c03.png and " \
            "xr/chest/c03_copy.png)" in warnings
-    captions = [i.proto.imgs[0].caption for i in at.image]
+    captions = [lb.rendered(i.proto.imgs[0].caption) for i in at.image]      # file and class names: escaped text
     split = captions[0].split(" · ")[1]                                    # a copy shares its original's split
     assert captions[:2] == [f"c03.png · {split}", f"c03_copy.png · {split}"]
     charts = [c.proto.spec for c in lb.charts(at)]

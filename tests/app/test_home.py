@@ -27,7 +27,7 @@ def test_home_explains_and_sidebar_shows_workspace_device_and_queue(lb, home):
     lb.no_exception(at)
     assert at.title[0].value == "Lightbox"
     assert [b.label for b in at.button][:2] == ["Use the cardiac MRI demo", "Use the chest vs abdomen X-ray demo"]
-    sidebar = "\n".join(c.value for c in at.sidebar.caption)
+    sidebar = lb.rendered("\n".join(c.value for c in at.sidebar.caption))     # the folder is escaped text
     assert str(home) in sidebar
     assert "Training device: **" in sidebar
     assert "not a medical device" in sidebar

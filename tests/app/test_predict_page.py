@@ -38,9 +38,10 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _captions(at) -> list[str]:
-    """Captions of every st.image shown (one element can hold several pictures)."""
-    return [caption for element in at.get("image") for caption in element.captions]
+def _captions(lb, at) -> list[str]:
+    """Captions of every st.image shown (one element can hold several pictures), as they read: the file and class
+    names in them are escaped text."""
+    return [lb.rendered(caption) for element in at.get("image") for caption in element.captions]
 
 
 def _picture(size: int = 40) -> np.ndarray:
@@ -79,7 +80,7 @@ def test_uploaded_png_shows_probabilities_and_gradcam(lb, cls_run, shown_pngs):
     assert not at.error
     titles = [chart.proto.spec for chart in lb.charts(at)]
     assert any("Class probabilities" in spec for spec in titles)
-    captions = _captions(at)
+    captions = _captions(lb, at)
     assert len(captions) == 3 and captions[0].startswith("scan.png → ")   # the image and its Grad-CAM side by side
     assert captions[1].startswith("Grad-CAM for")
     assert captions[2] == "Colour scale of the map: attention from low (blue) to high (red)"
@@ -106,7 +107,7 @@ def test_segmentation_upload_with_mask_shows_prediction_and_mask_outline_with_di
     at.file_uploader(key="predict_masks").set_value(("case.png", _png(mask), "image/png")).run()
     lb.no_exception(at)
     assert not at.error
-    assert _captions(at) == ["case.png · filled: model · green outline: the given mask"]
+    assert _captions(lb, at) == ["case.png · filled: model · green outline: the given mask"]
     comparison = shown_pngs[-1]                                       # exact pixels: the picture is sent as PNG
     assert comparison.shape == (48, 48, 3)
     np.testing.assert_array_equal((comparison == TRUTH_OUTLINE).all(-1), border(mask > 0))
@@ -122,7 +123,7 @@ def test_test_split_samples_and_export(lb, seg_run):
     at.radio(key="predict_source").set_value("Test-split samples").run()
     lb.no_exception(at)
     assert "Dice vs the given mask" in {m.label for m in at.metric}   # test samples carry their masks
-    assert all(c.endswith("filled: model · green outline: the given mask") for c in _captions(at))
+    assert all(c.endswith("filled: model · green outline: the given mask") for c in _captions(lb, at))
     at.button(key="predict_export_build").click().run()
     lb.no_exception(at)
     assert any(b.label == "Download model (ZIP)" for b in at.get("download_button"))
@@ -134,7 +135,7 @@ def test_mlp_gets_the_not_available_note_and_a_saliency_map(lb, cls_dataset):
     at.file_uploader(key="predict_files").set_value(("scan.png", _png(_picture()), "image/png")).run()
     lb.no_exception(at)
     assert "Grad-CAM needs a convolutional network" in lb.texts(at, "info")
-    assert any(c.startswith("Gradient saliency") for c in _captions(at))
+    assert any(c.startswith("Gradient saliency") for c in _captions(lb, at))
 
 
 def test_zip_upload_shows_a_results_table(lb, seg_run):

@@ -134,6 +134,8 @@ def _ingest_folder(folder: Path, task: str, name: str, source: str, seed: int,
         (staging / "masks").mkdir()
     decoded = _decode_all(found.items, staging, task, progress, workers)
     kept = _drop_bad_and_duplicates(decoded, report)
+    if task == "segmentation":
+        kept = _drop_odd_masks(kept, report)
     levels = _mask_levels(kept) if task == "segmentation" else {}
     classes, labels = _classes(found, kept, task, report, levels)
     dataset_id = f"{_slug(name)}-{secrets.token_hex(3)}"
@@ -230,6 +232,55 @@ def _drop_bad_and_duplicates(decoded: list[_Decoded], report: IngestReport) -> l
             first_by_digest[result.digest] = result.item.path
             kept.append(result)
     return kept
+
+
+def _drop_odd_masks(kept: list[_Decoded], report: IngestReport) -> list[_Decoded]:
+    """Skip (and name) the few masks holding a value outside the set the other masks agree on, when that value
+    would open a gap in the classes or renumber them: one 0/1/7 mask among 0/1 masks must not make an 8-class
+    task, nor one 0/3 mask among 0/255 masks refuse the upload.
+
+    A value is 'rare' when at most 1 in 20 masks (at least one) holds it. Rare values that extend the classes
+    without a new gap are kept, in order (a class 3 on 2 of 40 cardiac slices, after 0..2), so are grey levels on
+    the grid the others use; a gap every mask shares (labels 0, 1, 2, 4) is not touched, as nothing is rare."""
+    values = set().union(*(r.mask_values for r in kept))
+    levels = io.mask_levels(values)
+    if len(kept) < 2 or (levels is not None and not _missing_classes(levels)):
+        return kept
+    counts = Counter(v for r in kept for v in r.mask_values)
+    few = max(1, len(kept) // 20)
+    agreed = {v for v, n in counts.items() if n > few}
+    base = io.mask_levels(agreed) if agreed else None
+    if base is None or len(set(base.values())) < 2:
+        return kept      # no common classes to judge by (only background agreed): _mask_levels decides as before
+    odd = set()
+    for value in sorted(values - agreed):
+        grown = io.mask_levels(agreed | {value})
+        if (grown is not None and all(grown[v] == base[v] for v in agreed)
+                and _missing_classes(grown) <= _missing_classes(base)):
+            agreed.add(value)
+            base = grown
+        else:
+            odd.add(value)
+    if not odd:
+        return kept
+    common = ", ".join(map(str, sorted(agreed)[:8])) + (", …" if len(agreed) > 8 else "")
+    classes = max(base.values()) + 1
+    for result in kept:
+        if mine := sorted(result.mask_values & odd):
+            shown = ", ".join(map(str, mine))
+            users = max(counts[v] for v in mine)
+            use = "uses" if users == 1 else "use"
+            report.problems.append(problem(
+                result.item.mask_path, "mask_labels_out_of_range",
+                f"{result.item.mask_path} holds {shown}, which only {users} of the {len(kept)} masks {use} (the "
+                f"other masks hold {common}); it was skipped so the dataset keeps its {classes} classes — correct "
+                f"that mask and upload it again if {shown} is a real class."))
+    return [r for r in kept if not r.mask_values & odd]
+
+
+def _missing_classes(levels: dict[int, int]) -> set[int]:
+    """Class numbers below the highest that no value maps to (0, 1, 7 leaves 2..6 missing)."""
+    return set(range(max(levels.values(), default=0) + 1)) - set(levels.values())
 
 
 def _mask_levels(kept: list[_Decoded]) -> dict[int, int]:

@@ -272,6 +272,49 @@ def test_masks_that_disagree_on_their_values_are_refused_whole(workspace, tmp_pa
     assert list_datasets() == []
 
 
+
+def masks_with(values_per_mask: list[tuple[int, ...]], seed: int = 700) -> dict[str, bytes]:
+    """A segmentation upload with one mask per entry, holding exactly those values (in blocks)."""
+    files = {}
+    for i, values in enumerate(values_per_mask):
+        mask = np.zeros((24, 24), np.uint8)
+        for k, value in enumerate(values):
+            mask[(k % 4) * 6: (k % 4) * 6 + 4, 4 + i % 10: 12 + i % 10] = value
+        files[f"images/m{i:02d}.png"] = png(picture(seed + i))
+        files[f"masks/m{i:02d}.png"] = png(mask)
+    return files
+
+
+@pytest.mark.parametrize("common, odd", [((0, 1), (0, 1, 7)), ((0, 1), (0, 7)), ((0, 255), (0, 3)),
+                                         ((0, 255), (0, 7))])
+def test_one_mask_with_an_outlier_value_is_skipped_not_a_new_task(workspace, tmp_path, common, odd):
+    """Issue 13 item 3: among 0/1 masks one holding 7 made an 8-class task with no problem listed; among 0/255
+    masks it refused the whole upload. The odd mask is named and skipped; the task stays binary."""
+    files = masks_with([common] * 8 + [odd])
+    result = ingest(write(tmp_path / "src", files), "segmentation")
+    manifest = load_manifest(result.dataset_id)
+    assert manifest["classes"] == ["background", "foreground"] and result.report.samples == 8
+    assert [(p["file"], p["kind"]) for p in result.report.problems] == [("masks/m08.png", "mask_labels_out_of_range")]
+    message = result.report.problems[0]["message"]
+    odd_value = (set(odd) - set(common)).pop()
+    assert f"holds {odd_value}" in message and "other masks" in message and "skipped" in message
+    assert result.report.mask_values == sorted(common)
+
+
+def test_rare_classes_with_consecutive_indices_are_kept(workspace, tmp_path):
+    """Cardiac MRI: classes 0..3 with class 3 on only 2 of 40 slices; and binary masks with a rare class 2."""
+    cardiac = ingest(write(tmp_path / "a", masks_with([(0, 1, 2)] * 38 + [(0, 1, 2, 3)] * 2)), "segmentation")
+    assert load_manifest(cardiac.dataset_id)["num_classes"] == 4 and cardiac.report.problems == []
+    rare = ingest(write(tmp_path / "b", masks_with([(0, 1)] * 20 + [(0, 2)])), "segmentation")
+    assert load_manifest(rare.dataset_id)["num_classes"] == 3 and rare.report.problems == []
+    # a gap the masks agree on (labels 0, 1, 2, 4 as in BraTS) is theirs to keep
+    brats = ingest(write(tmp_path / "c", masks_with([(0, 1, 2, 4)] * 6 + [(0, 1)] * 3)), "segmentation")
+    assert load_manifest(brats.dataset_id)["num_classes"] == 5 and brats.report.problems == []
+    # grey levels where one slice adds a level off the grid the others use: that slice is the odd one
+    grey = ingest(write(tmp_path / "d", masks_with([(0, 85, 170, 255)] * 8 + [(0, 85, 128, 255)])), "segmentation")
+    assert load_manifest(grey.dataset_id)["mask_levels"] == {"0": 0, "85": 1, "170": 2, "255": 3}
+    assert [p["file"] for p in grey.report.problems] == ["masks/m08.png"]
+
 # ---- DICOM inside uploads ------------------------------------------------------------------------
 
 def dicom_with_patient(patient: str, seed: int) -> bytes:

@@ -124,3 +124,123 @@ def write_upload(folder: Path, case: str) -> Path:
 
 if __name__ == "__main__":          # python tests/unit/hostile_files.py CASE FOLDER
     print(write_upload(Path(sys.argv[2]), sys.argv[1]))
+
+
+# ---- malformed files for the fuzz test (tests/unit/test_fuzz_inputs.py) ----------------------------------
+
+DICOM_SEEDS = ("CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "MR_small_bigendian.dcm",
+               "rtdose.dcm", "SC_rgb_rle_2frame.dcm", "MR_small_jpeg_ls_lossless.dcm", "SC_rgb_jpeg_dcmtk.dcm")
+# (keyword, lies): values a damaged or hostile header could hold
+DICOM_LIES = (("Rows", (0, 1, 65535)), ("Columns", (0, 3, 65535)), ("NumberOfFrames", ("0", "-4", "70000", "2")),
+              ("BitsAllocated", (0, 7, 12, 48, 64)), ("SamplesPerPixel", (0, 2, 3, 200)),
+              ("BitsStored", (0, 40)), ("HighBit", (0, 63)), ("PixelRepresentation", (1, 7)),
+              ("PhotometricInterpretation", ("RGB", "PALETTE COLOR", "YBR_FULL_422", "MONOCHROME1")),
+              ("RescaleSlope", ("0", "1e308")), ("WindowWidth", ("0", "-5")))
+
+
+def _save(array: np.ndarray, fmt: str, **options) -> bytes:
+    from PIL import Image
+    buffer = BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def image_seeds() -> dict[str, bytes]:
+    """Small valid files of every Pillow format ingest reads, 48×40 px."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (40, 48), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    pages = BytesIO()
+    Image.fromarray(grey).save(pages, format="TIFF", save_all=True, append_images=[Image.fromarray(grey[::-1])])
+    return {"grey.png": _save(grey, "PNG"), "rgb.png": _save(rgb, "PNG"),
+            "wide.png": _save(grey.astype(np.uint16) * 200, "PNG"), "grey.jpg": _save(grey, "JPEG"),
+            "rgb.jpg": _save(rgb, "JPEG"), "pages.tif": pages.getvalue(), "grey.bmp": _save(grey, "BMP")}
+
+
+def dicom_seeds() -> dict[str, bytes]:
+    """pydicom's own test files (bundled with it: no download)."""
+    from pydicom.data import get_testdata_file
+    return {name: Path(get_testdata_file(name, download=False)).read_bytes() for name in DICOM_SEEDS}
+
+
+def _flip(data: bytes, rng: np.random.Generator, bits: int, start: int = 0, stop: int | None = None) -> bytes:
+    out = bytearray(data)
+    stop = min(stop or len(out), len(out))
+    for position in rng.integers(start, stop, bits):
+        out[position] ^= 1 << int(rng.integers(0, 8))
+    return bytes(out)
+
+
+def _dicom_lie(data: bytes, keyword: str, value) -> bytes | None:
+    import pydicom
+    ds = pydicom.dcmread(BytesIO(data))
+    try:
+        setattr(ds, keyword, value)
+        buffer = BytesIO()
+        ds.save_as(buffer)
+    except Exception:  # noqa: BLE001 - a lie pydicom cannot even write is no test case
+        return None
+    return buffer.getvalue()
+
+
+def _short_pixels(data: bytes) -> bytes:
+    import pydicom
+    ds = pydicom.dcmread(BytesIO(data))
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3 & ~1]
+    buffer = BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
+def fuzz_files(seed: int = 13) -> list[tuple[str, bytes]]:
+    """Deterministic malformed PNG/JPEG/TIFF/BMP/DICOM files: truncated, bit-flipped (anywhere and in the
+    header), sizes patched huge or merely large, and DICOM header lies. Names say what was done."""
+    rng = np.random.default_rng(seed)
+    cases: list[tuple[str, bytes]] = []
+    for name, data in {**image_seeds(), **dicom_seeds()}.items():
+        stem, ext = name.rsplit(".", 1)
+        header = (128, 900) if ext == "dcm" else (0, 64)
+        cases += [(f"{stem}-cut{k}.{ext}", data[: int(rng.integers(8, len(data) - 1))]) for k in range(2)]
+        cases += [(f"{stem}-flip{k}.{ext}", _flip(data, rng, int(rng.integers(1, 9)))) for k in range(2)]
+        cases.append((f"{stem}-headflip.{ext}", _flip(data, rng, 3, *header)))
+    images = image_seeds()
+    for width, height in ((40000, 40000), (9000, 8000), (3000, 2000), (1, 65535)):
+        cases.append((f"png-size-{width}x{height}.png", png_with_size(images["grey.png"], width, height)))
+        cases.append((f"jpg-size-{width}x{height}.jpg", jpeg_with_size(images["rgb.jpg"], width, height)))
+    dicoms = dicom_seeds()
+    for keyword, lies in DICOM_LIES:
+        for value in lies:
+            name = DICOM_SEEDS[int(rng.integers(0, len(DICOM_SEEDS)))]
+            lied = _dicom_lie(dicoms[name], keyword, value)
+            if lied is not None:
+                cases.append((f"{name[:-4]}-{keyword}-{value}.dcm".replace(" ", "_"), lied))
+    cases += [(f"{name[:-4]}-short.dcm", _short_pixels(dicoms[name])) for name in ("CT_small.dcm", "rtdose.dcm")]
+    cases.append(("rle-60000.dcm", rle_dicom(60000, 60000)))
+    cases.append(("rle-frames.dcm", rle_dicom(64, 64, frames=3)[:-40]))
+    return cases
+
+
+def fuzz_zips(seed: int = 13) -> list[tuple[str, bytes]]:
+    """Malformed ZIP uploads of a small valid classification set: truncated (central directory cut), bit-flipped
+    entries, lying sizes in the central directory, an empty archive and garbage."""
+    import zipfile
+    rng = np.random.default_rng(seed)
+    buffer = BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for k, c in enumerate("ab"):
+            for i in range(4):
+                archive.writestr(f"set/{c}/img{i}.png", small_png(10 * k + i))
+    good = buffer.getvalue()
+    directory = good.rfind(b"PK\x01\x02", 0, good.rfind(b"PK\x05\x06"))
+    cases = [("cut-directory.zip", good[: len(good) - 30]), ("cut-half.zip", good[: len(good) // 2]),
+             ("cut-end.zip", good[:-3]), ("no-directory.zip", good[: good.find(b"PK\x01\x02")]),
+             ("empty.zip", b"PK\x05\x06" + bytes(18)), ("garbage.zip", bytes(rng.integers(0, 256, 300, np.uint8)))]
+    cases += [(f"flip{k}.zip", _flip(good, rng, int(rng.integers(1, 6)))) for k in range(4)]
+    cases.append(("flip-entry.zip", _flip(good, rng, 4, 40, 400)))
+    lying = bytearray(good)
+    first_entry = good.find(b"PK\x01\x02")
+    lying[first_entry + 24:first_entry + 28] = struct.pack("<I", 2**31)        # uncompressed size: 2 GB
+    cases.append(("lying-size.zip", bytes(lying)))
+    assert directory > 0
+    return cases

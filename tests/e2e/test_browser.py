@@ -1,5 +1,9 @@
 """The whole app in a real browser: upload a ZIP, train a U-Net, watch it live, compare it, predict with it.
 
+The run is named with Markdown and HTML a user could type (a link, an image, bold, LaTeX, Streamlit's colour and
+icon shortcodes): every page must show those characters as typed, with no link or picture in the DOM, and so must
+the Monitor's error box for a ?run= address that holds them.
+
 One test, in order, on one server and one browser session (the pages share st.session_state, so the app is
 navigated through its sidebar links, never by reloading). Screenshots land in tests/e2e/artifacts/, and the
 final Monitor picture also in docs/screenshots/monitor.png for the README.
@@ -16,6 +20,7 @@ import time
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -35,6 +40,9 @@ TRAIN_SIZE = 128             # 64 px images trained at 128 px: ~7 s an epoch, se
 TRAIN_TIMEOUT = 240          # seconds for the worker to start and finish the 2-epoch run
 NOWHERE = (1390, 600)        # a blank spot right of the main panel, for the mouse during screenshots
 DOCS_SCREENSHOT = ROOT / "docs" / "screenshots" / "monitor.png"
+# A run name a user could type, each part of which Streamlit would otherwise render as something else.
+HOSTILE = ("![p](http://127.0.0.1:9/t.png) [click here to re-login](https://example.invalid/login) **bold** "
+           "<b>html</b> $x^2$ :red[colour] :material/home: :smile:")
 
 timings: dict[str, float] = {}
 
@@ -124,6 +132,33 @@ def plot_points(page: Page) -> int:
         " return g._fullData.reduce((n, t) => n + (t._length || 0), 0); }", PLOT)
 
 
+def shown_text(page: Page) -> str:
+    """The main panel's text as a reader sees it (pages split shortcodes with invisible word joiners)."""
+    return main_text(page).replace("\u2060", "")
+
+
+def assert_literal(page: Page, text: str) -> None:
+    """`text` is on the page as its characters, and nothing in the DOM came of its link, picture or markup."""
+    assert text in shown_text(page), shown_text(page)[:3000]
+    assert_nothing_rendered(page)
+
+
+def assert_nothing_rendered(page: Page) -> None:
+    """No link, picture, bold, LaTeX, colour or icon made of HOSTILE's parts anywhere on the page."""
+    found = page.evaluate(
+        """() => ({
+            links: [...document.querySelectorAll("a[href*='example.invalid']")].map(a => a.outerHTML),
+            pictures: [...document.querySelectorAll("img[src*='127.0.0.1:9']")].map(i => i.outerHTML),
+            bold: [...document.querySelectorAll("[data-testid='stMain'] strong, [data-testid='stMain'] b")]
+                  .map(b => b.textContent).filter(t => t.includes("bold") || t.includes("html")),
+            latex: document.querySelectorAll("[data-testid='stMain'] .katex").length,
+            colour: document.querySelectorAll("[data-testid='stMain'] .stMarkdownColoredText").length,
+            icons: [...document.querySelectorAll("[data-testid='stMain'] span[role='img']")]
+                   .map(s => s.textContent).filter(t => t === "home"),
+        })""")
+    assert found == {"links": [], "pictures": [], "bold": [], "latex": 0, "colour": 0, "icons": []}, found
+
+
 def progress_text(page: Page) -> str:
     """The Monitor's progress line ("Epoch 1/2 · about 8 s left"); read in one go, as a redraw can remove it."""
     return page.evaluate("() => { const bar = document.querySelector(\"[data-testid='stProgress']\");"
@@ -194,6 +229,10 @@ def test_upload_train_monitor_compare_predict(server, browser_page: Page, demo_z
         set_number(page, "Epochs", 2)
         set_number(page, "Batch size", 2)
         set_number(page, "Image size (px)", TRAIN_SIZE)
+        name = page.get_by_role("textbox", name="Run name (optional)", exact=True)
+        name.fill(HOSTILE)
+        name.press("Enter")
+        settle(page)
         start = page.get_by_role("button", name="Start training", exact=True)
         expect(start).to_be_enabled()
         start.scroll_into_view_if_needed()
@@ -229,6 +268,7 @@ def test_upload_train_monitor_compare_predict(server, browser_page: Page, demo_z
         assert page.locator(PLOT).count() >= 2, "expected the loss and the score charts"
         text = main_text(page)
         assert "Best validation Dice" in text and "model unet" in text, text[:2000]
+        assert_literal(page, HOSTILE)                          # the title, as typed
         shot(page, "03_monitor.png")
         page.mouse.move(*NOWHERE)
         if os.environ.get("LIGHTBOX_UPDATE_SCREENSHOT"):    # refresh the README picture only when asked
@@ -245,13 +285,14 @@ def test_upload_train_monitor_compare_predict(server, browser_page: Page, demo_z
         row = cell.locator("xpath=..").locator("td").all_inner_texts()
         assert "done" in row and any("U-Net" in c or "unet" in c for c in row), row
         assert "Validation Dice" in main_text(page)      # one dataset's runs, ranked by one named metric
+        assert_literal(page, HOSTILE)                      # in what Lightbox notices about the run
         shot(page, "04_compare.png")
 
     with step("predict: one uploaded image gives a mask and a Dice score"):
         image, mask = one_image_and_mask(demo_zip, tmp_path)
         open_page(page, "predict", "Predict")
         box = page.get_by_role("combobox", name="Trained run", exact=True)
-        expect(box).to_have_value(re.compile(r"unet · .* · done"))
+        expect(box).to_have_value(re.compile(r"\(unet\) · .* · done"))
         uploaders = page.locator("[data-testid='stFileUploader']")
         uploaders.filter(has_text="Images (PNG").locator(UPLOAD_INPUT).set_input_files(str(image))
         settle(page)
@@ -260,7 +301,14 @@ def test_upload_train_monitor_compare_predict(server, browser_page: Page, demo_z
         settle(page)
         expect(page.get_by_text("Dice vs the given mask")).to_be_visible(timeout=60_000)
         expect(page.locator("[data-testid='stImage']").filter(has_text=image.name).first).to_be_visible()
+        assert_nothing_rendered(page)
         shot(page, "05_predict.png")
+
+    with step("monitor: a ?run= address with Markdown in it is shown as text"):
+        page.goto(f"{server.url}/monitor?run={quote(HOSTILE, safe='')}", timeout=60_000)
+        settle(page)
+        expect(page.locator("[data-testid='stAlertContentError']").first).to_be_visible(timeout=30_000)
+        assert_literal(page, f"There is no run '{HOSTILE}' in this workspace")
 
     timings["total"] = time.monotonic() - total
     (ARTIFACTS / "timings.txt").write_text("".join(f"{k}: {v:.1f} s\n" for k, v in timings.items()))

@@ -223,10 +223,11 @@ def test_predict_page_shows_hostile_names_as_text(lb, hostile_dataset, rendered)
 def test_search_page_shows_a_hostile_study_name_as_text(lb, seg_dataset, monkeypatch, rendered):
     from engine.search import study as search
     monkeypatch.setattr(search, "launch_search", lambda name: 4242)
+    name = "[x](https://example.invalid/s) **bold** <b>h</b> $x^2$ :red[c] :smile:"     # search names: <= 100
     spec = search.StudySpec(dataset_id=seg_dataset, base={"arch": "unet", "epochs": 1, "image_size": 32},
-                            space=search.SearchSpace(lr=(1e-3, 1e-2)), n_trials=2, name=HOSTILE)
+                            space=search.SearchSpace(lr=(1e-3, 1e-2)), n_trials=2, name=name)
     search.create_study(spec)
     at = lb.page("search.py").run()
     lb.no_exception(at)
     shown = assert_shown_as_text(at)
-    assert f"run named '{HOSTILE} #N'" in rendered(shown)
+    assert f"run named '{name} #N'" in rendered(shown)

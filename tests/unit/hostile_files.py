@@ -93,6 +93,19 @@ def rle_dicom(rows: int, columns: int, frames: int = 1, bits: int = 16) -> bytes
     return buffer.getvalue()
 
 
+def jpeg_in_dicom(width: int, height: int) -> bytes:
+    """pydicom's 100×100 JPEG test DICOM whose embedded JPEG claims width × height (the header still says 100²)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import encapsulate, generate_frames
+    ds = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm", download=False))
+    (frame,) = generate_frames(ds.PixelData, number_of_frames=1)
+    ds.PixelData = encapsulate([jpeg_with_size(frame, width, height)])
+    buffer = BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
 def small_png(seed: int, size: int = 32, mode: str = "L") -> bytes:
     from PIL import Image
     rng = np.random.default_rng(seed)
@@ -103,11 +116,13 @@ def small_png(seed: int, size: int = 32, mode: str = "L") -> bytes:
 
 
 BOMBS = {
+    "none": lambda: [],                      # the 8 good images alone: the baseline
     "rgb-png": lambda: [("a/bomb.png", zero_png(13000, 13000, "RGB"))],
     "grey-png": lambda: [("a/bomb.png", zero_png(13000, 13000, "L"))],
     "two-rgb-png": lambda: [("a/bomb1.png", zero_png(13000, 13000, "RGB")),
                             ("b/bomb2.png", zero_png(13000, 13000, "RGB"))],
     "rle-dicom": lambda: [("a/bomb.dcm", rle_dicom(60000, 60000))],
+    "jpeg-in-dicom": lambda: [("a/inner.dcm", jpeg_in_dicom(30000, 30000))],
 }
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import insert, select, update
 
 from engine import workspace
 from engine.device import device_name, gpu_count
+from engine.models.checkpoints import write_failure
 from engine.runs import queue, store
 from engine.runs.paths import run_dir
 from engine.runs.queue import Claim
@@ -101,7 +102,10 @@ def run_worker(slots: int | None = None, until_idle: bool = False, poll: float =
                 claim = queue.claim_next_job(worker_id)
                 if claim is None:
                     break
-                children[slot] = (_spawn(claim, slot % gpus if gpus else None), claim)
+                try:
+                    children[slot] = (_spawn(claim, slot % gpus if gpus else None), claim)
+                except OSError as exc:      # its folder cannot be written: that run fails, the worker goes on
+                    _spawn_failed(claim, exc)
             if until_idle and not children and not queue.queued_jobs():
                 break
             stop.wait(poll)
@@ -133,6 +137,12 @@ def _end_cancelled_starts(children: dict[int, tuple[subprocess.Popen, Claim]]) -
             run = store.get_run(claim.run_id)
             if run is not None and run["status"] == "cancelled":
                 proc.kill()
+
+
+def _spawn_failed(claim: Claim, exc: OSError) -> None:
+    queue.finish_job(claim.job_id)
+    store.set_status(claim.run_id, "failed", write_failure(run_dir(claim.run_id), exc, "the run's log"),
+                     only_if=store.STARTED)
 
 
 def _after_child(proc: subprocess.Popen, claim: Claim) -> None:

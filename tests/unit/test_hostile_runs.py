@@ -293,3 +293,17 @@ def test_kill_9_of_a_worker_leaves_no_claimed_job_or_live_worker_row(tiny_classi
     (row,) = _rows(workers, workers.c.pid, proc.pid)
     assert row["stopped"] is True
     assert worker.live_workers() == []
+
+
+def test_a_worker_that_cannot_write_a_run_folder_fails_that_run_and_carries_on(lightbox_env):
+    """A run whose folder cannot be made or written (here a file sits where it should be) fails with the
+    sentence; the worker itself keeps going instead of dying with the claimed job."""
+    first = store.insert_run({"dataset_id": "d", "arch": "lenet5", "task": "classification"})
+    queue.enqueue(first, resume=False)
+    (lightbox_env / "runs").mkdir(parents=True, exist_ok=True)
+    run_dir(first).write_text("not a folder")
+    assert worker.run_worker(slots=1, until_idle=True, poll=0.05) == 0
+    run = store.get_run(first)
+    assert run["status"] == "failed", run
+    assert run["message"].startswith(f"Could not save the run's log in {run_dir(first)}: the folder is missing")
+    assert [j["status"] for j in _rows(jobs, jobs.c.run_id, first)] == ["finished"]

@@ -12,7 +12,7 @@ import streamlit as st
 from engine.data import dicom
 from engine.data.dataset import SPLITS, list_datasets, load_manifest
 from engine.data.demo import DEMOS, ensure_demo_dataset
-from engine.data.ingest import ingest
+from engine.data.ingest import ingest, ingest_files
 from engine.data.resplit import resplit
 from engine.runs import lifecycle
 from engine.training.augment import AUGMENTATIONS, preview
@@ -142,19 +142,25 @@ def describe_groups(groups: dict) -> str:
 
 
 def ingest_upload(archive, loose: list, task: str, name: str, group_by: str = "auto"):
-    """Write the upload to the workspace, ingest it with a progress bar, and remove the copy afterwards."""
-    folder = w.spool_uploads([archive], keep_folders=False) if archive else w.spool_uploads(loose)
-    source = folder / w.safe_parts(archive.name)[-1] if archive else folder
-    default = w.short_name(archive.name).rsplit(".", 1)[0] if archive else "Uploaded images"
+    """Ingest the upload with a progress bar. A ZIP is written to the workspace once (it may be large) and
+    removed afterwards; loose files go through the engine's upload rules (a name the disk cannot hold, or a file
+    that is also a folder, is skipped and named in the report instead of losing the upload)."""
     bar = st.progress(0.0, text="Reading images…")
 
     def progress(done: int, total: int) -> None:
         if total and (done == total or done % max(1, total // 100) == 0):   # ≤ 100 updates, however many files
             bar.progress(done / total, text=f"Read {done} of {total} files")
     try:
-        return ingest(source, task, name=name or default, progress=progress, group_by=group_by)
+        if not archive:
+            files = [("/".join(w.safe_parts(upload.name)), upload.getbuffer()) for upload in loose]
+            return ingest_files(files, task, name=name or "Uploaded images", progress=progress, group_by=group_by)
+        folder = w.spool_uploads([archive], keep_folders=False)
+        try:
+            return ingest(folder / w.safe_parts(archive.name)[-1], task, progress=progress, group_by=group_by,
+                          name=name or w.short_name(archive.name).rsplit(".", 1)[0])
+        finally:
+            w.remove_quietly(folder)
     finally:
-        w.remove_quietly(folder)
         bar.empty()
 
 

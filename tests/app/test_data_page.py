@@ -99,6 +99,23 @@ def test_loose_files_keep_their_class_folders(lb):
     assert sorted(dataset["classes"]) == ["bright", "dark"]
 
 
+def test_loose_files_where_a_file_is_also_a_folder_skip_that_file_and_keep_the_rest(lb):
+    """A folder upload can hold 'dark/img0.png' as a file and as a folder (issue 13): the page used to write the
+    files itself and lost the whole upload to a FileExistsError; the file is now named and skipped."""
+    files = [(f"{label}/img{i}.png", png(40 + 150 * (label == 'bright') + i), "image/png")
+             for label in ("dark", "bright") for i in range(4)]
+    files.append(("dark/img0.png/inner.png", png(99), "image/png"))
+    at = upload_many(lb, "classification", "files", files, name="Clash")
+    assert not at.exception
+    (dataset,) = list_datasets()
+    assert sorted(dataset["classes"]) == ["bright", "dark"] and dataset["name"] == "Clash"
+    assert "1 file(s) skipped" in lb.texts(at, "success")
+    open_section(at, "Explore a dataset")
+    (skipped,) = [frame.value for frame in at.dataframe if "What happened" in frame.value.columns]
+    assert skipped["File"].tolist() == ["img0.png"]
+    assert "both as a file and as a folder" in skipped["What happened"][0]
+
+
 def test_a_folder_upload_for_segmentation(lb):
     masks = [np.pad(np.ones((8, 8), np.uint8) * 255, 8) for _ in range(4)]
     files = [(f"Ward 7/images/case{i}.png", png(60 + i), "image/png") for i in range(4)]

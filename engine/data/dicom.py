@@ -359,6 +359,9 @@ def _in_chunks(values: np.ndarray, step, out: np.ndarray | None = None) -> np.nd
     temporaries stay small whatever the image size (the numbers are those of one call on the whole array).
     `out` may be `values` itself: each chunk is read whole before its result is written back."""
     values = np.asarray(values)
+    if out is not None and not out.flags.c_contiguous:        # reshape would copy, and the writes be lost
+        out[...] = _in_chunks(values, step)
+        return out
     out = np.empty(values.shape, np.float32) if out is None else out
     flat_in, flat_out = values.reshape(-1), out.reshape(-1)
     for start in range(0, flat_in.size, CHUNK):

@@ -164,6 +164,21 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         assert not left, f"processes of the test workspace survived teardown: {left}"
 
 
+# What Streamlit's browser client logs when it can no longer draw the app: it failed to apply a message from the
+# server (seen as "Bad delta path index 3 (should be between [0, 0])" when a sidebar fragment tick crossed a page
+# switch, benchmarks/monitor.md), closed its connection, and the page stays blank until a reload.
+CLIENT_BREAKS = ("Bad delta path", "Cannot send rerun backMessage when disconnected", "Uncaught")
+
+
+def watch_client(page) -> list[str]:
+    """Collect the client's breakdowns (console errors above, a crashed tab) for the test to assert on."""
+    breaks: list[str] = []
+    page.on("console", lambda m: breaks.append(m.text.splitlines()[0][:200])
+            if m.type == "error" and any(b in m.text for b in CLIENT_BREAKS) else None)
+    page.on("crash", lambda _: breaks.append("the browser tab crashed"))
+    return breaks
+
+
 @pytest.fixture(scope="module")
 def browser_page():
     if not Path(CHROMIUM).exists():
@@ -176,6 +191,7 @@ def browser_page():
             context = browser.new_context(viewport=VIEWPORT)
             page = context.new_page()
             page.set_default_timeout(30_000)
+            page.client_breaks = watch_client(page)
             yield page
             context.close()
         finally:

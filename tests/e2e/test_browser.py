@@ -310,6 +310,8 @@ def test_upload_train_monitor_compare_predict(server, browser_page: Page, demo_z
         expect(page.locator("[data-testid='stAlertContentError']").first).to_be_visible(timeout=30_000)
         assert_literal(page, f"There is no run '{HOSTILE}' in this workspace")
 
+    # Streamlit's client can break without an exception in Python (a blank page until reload): none may have
+    assert not page.client_breaks, page.client_breaks
     timings["total"] = time.monotonic() - total
     (ARTIFACTS / "timings.txt").write_text("".join(f"{k}: {v:.1f} s\n" for k, v in timings.items()))
     print("step timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))

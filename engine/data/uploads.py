@@ -86,7 +86,8 @@ def extract_zip(path: Path, dest: Path) -> list[dict]:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as err:
-        raise UserError(f"{path.name} is not a readable ZIP archive ({err}).") from err
+        raise UserError(f"{path.name} is not a readable ZIP archive (it is cut short, damaged or not a ZIP); "
+                        f"re-create it and upload it again.") from err
     with archive:
         entries = archive.infolist()
         for entry in entries:

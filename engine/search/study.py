@@ -129,7 +129,8 @@ def create_study(spec: StudySpec) -> str:
     check_space(spec.space)
     spec.base = {**spec.base, "dataset_id": spec.dataset_id, "task": task, "monitor": spec.objective}
     RunConfig.from_dict(spec.base).validate()
-    name = check_name(spec.name.strip()) if spec.name.strip() else f"search-{store.new_run_id()}"
+    given = (spec.name or "").strip()
+    name = check_name(given) if given else f"search-{store.new_run_id()}"
     study = optuna.create_study(study_name=name, storage=storage(), direction="maximize",
                                 sampler=_sampler(spec, False), pruner=_pruner(spec))
     study.set_user_attr("spec", asdict(spec))

@@ -2,23 +2,29 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 from engine import workspace
-from engine.errors import UserError
+from engine.errors import UserError, shown
 
 SPLITS = ("train", "val", "test")
+# What ingest and the demos make ('chest-x-ray-pilot-3fa9c1'): a dataset id is looked up, never a path to follow
+DATASET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,119}")
 
 
 def dataset_dir(dataset_id: str) -> Path:
+    """The dataset's folder; an id that ingest could not have made ('../x', a 100 KB string) is refused."""
+    if not isinstance(dataset_id, str) or not DATASET_ID.fullmatch(dataset_id) or ".." in dataset_id:
+        raise UserError(f"Dataset '{shown(dataset_id)}' does not exist; ingest it first or pick one from the list.")
     return workspace.datasets_dir() / dataset_id
 
 
 def load_manifest(dataset_id: str) -> dict:
     path = dataset_dir(dataset_id) / "manifest.json"
     if not path.exists():
-        raise UserError(f"Dataset '{dataset_id}' does not exist; ingest it first or pick one from the list.")
+        raise UserError(f"Dataset '{shown(dataset_id)}' does not exist; ingest it first or pick one from the list.")
     return json.loads(path.read_text())
 
 

@@ -182,3 +182,27 @@ def test_search_names_are_bounded_and_refused_in_one_line(tiny_classification, l
         search.create_study(_spec(tiny_classification, "two\nlines"))
     code, line = _main(capsys, "search", "--study", "s" * 100_000, "--stop", "--json")
     assert code == 2 and "There is no search called 'ssss" in line and len(line) < 300, line[:400]
+
+
+def test_a_dataset_id_that_walks_out_of_the_workspace_is_refused(lightbox_env, tmp_path):
+    """A dataset id is data too: '../../x' used to read x/manifest.json from outside the workspace."""
+    from engine.data.manifest import dataset_dir, load_manifest, manifest_or_none
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "manifest.json").write_text('{"id": "outside", "task": "classification"}')
+    escape = os.path.relpath(outside, lightbox_env / "datasets")
+    for bad in (escape, "../outside", "/etc", "a/b", "", LONG_ID):
+        with pytest.raises(UserError) as err:
+            load_manifest(bad)
+        assert "does not exist" in str(err.value) and len(str(err.value)) < 120
+        with pytest.raises(UserError):
+            dataset_dir(bad)
+        assert manifest_or_none(bad) is None
+
+
+@pytest.mark.parametrize("argv", [("train", "--dataset", LONG_ID, "--arch", "lenet5"),
+                                  ("delete-dataset", "../../outside")])
+def test_a_bad_dataset_id_on_the_command_line_is_one_short_line(lightbox_env, capsys, argv):
+    code, err = _main(capsys, *argv)
+    assert code != 0 and ("does not exist" in err or "There is no dataset" in err), err
+    assert "unexpected" not in err and len(err) < 200, err

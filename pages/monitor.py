@@ -8,7 +8,7 @@ import streamlit as st
 
 from engine.data.manifest import manifest_or_none
 from engine.diagnosis import diagnose
-from engine.errors import UserError
+from engine.errors import UserError, shown
 from engine.runs import lifecycle, queue, store, worker
 from engine.runs.paths import latest_preview
 from engine.tasks import METRIC_NOTES, auc_accuracy_note
@@ -75,7 +75,7 @@ def choose_run(runs: list[dict]) -> dict:
     by_id = {r["id"]: r for r in runs}
     wanted = w.selected_run_id()
     if wanted and wanted not in by_id:
-        st.error(f"There is no run '{w.as_text(wanted)}' in this workspace; showing the newest run instead.")
+        st.error(f"There is no run '{w.as_text(shown(wanted))}' in this workspace; showing the newest run instead.")
         st.session_state.pop("run_id", None)
     picked = w.synced_selectbox("Run (newest first)", list(by_id), "run_id", "monitor_run",
                                 format_func=lambda i: w.run_label(by_id[i]))

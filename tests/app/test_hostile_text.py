@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine import errors
 from engine.config import RunConfig
 from engine.runs import execute
 from engine.runs.submit import create_run
@@ -154,9 +155,9 @@ def test_monitor_shows_a_hostile_address_and_failure_as_text(lb, cls_dataset, re
     at.run()
     lb.no_exception(at)
     assert_shown_as_text(at)
-    errors = lb.texts(at, "error")
-    assert f"There is no run '{HOSTILE}'" in errors
-    assert f"Could not read '{HOSTILE}.png'." in errors
+    boxes = lb.texts(at, "error")
+    assert f"There is no run '{errors.shown(HOSTILE)}'" in boxes      # a long address is cut, never echoed whole
+    assert f"Could not read '{HOSTILE}.png'." in boxes
 
 
 def test_monitor_reads_well_for_an_ordinary_name(lb, cls_dataset, rendered):

@@ -27,6 +27,8 @@ import pytest
 pytest.importorskip("playwright.sync_api", reason="pip install -r requirements-dev.txt")
 from playwright.sync_api import Page, expect  # noqa: E402
 
+from engine import errors  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "e2e" / "artifacts"      # git-ignored; the conftest creates it
 pytestmark = pytest.mark.slow
@@ -308,7 +310,7 @@ def test_upload_train_monitor_compare_predict(server, browser_page: Page, demo_z
         page.goto(f"{server.url}/monitor?run={quote(HOSTILE, safe='')}", timeout=60_000)
         settle(page)
         expect(page.locator("[data-testid='stAlertContentError']").first).to_be_visible(timeout=30_000)
-        assert_literal(page, f"There is no run '{HOSTILE}' in this workspace")
+        assert_literal(page, f"There is no run '{errors.shown(HOSTILE)}' in this workspace")
 
     # Streamlit's client can break without an exception in Python (a blank page until reload): none may have
     assert not page.client_breaks, page.client_breaks

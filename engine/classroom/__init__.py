@@ -1,0 +1,1 @@
+"""Classroom mode: assignments with a hidden test split, hand-ins scored once, leaderboards, reproducible bundles."""

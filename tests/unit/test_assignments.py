@@ -1,0 +1,198 @@
+"""Classroom assignments: limits at submit, a hidden test split, hand-ins scored once, the leaderboard."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+
+import pytest
+
+from engine.accounts.actor import Actor
+from engine.classroom import assignments, handins
+from engine.cli import assignment as assignment_cli
+from engine.config import RunConfig
+from engine.errors import UserError
+from engine.runs import execute, store
+from engine.runs.submit import create_run
+
+TEACHER = Actor("teach", "instructor")
+ALICE = Actor("alice", "student")
+BOB = Actor("bob", "student")
+
+
+def _config(dataset_id: str, **overrides) -> RunConfig:
+    base = dict(dataset_id=dataset_id, arch="lenet5", epochs=1, batch_size=8, image_size=32, preview_samples=0)
+    base.update(overrides)
+    return RunConfig(**base)
+
+
+def _trained(dataset_id: str, owner: str | None, **overrides) -> dict:
+    run_id = create_run(_config(dataset_id, **overrides), status="running")
+    store.update_run(run_id, owner=owner)
+    run = execute.run_job(run_id)
+    assert run["status"] == "done", run["message"]
+    return run
+
+
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    text = str(err.value)
+    assert "\n" not in text
+    return text
+
+
+# ---- create, release, the hidden set ---------------------------------------------------------------------------
+
+def test_an_instructor_hides_a_test_split_until_release(tiny_classification):
+    made = assignments.create_assignment(TEACHER, tiny_classification, "Week 1", hide_test=True, max_epochs=3)
+    assert made["hide_test"] and not made["released"] and not made["test_visible"] and made["metric"] == "accuracy"
+    assert assignments.hidden_test_datasets() == {tiny_classification}
+    assert assignments.hides_test_from(ALICE, tiny_classification)
+    assert not assignments.hides_test_from(TEACHER, tiny_classification)
+    assert not assignments.hides_test_from(None, tiny_classification)
+    assert [a["name"] for a in assignments.list_assignments(ALICE)] == ["Week 1"]
+    with pytest.raises(UserError) as err:
+        assignments.release(ALICE, "Week 1")
+    assert "Only an instructor" in _one_line(err)
+    assert assignments.release(TEACHER, "Week 1")["test_visible"]
+    assert assignments.hidden_test_datasets() == set()
+
+
+def test_students_cannot_create_and_names_datasets_are_checked(tiny_classification):
+    with pytest.raises(UserError) as err:
+        assignments.create_assignment(ALICE, tiny_classification, "Mine")
+    assert "Only an instructor" in _one_line(err)
+    with pytest.raises(UserError) as err:
+        assignments.create_assignment(TEACHER, "../../etc", "Week 1")
+    assert "does not exist" in _one_line(err)
+    with pytest.raises(UserError) as err:
+        assignments.create_assignment(TEACHER, tiny_classification, "x" * 200)
+    assert "cannot name an assignment" in _one_line(err)
+    assignments.create_assignment(None, tiny_classification, "Week 1")         # the operator may
+    with pytest.raises(UserError) as err:
+        assignments.create_assignment(TEACHER, tiny_classification, "Week 2")
+    assert "already an assignment 'Week 1'" in _one_line(err)
+    with pytest.raises(UserError) as err:
+        assignments.get_assignment("Week 9")
+    assert "There is no assignment 'Week 9'" in _one_line(err)
+
+
+# ---- limits at submit ------------------------------------------------------------------------------------------
+
+def test_limits_are_refused_at_submit_in_one_line(tiny_classification):
+    assignments.create_assignment(TEACHER, tiny_classification, "Week 1", max_epochs=3, max_image_size=64,
+                                  runs_per_student=2)
+    assignments.check_submission(ALICE, _config(tiny_classification, epochs=3))
+    with pytest.raises(UserError) as err:
+        assignments.check_submission(ALICE, _config(tiny_classification, epochs=4))
+    assert _one_line(err) == "Assignment 'Week 1' allows Epochs up to 3, not 4; set Epochs to 3 or less."
+    with pytest.raises(UserError) as err:
+        assignments.check_submission(ALICE, _config(tiny_classification, image_size=128).to_dict())
+    assert "Image size up to 64, not 128" in _one_line(err)
+    assignments.check_submission(TEACHER, _config(tiny_classification, epochs=50))    # limits are for students
+    assignments.check_submission(None, _config(tiny_classification, epochs=50))
+    for _ in range(2):
+        store.update_run(create_run(_config(tiny_classification)), owner="alice")
+    store.update_run(create_run(_config(tiny_classification)), owner="bob")
+    with pytest.raises(UserError) as err:
+        assignments.check_submission(ALICE, _config(tiny_classification))
+    assert "all 2 runs that assignment 'Week 1' allows" in _one_line(err)
+    assignments.check_submission(BOB, _config(tiny_classification))              # bob has used one of two
+
+
+def test_a_passed_deadline_closes_submissions(tiny_classification):
+    assignments.create_assignment(TEACHER, tiny_classification, "Late", deadline=assignments.parse_deadline("2020-01-01"))
+    with pytest.raises(UserError) as err:
+        assignments.check_submission(ALICE, _config(tiny_classification))
+    assert _one_line(err) == ("The deadline of assignment 'Late' passed at 2020-01-01T00:00:00Z; "
+                              "no more runs can be submitted for it.")
+    with pytest.raises(UserError) as err:
+        assignments.parse_deadline("next friday")
+    assert "is not a date" in _one_line(err)
+
+
+# ---- hand-in, scored once, hidden values -----------------------------------------------------------------------
+
+def test_hand_in_is_scored_once_on_the_test_split_and_hidden_from_students(tiny_classification):
+    assignments.create_assignment(TEACHER, tiny_classification, "Week 1", hide_test=True)
+    mine = _trained(tiny_classification, "alice")
+    with pytest.raises(UserError) as err:
+        handins.hand_in(BOB, "Week 1", mine["id"])
+    assert "belongs to another" in _one_line(err) and "hand in your own runs" in _one_line(err)
+
+    result = handins.hand_in(ALICE, "Week 1", mine["id"])
+    assert result["student"] == "alice" and result["run_id"] == mine["id"]
+    assert result["value"] is None and result["score"] is None and not result["test_visible"]
+    stored = assignments.handin_of_run(mine["id"])
+    # The score is the best checkpoint on the test split, computed as the trainer computes a run's test metrics.
+    assert stored["metric"] == "accuracy" and stored["score"]["n"] == mine["test"]["n"]
+    assert math.isclose(stored["value"], mine["test"]["accuracy"], abs_tol=1e-9)
+    assert stored["score"]["balanced_accuracy"] == pytest.approx(mine["test"]["balanced_accuracy"])
+
+    with pytest.raises(UserError) as err:
+        handins.hand_in(ALICE, "Week 1", mine["id"])
+    assert "already handed in" in _one_line(err)
+
+    (row,) = assignments.leaderboard(ALICE, "Week 1")
+    assert row["student"] == "alice" and row["value"] is None and row["rank"] is None
+    (row,) = assignments.leaderboard(TEACHER, "Week 1")
+    assert row == {**row, "rank": 1, "student": "alice", "run_id": mine["id"], "value": stored["value"]}
+
+
+def test_leaderboard_ranks_latest_handins_and_pseudonymises_others(tiny_classification):
+    assignments.create_assignment(TEACHER, tiny_classification, "Week 1", hide_test=True)
+    runs = {name: _trained(tiny_classification, name, lr=lr) for name, lr in (("alice", 3e-3), ("bob", 1e-5))}
+    for name, run in runs.items():
+        handins.hand_in(Actor(name, "student"), "Week 1", run["id"])
+    board = assignments.leaderboard(TEACHER, "Week 1")
+    values = [r["value"] for r in board]
+    assert [r["rank"] for r in board] == [1, 2] and values == sorted(values, reverse=True)
+    assert {r["student"] for r in board} == {"alice", "bob"}
+    assert [r["student"] for r in assignments.leaderboard(ALICE, "Week 1")] == ["alice"]      # hidden: own only
+
+    assignments.release(TEACHER, "Week 1")
+    seen = assignments.leaderboard(ALICE, "Week 1")
+    assert [r["value"] for r in seen] == values
+    other = next(r for r in seen if r["student"] != "alice")
+    assert other["student"] == assignments.pseudonym("Week 1", "bob") and other["run_id"] is None
+    shown = assignments.leaderboard(TEACHER, "Week 1", pseudonyms=True)
+    assert {r["student"] for r in shown} == {assignments.pseudonym("Week 1", n) for n in ("alice", "bob")}
+
+
+def test_leaderboard_csv_cannot_carry_a_formula(lightbox_env, tiny_classification):
+    assignments.create_assignment(TEACHER, tiny_classification, "Week 1")
+    found = assignments.get_assignment("Week 1")
+    for i, student in enumerate(("=HYPERLINK(\"http://x\")", "+1", "-2", "@SUM(A1)", "plain")):
+        assignments.record_handin(found, student, f"run-{i}", {"accuracy": 0.1 * i})
+    rows = list(csv.DictReader(io.StringIO(assignments.leaderboard_csv(TEACHER, "Week 1"))))
+    assert [r["student"] for r in rows] == ["plain", "'@SUM(A1)", "'-2", "'+1", "'=HYPERLINK(\"http://x\")"]
+    assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5"] and rows[0]["value"] == "0.4"
+
+
+# ---- the CLI module (its own parser; the subprocess tests need engineer A's --as) ------------------------------
+
+def _parse(*argv: str, actor=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    assignment_cli.register(lambda name, text: sub.add_parser(name, help=text))
+    args = parser.parse_args(list(argv))
+    args.actor = actor
+    return args
+
+
+def test_cli_handlers_create_handin_and_leaderboard(tmp_path, tiny_classification):
+    made = _parse("assignment", "create", "--dataset", tiny_classification, "--name", "Week 1", "--hide-test",
+                  "--max-epochs", "2", "--runs-per-student", "3", "--deadline", "2999-01-01T00:00", actor=TEACHER)
+    created = made.handler(made)["assignment"]
+    assert created["max_epochs"] == 2 and created["runs_per_student"] == 3 and created["hide_test"]
+    assert created["deadline_iso"] == "2999-01-01T00:00:00Z"
+    run = _trained(tiny_classification, "alice")
+    args = _parse("assignment", "handin", "Week 1", "--run", run["id"], actor=ALICE)
+    assert args.handler(args)["value"] is None
+    args = _parse("assignment", "leaderboard", "Week 1", "--csv", str(tmp_path / "board.csv"), actor=TEACHER)
+    out = args.handler(args)
+    assert out["leaderboard"][0]["student"] == "alice" and out["leaderboard"][0]["value"] is not None
+    assert (tmp_path / "board.csv").read_text().splitlines()[1].startswith("1,alice,")
+    args = _parse("assignment", "handin", "Week 1", actor=ALICE)
+    with pytest.raises(UserError, match="needs --run"):
+        args.handler(args)

@@ -1,6 +1,8 @@
 """What every CLI command shares: JSON-safe results, a failure that still carries a result, run summaries."""
 from __future__ import annotations
 
+import argparse
+from datetime import datetime, timezone
 from typing import Any
 
 from engine.data.manifest import manifest_or_none
@@ -25,13 +27,32 @@ def finite(obj: Any) -> Any:
     return obj
 
 
+def add_actor_option(parser: argparse.ArgumentParser, nested: bool = False) -> None:
+    """--as USER (and, on a subcommand's own subcommands, --json and --quiet): given anywhere on the line, unset
+    stays unset so a later parser never overwrites what an earlier one read."""
+    parser.add_argument("--as", dest="as_user", metavar="USER", default=argparse.SUPPRESS,
+                        help="act as this user (a student sees and acts on their own runs only)")
+    if nested:
+        parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                            help="print one JSON object on the last line")
+        parser.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+
+
+def iso_utc(stamp: float | None) -> str | None:
+    """A store time (seconds since the epoch) as ISO 8601 in UTC: '2026-11-30T06:00:00Z'."""
+    if stamp is None:
+        return None
+    return datetime.fromtimestamp(stamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 SUMMARY_KEYS = ("status", "message", "arch", "dataset_id", "epoch", "epochs", "best_metric", "best_value",
-                "best_epoch", "best", "test", "params", "train_seconds", "study", "trial", "created_at")
+                "best_epoch", "best", "test", "params", "train_seconds", "study", "trial", "created_at", "owner")
 
 
 def run_summary(run: dict, metrics: list[dict] | None = None, manifest: dict | None = None) -> dict:
     """One run as the CLI reports it, with its "diagnosis" (read from the store unless `metrics` is given)."""
     out = {"run_id": run["id"], **{k: run.get(k) for k in SUMMARY_KEYS}}
+    out.update(started_at=iso_utc(run.get("started_at")), finished_at=iso_utc(run.get("finished_at")))
     if metrics is None:
         metrics = store.epoch_metrics_many([run["id"]])[run["id"]]
     if manifest is None:

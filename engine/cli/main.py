@@ -10,7 +10,8 @@ import json
 import os
 import sys
 
-from engine.cli.common import CommandFailed, finite
+from engine.accounts.users import get_actor
+from engine.cli.common import CommandFailed, add_actor_option, finite
 from engine.errors import UserError, one_line
 
 # command → module of engine.cli that declares it (its register(add) adds the parser and the handler)
@@ -20,18 +21,22 @@ COMMAND_MODULES = {
     "runs": "queue", "cancel": "queue", "resume": "queue", "delete": "queue",
     "predict": "predict", "export": "predict",
     "search": "search",
+    "user": "users",
 }
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of one command's module, or of all of them (for --help and unknown commands)."""
     parser = argparse.ArgumentParser(prog="python -m engine", description="Lightbox engine")
+    parser.add_argument("--as", dest="as_user", metavar="USER", default=None,
+                        help="act as this user (without it: the operator, who sees and may do everything)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        add_actor_option(p)
         return p
 
     wanted = [COMMAND_MODULES[command]] if command in COMMAND_MODULES else list(dict.fromkeys(COMMAND_MODULES.values()))
@@ -41,13 +46,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _command_in(argv: list[str]) -> str | None:
-    return next((a for a in argv if not a.startswith("-")), None)
+    """The first word that is neither an option nor the USER of a leading `--as USER`."""
+    words = iter(argv)
+    for word in words:
+        if word == "--as":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(_command_in(argv)).parse_args(argv)
     try:
+        args.actor = None if args.as_user is None else get_actor(args.as_user)
         result = args.handler(args)
     except CommandFailed as exc:
         print(f"error: {one_line(exc, 1000)}", file=sys.stderr)

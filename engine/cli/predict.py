@@ -35,11 +35,11 @@ def cmd_predict(args) -> dict[str, Any]:
         if not path.is_file():
             raise UserError(f"{path} is not a file; give image files or .zip archives.")
     out = Path(args.out) if args.out else None
-    predictor = load_predictor(args.run, args.device)
+    predictor = load_predictor(args.run, args.device, actor=args.actor)
     results: list[dict] = []
     for path in paths:
         if path.suffix.lower() == ".zip":
-            results += _predict_zip(args.run, path, out, args.tta)
+            results += _predict_zip(args.run, path, out, args.tta, args.actor)
             continue
         predictions = predictor.predict_file(path, str(path), tta=args.tta)
         results += [_result(p, len(predictions), out) for p in predictions]
@@ -65,11 +65,11 @@ def _result(prediction, frames: int, out: Path | None) -> dict[str, Any]:
     return entry
 
 
-def _predict_zip(run_id: str, path: Path, out: Path | None, tta: bool) -> list[dict[str, Any]]:
+def _predict_zip(run_id: str, path: Path, out: Path | None, tta: bool, actor=None) -> list[dict[str, Any]]:
     if out is None:
         raise UserError(f"Predicting on {path.name} writes many files; add --out FOLDER.")
     target = out / path.stem
-    with open(predict_zip(run_id, path, target, tta), newline="") as handle:
+    with open(predict_zip(run_id, path, target, tta, actor=actor), newline="") as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:
         row["file"] = f"{path.name}/{row['file']}"
@@ -97,5 +97,5 @@ def _flat(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_export(args) -> dict[str, Any]:
-    paths = export_run(args.run, Path(args.out))
+    paths = export_run(args.run, Path(args.out), actor=args.actor)
     return {"run_id": args.run, "files": {kind: str(path) for kind, path in paths.items()}}

@@ -1,25 +1,30 @@
 """Queue commands that answer at once (no torch): runs, cancel, resume, delete."""
 from __future__ import annotations
 
+from engine.accounts import access
 from engine.cli.common import run_summaries
 from engine.runs import lifecycle, queue, store
 
 
 def cmd_runs(args) -> dict:
+    """Every run; with --as a student, only theirs (and no hidden test values)."""
     queue.mark_stale_runs()
-    return {"runs": run_summaries(store.list_runs(status=args.status))}
+    actor = args.actor
+    owner = actor.name if actor is not None and not actor.is_instructor else None
+    runs = access.visible_runs(actor, store.list_runs(status=args.status, owner=owner))
+    return {"runs": [access.strip_hidden(actor, row) for row in run_summaries(runs)]}
 
 
 def cmd_cancel(args) -> dict:
-    return {"run_id": args.run_id, "status": lifecycle.cancel(args.run_id)}
+    return {"run_id": args.run_id, "status": lifecycle.cancel(args.run_id, actor=args.actor)}
 
 
 def cmd_resume(args) -> dict:
-    return {"run_id": args.run_id, "status": lifecycle.resume(args.run_id)}
+    return {"run_id": args.run_id, "status": lifecycle.resume(args.run_id, actor=args.actor)}
 
 
 def cmd_delete(args) -> dict:
-    return {"run_id": args.run_id, "status": lifecycle.delete(args.run_id)}
+    return {"run_id": args.run_id, "status": lifecycle.delete(args.run_id, actor=args.actor)}
 
 
 def register(add) -> None:

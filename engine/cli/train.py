@@ -19,7 +19,7 @@ def cmd_train(args) -> dict:
     config = config_from_args(args)
     if config.folds >= 2 and not config.fold:
         return _train_folds(config, quiet=args.quiet)
-    run_id = create_run(config, status="starting")
+    run_id = create_run(config, status="starting", actor=args.actor)
     run = execute.run_job(run_id, handlers=[TrainProgress(enabled=not args.quiet)])
     result = run_summary(run)
     if run["status"] != "done":
@@ -42,7 +42,7 @@ def cmd_submit(args) -> dict:
     if config.folds >= 2 and not config.fold:
         cv_id, run_ids = crossval.create_folds(config, config.folds)
         return {"run_id": run_ids[0], "run_ids": run_ids, "cv_id": cv_id, "status": "queued"}
-    return {"run_id": submit(config), "status": "queued"}
+    return {"run_id": submit(config, actor=args.actor), "status": "queued"}
 
 
 def cmd_run_job(args) -> dict:

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from engine import workspace
+from engine.accounts.actor import Actor
 from engine.data.layout import MASK_FOLDERS, MASK_SUFFIXES
 from engine.errors import UserError
 from engine.inference.predict import READABLE, Prediction, load_predictor
@@ -86,10 +87,10 @@ def zip_members(archive, label: str, with_masks: bool = True) -> tuple[list, dic
 
 
 def predict_zip(run_id: str, zip_path: Path | str, out_dir: Path | str, tta: bool | Sequence[str] = False,
-                progress=None) -> Path:
+                progress=None, actor: Actor | None = None) -> Path:
     """Predict every image in a ZIP; writes results.csv (one row per image or frame, unreadable files listed
     with the reason) and, for segmentation, one mask PNG per prediction under masks/. Returns the CSV path."""
-    predictor = load_predictor(run_id)
+    predictor = load_predictor(run_id, actor=actor)
     out = Path(out_dir)
     label = Path(zip_path).name
     try:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from engine.accounts import access
+from engine.accounts.actor import Actor
 from engine.data.dataset import MAX_STORED_SIDE, load_manifest
 from engine.errors import UserError
 from engine.inference.predict import load_run_model
@@ -25,8 +27,11 @@ NOT_A_DEVICE = ("**This model is not a medical device.** It was trained in Light
                 "diagnosis, treatment or any other clinical decision.")
 
 
-def export_run(run_id: str, out_dir: Path | str) -> dict[str, Path]:
-    """Write the three files into out_dir and return their paths by kind (model, preprocessing, model_card)."""
+def export_run(run_id: str, out_dir: Path | str, actor: Actor | None = None) -> dict[str, Path]:
+    """Write the three files into out_dir and return their paths by kind (model, preprocessing, model_card).
+    A student exports only their own runs."""
+    if actor is not None:
+        access.check_run(actor, run_id, "export")
     _, ckpt, model, config, info = load_run_model(run_id)
     example = torch.rand(2, int(info["channels"]), config.image_size, config.image_size,
                          generator=torch.Generator().manual_seed(0))
@@ -148,10 +153,10 @@ def model_card(run_id: str, model, config, info: dict, ckpt: dict) -> str:
     return "\n".join(lines)
 
 
-def export_zip(run_id: str) -> bytes:
+def export_zip(run_id: str, actor: Actor | None = None) -> bytes:
     """The exported files in one ZIP (for a download button), under a folder named after the run."""
     with tempfile.TemporaryDirectory(prefix="lightbox-export-") as tmp:
-        paths = export_run(run_id, Path(tmp))
+        paths = export_run(run_id, Path(tmp), actor=actor)
         buffer = BytesIO()
         with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for path in paths.values():

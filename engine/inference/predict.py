@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.accounts import access
+from engine.accounts.actor import Actor
 from engine.config import RunConfig
 from engine.data.dataset import cap_image, load_manifest, to_model_input
 from engine.data.io import (
@@ -329,8 +331,11 @@ _CACHE: dict[tuple[str, str], tuple[float, Predictor]] = {}
 _LOCK = threading.Lock()
 
 
-def load_predictor(run_id: str, device: str = "auto") -> Predictor:
-    """The run's best model, cached per run and checkpoint time so a rerun of the UI does not reload it."""
+def load_predictor(run_id: str, device: str = "auto", actor: Actor | None = None) -> Predictor:
+    """The run's best model, cached per run and checkpoint time so a rerun of the UI does not reload it.
+    A student predicts only with their own runs."""
+    if actor is not None:
+        access.check_run(actor, run_id, "predict with")
     path = checkpoint_path(run_id)
     dev = pick_device(device)
     key = (run_id, str(dev))

@@ -25,6 +25,7 @@ from sqlalchemy import (
     exc,
     func,
     insert,
+    inspect,
     or_,
     select,
     update,
@@ -65,6 +66,7 @@ runs = Table(
     Column("attempts", Integer, default=0),
     Column("study", String(200)),
     Column("trial", Integer),
+    Column("owner", String(80)),                                # user name; None = made in single-user mode
 )
 
 metrics = Table(
@@ -155,10 +157,11 @@ def engine_for(url: str) -> Engine:
     else:
         eng = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
     _create_tables(eng)
+    add_missing_columns(eng)
     return eng
 
 
-def _create_tables(eng: Engine, attempts: int = 8) -> None:
+def _create_tables(eng: Engine, attempts: int = 8, tables: list[Table] | None = None) -> None:
     """Create missing tables, tolerating another process doing the same at the same moment.
 
     `create_all` checks first, but two processes starting together (a worker and a search, or two workers) can
@@ -167,12 +170,48 @@ def _create_tables(eng: Engine, attempts: int = 8) -> None:
     """
     for attempt in range(attempts):
         try:
-            metadata.create_all(eng)
+            metadata.create_all(eng, tables=tables)
             return
         except (exc.OperationalError, exc.ProgrammingError, exc.IntegrityError):
             if attempt == attempts - 1:
                 raise
             time.sleep(0.05 * (attempt + 1))
+
+
+def add_missing_columns(eng: Engine, tables: list[Table] | None = None) -> None:
+    """The tiny migration: a workspace made by an older Lightbox lacks columns added since (runs.owner); add
+    them, nullable, so old rows read as "no value". Idempotent, and safe when two processes do it at once."""
+    for table in tables or metadata.sorted_tables:
+        for _ in range(4):
+            found = inspect(eng)
+            if not found.has_table(table.name):
+                break
+            have = {c["name"] for c in found.get_columns(table.name)}
+            missing = [c for c in table.columns if c.name not in have]
+            if not missing:
+                break
+            try:
+                with eng.begin() as conn:
+                    for column in missing:
+                        kind = column.type.compile(dialect=eng.dialect)
+                        conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}')
+            except (exc.OperationalError, exc.ProgrammingError):
+                time.sleep(0.05)                # another process added it first: look again
+
+
+_READY: set[tuple[str, str]] = set()
+
+
+def ensure_tables(*tables: Table) -> Engine:
+    """The store's engine with these tables (declared on `metadata` by modules outside the store: users,
+    assignments) created and migrated; cheap after the first call per process."""
+    eng = db()
+    todo = [t for t in tables if (str(eng.url), t.name) not in _READY]
+    if todo:
+        _create_tables(eng, tables=todo)
+        add_missing_columns(eng, todo)
+        _READY.update((str(eng.url), t.name) for t in todo)
+    return eng
 
 
 def db() -> Engine:
@@ -190,7 +229,7 @@ def _row(row) -> dict[str, Any]:
 # ---- runs -------------------------------------------------------------------------------------------------
 
 def insert_run(config: dict, *, status: str = "queued", params: int | None = None, study: str | None = None,
-               trial: int | None = None) -> str:
+               trial: int | None = None, owner: str | None = None) -> str:
     """Record a run row as given (no checks: engine.runs.submit.create_run validates first)."""
     run_id = new_run_id()
     started = now() if status in STARTED else None     # `engine train` runs start at once
@@ -198,7 +237,7 @@ def insert_run(config: dict, *, status: str = "queued", params: int | None = Non
         conn.execute(insert(runs).values(
             id=run_id, name=config.get("name", ""), dataset_id=config["dataset_id"], arch=config["arch"],
             task=config["task"], config=json.dumps(config), status=status, created_at=now(),
-            epochs=config.get("epochs", 0), params=params, study=study, trial=trial, message="",
+            epochs=config.get("epochs", 0), params=params, study=study, trial=trial, owner=owner, message="",
             started_at=started, heartbeat_at=started,
             epoch=0, progress=0.0, cancel_requested=False, attempts=0, train_seconds=0.0))
     return run_id
@@ -210,12 +249,16 @@ def get_run(run_id: str) -> dict | None:
     return _row(row) if row else None
 
 
-def list_runs(status: Iterable[str] | None = None, limit: int = 500, study: str | None = None) -> list[dict]:
+def list_runs(status: Iterable[str] | None = None, limit: int = 500, study: str | None = None,
+              owner: str | None = None) -> list[dict]:
+    """Newest first; `owner` keeps one user's runs (None: everyone's)."""
     query = select(runs).order_by(runs.c.created_at.desc()).limit(limit)
     if status:
         query = query.where(runs.c.status.in_(list(status)))
     if study:
         query = query.where(runs.c.study == study)
+    if owner is not None:
+        query = query.where(runs.c.owner == owner)
     with db().connect() as conn:
         return [_row(r) for r in conn.execute(query)]
 

@@ -1,0 +1,1 @@
+"""Classroom accounts: users with a role, who is acting (Actor), and what each may see and do (access)."""

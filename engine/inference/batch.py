@@ -5,6 +5,7 @@ import csv
 import hashlib
 import re
 import zipfile
+import zlib
 from io import BytesIO, StringIO
 from pathlib import Path
 from typing import Sequence
@@ -13,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from engine import workspace
+from engine.accounts import access
 from engine.accounts.actor import Actor
 from engine.data.layout import MASK_FOLDERS, MASK_SUFFIXES
 from engine.errors import UserError
@@ -89,8 +91,11 @@ def zip_members(archive, label: str, with_masks: bool = True) -> tuple[list, dic
 def predict_zip(run_id: str, zip_path: Path | str, out_dir: Path | str, tta: bool | Sequence[str] = False,
                 progress=None, actor: Actor | None = None) -> Path:
     """Predict every image in a ZIP; writes results.csv (one row per image or frame, unreadable files listed
-    with the reason) and, for segmentation, one mask PNG per prediction under masks/. Returns the CSV path."""
-    predictor = load_predictor(run_id, actor=actor)
+    with the reason) and, for segmentation, one mask PNG per prediction under masks/. Returns the CSV path.
+    A student predicts only with their own runs."""
+    if actor is not None:
+        access.check_run(actor, run_id, "predict with")
+    predictor = load_predictor(run_id)
     out = Path(out_dir)
     label = Path(zip_path).name
     try:
@@ -105,8 +110,8 @@ def predict_zip(run_id: str, zip_path: Path | str, out_dir: Path | str, tta: boo
         for done, member in enumerate(images, 1):
             mask = masks.get(Path(member.filename).stem)
             try:
-                predictions = predictor.predict_file(archive.read(member), member.filename, tta,
-                                                     archive.read(mask) if mask else None,
+                image, truth = _read_member(archive, member, label), _read_member(archive, mask, label)
+                predictions = predictor.predict_file(image, member.filename, tta, truth,
                                                      mask.filename if mask else "")
             except UserError as err:
                 rows.append({"file": member.filename, "error": str(err)})
@@ -120,6 +125,20 @@ def predict_zip(run_id: str, zip_path: Path | str, out_dir: Path | str, tta: boo
     path = out / "results.csv"
     path.write_text(results_csv(rows))
     return path
+
+
+# What zipfile raises for an entry whose bytes are damaged (a bad CRC, a cut or corrupt deflate stream, a
+# compression method it lacks, an encrypted entry): the entry is named in the results, the others still predicted.
+DAMAGED_ENTRY = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError)
+
+
+def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo | None, label: str) -> bytes | None:
+    if member is None:
+        return None
+    try:
+        return archive.read(member)
+    except DAMAGED_ENTRY as err:
+        raise UserError(f"{member.filename} is damaged inside {label}; re-create the ZIP.") from err
 
 
 def _zip_row(prediction: Prediction, frames: int, out: Path) -> dict:

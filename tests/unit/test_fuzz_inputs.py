@@ -220,8 +220,6 @@ def test_malformed_zips_are_refused_in_one_line_by_ingest(fuzzed):
     assert outcomes["garbage.zip"].startswith("refused") and outcomes["cut-directory.zip"].startswith("refused")
 
 
-@pytest.mark.xfail(reason="engine/inference/batch.py predict_zip lets zipfile.BadZipFile ('Bad CRC-32 for file ...') "
-                          "from archive.read escape for a ZIP with a bit-flipped entry; reported to its owner")
 def test_malformed_zips_are_refused_in_one_line_by_batch_prediction(fuzzed):
     outcomes = fuzzed["zips:predict"]
     crashes = {k: v for k, v in outcomes.items() if v.startswith("CRASH")}

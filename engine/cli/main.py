@@ -21,7 +21,7 @@ COMMAND_MODULES = {
     "runs": "queue", "cancel": "queue", "resume": "queue", "delete": "queue",
     "predict": "predict", "export": "predict",
     "search": "search",
-    "user": "users",
+    "user": "users", "assignment": "assignment", "reproduce": "reproduce", "bundle": "reproduce",
 }
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from engine.accounts import access
+from engine.classroom.assignments import hidden_test_datasets
 from engine.cli.common import run_summaries
 from engine.runs import lifecycle, queue, store
 
@@ -12,7 +13,8 @@ def cmd_runs(args) -> dict:
     actor = args.actor
     owner = actor.name if actor is not None and not actor.is_instructor else None
     runs = access.visible_runs(actor, store.list_runs(status=args.status, owner=owner))
-    return {"runs": [access.strip_hidden(actor, row) for row in run_summaries(runs)]}
+    hidden = hidden_test_datasets() if owner else set()
+    return {"runs": [access.strip_hidden(actor, row, hidden) for row in run_summaries(runs)]}
 
 
 def cmd_cancel(args) -> dict:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from engine.accounts import access, users
 from engine.accounts.actor import Actor
+from engine.classroom.assignments import check_submission
 from engine.config import RunConfig
 from engine.models.registry import parameter_count
 from engine.preflight import check_config
@@ -18,6 +19,7 @@ def create_run(config: RunConfig, status: str = "queued", study: str | None = No
     manifest = check_config(config)
     if actor is not None and not actor.is_instructor:
         access.check_dataset(actor, config.dataset_id, manifest)
+        check_submission(actor, config)             # an assignment's limits: epochs, image size, runs, deadline
     params = parameter_count(config.arch, manifest["channels"], manifest["num_classes"], options=config.model_options,
                              task=config.task)
     return store.insert_run(config.to_dict(), status=status, params=params, study=study, trial=trial,

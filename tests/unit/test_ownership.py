@@ -161,3 +161,41 @@ def test_as_before_the_command_and_an_unknown_user_in_a_real_process(classroom, 
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode != 0 and bad.stderr.strip() == ("error: There is no user 'mallory'; "
                                                            "`python -m engine user list` lists the users.")
+
+
+def test_runs_show_no_hidden_test_values_to_a_student_until_release(classroom, tiny_classification, capsys):
+    from engine.classroom.assignments import create_assignment, release
+    run_id = store.insert_run({**CONFIG, "dataset_id": tiny_classification}, owner="alice", status="queued")
+    store.set_status(run_id, "done")
+    store.update_run(run_id, test={"accuracy": 0.9, "loss": 0.3}, best={"accuracy": 0.8, "test_accuracy": 0.9})
+    create_assignment(PROF, tiny_classification, "hw1", hide_test=True)
+    (row,) = _cli(capsys, "runs", "--as", "alice")[1]["runs"]
+    assert "test" not in row and "test_accuracy" not in row["best"] and row["best"]["accuracy"] == 0.8
+    assert "0.9" not in json.dumps(row)
+    for who in ("prof", None):
+        (row,) = _cli(capsys, "runs", *(["--as", who] if who else []))[1]["runs"]
+        assert row["test"] == {"accuracy": 0.9, "loss": 0.3}
+    release(PROF, "hw1")
+    (row,) = _cli(capsys, "runs", "--as", "alice")[1]["runs"]
+    assert row["test"] == {"accuracy": 0.9, "loss": 0.3}
+
+
+def test_a_student_submit_is_held_to_the_assignment_and_to_shared_datasets(classroom, tiny_classification, capsys):
+    from engine.classroom.assignments import create_assignment
+    from engine.data.manifest import dataset_dir
+    create_assignment(PROF, tiny_classification, "hw1", max_epochs=1)
+    submit = ("submit", "--dataset", tiny_classification, "--arch", "lenet5", "--image-size", "32", "--epochs")
+    err = _refused(capsys, *submit, "3", "--as", "alice")
+    assert "allows Epochs up to 1" in err
+    assert _cli(capsys, *submit, "1", "--as", "alice")[0] == 0
+    assert _cli(capsys, *submit, "3", "--as", "prof")[0] == 0
+    path = dataset_dir(tiny_classification) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "owner": "bob"}))          # bob's own upload: not shared
+    err = _refused(capsys, *submit, "1", "--as", "alice")
+    assert "belongs to another student" in err
+    assert _cli(capsys, *submit, "1", "--as", "bob")[0] == 0
+    path.write_text(json.dumps({**manifest, "owner": "prof"}))         # an instructor's dataset: shared
+    assert _cli(capsys, *submit, "1", "--as", "alice")[0] == 0
+    owners = [r["owner"] for r in store.list_runs()]
+    assert sorted(owners) == ["alice", "alice", "bob", "prof"]

@@ -78,6 +78,7 @@ def _spawn(claim: Claim, gpu: int | None) -> subprocess.Popen:
 
 def run_worker(slots: int | None = None, until_idle: bool = False, poll: float = 1.0) -> int:
     """Claim and run jobs, `slots` at a time, each in its own process. Returns the number of jobs run."""
+    queue.max_running_per_user()        # a malformed per-user cap is refused before the worker registers
     gpus = gpu_count()
     slots = slots or max(1, gpus)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"

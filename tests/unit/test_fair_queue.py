@@ -109,6 +109,16 @@ def test_a_malformed_cap_is_one_sentence(lightbox_env, monkeypatch):
         queue.claim_next_job("w1")
 
 
+def test_worker_refuses_a_malformed_cap_in_one_line_before_registering(lightbox_env):
+    env = {**os.environ, "LIGHTBOX_MAX_RUNNING_PER_USER": "-1"}
+    done = subprocess.run([sys.executable, "-m", "engine", "worker", "--until-idle"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "LIGHTBOX_MAX_RUNNING_PER_USER" in done.stderr
+    with store.db().connect() as conn:
+        assert conn.execute(select(store.workers)).all() == []
+
+
 CLAIMER = textwrap.dedent("""
     import sys, time
     from engine.runs import queue, store

@@ -4,17 +4,22 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
+from engine.accounts import users
 from engine.accounts.actor import Actor
 from engine.classroom import assignments, handins
 from engine.cli import assignment as assignment_cli
 from engine.config import RunConfig
 from engine.errors import UserError
 from engine.runs import execute, store
-from engine.runs.submit import create_run
+from engine.runs.submit import create_run, submit
 
 TEACHER = Actor("teach", "instructor")
 ALICE = Actor("alice", "student")
@@ -196,3 +201,64 @@ def test_cli_handlers_create_handin_and_leaderboard(tmp_path, tiny_classificatio
     args = _parse("assignment", "handin", "Week 1", actor=ALICE)
     with pytest.raises(UserError, match="needs --run"):
         args.handler(args)
+
+
+# ---- through `python -m engine` (the contract) -----------------------------------------------------------------
+
+def _cli(home, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LIGHTBOX_HOME": str(home)}
+    env.pop("LIGHTBOX_DB_URL", None)
+    return subprocess.run([sys.executable, "-m", "engine", *args, "--json"], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def _ok(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _refused(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.skipif(bool(os.environ.get("LIGHTBOX_DB_URL")), reason="the CLI subprocesses use the SQLite workspace")
+def test_cli_assignment_hides_test_values_from_students_until_release(lightbox_env, tiny_classification):
+    """The contract lines through `python -m engine` (each call imports torch: kept to the ones that matter)."""
+    home = lightbox_env
+    for name, role in (("teach", "instructor"), ("alice", "student"), ("bob", "student")):
+        users.add_user(name, role, "a long enough password")
+    created = _ok(_cli(home, "assignment", "create", "--dataset", tiny_classification, "--name", "Week 1",
+                       "--hide-test", "--max-epochs", "2", "--runs-per-student", "2", "--as", "teach"))
+    assert created["assignment"]["hide_test"] and created["assignment"]["max_epochs"] == 2
+    assert created["assignment"]["runs_per_student"] == 2
+    run = _trained(tiny_classification, "alice")
+
+    (row,) = _ok(_cli(home, "runs", "--as", "alice"))["runs"]
+    assert row["run_id"] == run["id"] and "test" not in row and not any(k.startswith("test") for k in row["best"])
+    (row,) = _ok(_cli(home, "runs", "--as", "teach"))["runs"]
+    assert row["test"]["accuracy"] == run["test"]["accuracy"]
+
+    assert "belongs to another" in _refused(_cli(home, "assignment", "handin", "Week 1", "--run", run["id"],
+                                                 "--as", "bob"))
+    handed = _ok(_cli(home, "assignment", "handin", "Week 1", "--run", run["id"], "--as", "alice"))
+    assert handed["run_id"] == run["id"] and handed["value"] is None and handed["score"] is None
+    board = _ok(_cli(home, "assignment", "leaderboard", "Week 1", "--as", "teach"))
+    assert board["metric"] == "accuracy"
+    assert board["leaderboard"] == [{**board["leaderboard"][0], "rank": 1, "student": "alice",
+                                     "value": pytest.approx(run["test"]["accuracy"])}]
+
+    assignments.release(TEACHER, "Week 1")
+    (row,) = _ok(_cli(home, "runs", "--as", "alice"))["runs"]
+    assert row["test"]["accuracy"] == run["test"]["accuracy"]
+
+
+def test_submit_refuses_a_students_run_over_the_limit(tiny_classification):
+    """engine.runs.submit (engineer A) asks check_submission for a student's run; the instructor's is not limited."""
+    users.add_user("alice", "student", "a long enough password")
+    assignments.create_assignment(TEACHER, tiny_classification, "Week 1", max_epochs=2)
+    with pytest.raises(UserError, match="allows Epochs up to 2, not 3"):
+        submit(_config(tiny_classification, epochs=3), actor=ALICE)
+    assert store.list_runs() == []
+    submit(_config(tiny_classification, epochs=3), actor=TEACHER)

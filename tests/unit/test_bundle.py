@@ -2,17 +2,18 @@
 and `reproduce`, which re-runs it with the same seed and reports the difference in the headline metric."""
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 import zipfile
 
 import pytest
 
 from engine.accounts.actor import Actor
 from engine.classroom import assignments, bundle
-from engine.cli import reproduce as reproduce_cli
 from engine.config import RunConfig
 from engine.data.manifest import load_manifest
 from engine.errors import UserError
@@ -100,21 +101,23 @@ def test_a_students_bundle_carries_no_hidden_test_values(tmp_path, tiny_classifi
     assert json.loads(_members(tmp_path / "teacher.zip")["bundle.json"])["test"]["accuracy"] == run["test"]["accuracy"]
 
 
-def test_cli_module_bundles_and_reproduces(tmp_path, tiny_classification):
+def _cli(home, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LIGHTBOX_HOME": str(home)}
+    env.pop("LIGHTBOX_DB_URL", None)
+    return subprocess.run([sys.executable, "-m", "engine", *args, "--json", "--quiet"], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+@pytest.mark.skipif(bool(os.environ.get("LIGHTBOX_DB_URL")), reason="the CLI subprocesses use the SQLite workspace")
+def test_cli_bundle_then_reproduce(lightbox_env, tmp_path, tiny_classification):
     run = _trained(tiny_classification)
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-
-    def add(name, text):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--quiet", action="store_true")
-        return p
-
-    reproduce_cli.register(add)
-    args = parser.parse_args(["bundle", "--run", run["id"], str(tmp_path / "b.zip"), "--quiet"])
-    args.actor = None
-    assert args.handler(args)["path"] == str(tmp_path / "b.zip")
-    args = parser.parse_args(["reproduce", str(tmp_path / "b.zip"), "--quiet"])
-    args.actor = None
-    result = args.handler(args)
-    assert result["status"] == "done" and abs(result["difference"]) <= TOLERANCE
+    made = _cli(lightbox_env, "bundle", "--run", run["id"], str(tmp_path / "b.zip"))
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout.splitlines()[-1])["path"] == str(tmp_path / "b.zip")
+    again = _cli(lightbox_env, "reproduce", str(tmp_path / "b.zip"))
+    assert again.returncode == 0, again.stderr
+    result = json.loads(again.stdout.splitlines()[-1])
+    assert result["status"] == "done" and result["original"]["accuracy"] == run["best_value"]
+    assert abs(result["difference"]) <= TOLERANCE
+    missing = _cli(lightbox_env, "reproduce", str(tmp_path / "nope.zip"))
+    assert missing.returncode != 0 and missing.stderr.strip() == "error: nope.zip is not a file; give the bundle's .zip."

@@ -78,6 +78,9 @@ def test_reproduce_names_a_missing_dataset_and_a_bad_file_in_one_line(tmp_path, 
         archive.writestr("hello.txt", "hi")
     with pytest.raises(UserError, match="other.zip is not a Lightbox bundle"):
         bundle.reproduce(tmp_path / "other.zip")
+    assignments.create_assignment(TEACHER, tiny_classification, "Week 1", max_epochs=1)
+    with pytest.raises(UserError, match="allows Epochs up to 1, not 2"):       # a student's re-run obeys the limits
+        bundle.reproduce(tmp_path / "b.zip", ALICE)
     monkeypatch.setenv("LIGHTBOX_HOME", str(tmp_path / "elsewhere"))        # a workspace without those images
     with pytest.raises(UserError) as err:
         bundle.reproduce(tmp_path / "b.zip")

@@ -12,6 +12,8 @@ from typing import Sequence
 
 import torch
 
+from engine.accounts import users
+from engine.classroom import assignments
 from engine.config import RunConfig
 from engine.data.dataset import load_split
 from engine.errors import UserError, one_line, shown
@@ -40,6 +42,14 @@ def evaluate_test_split(trainer: Trainer) -> dict | None:
     return metrics
 
 
+def test_is_hidden(run: dict) -> bool:
+    """A student's run on an assignment whose test split is hidden is never scored on it by training: the test
+    is scored once, at hand-in (engine.classroom.handins), so no later read can leak a number to tune against."""
+    owner = run.get("owner")
+    return (bool(owner) and owner not in users.instructors()
+            and run["dataset_id"] in assignments.hidden_test_datasets())
+
+
 def execute_run(run_id: str, resume: bool = False, handlers: Sequence[Handler] = ()) -> dict:
     """Train a stored run to its end; the final status and message land in the store. Returns the run row.
 
@@ -60,7 +70,7 @@ def execute_run(run_id: str, resume: bool = False, handlers: Sequence[Handler] =
             handler.attach(events)
         store.update_run(run_id, epoch=start)
         state = trainer.fit(start_epoch=start)
-        test = evaluate_test_split(trainer)
+        test = None if test_is_hidden(run) else evaluate_test_split(trainer)
         store.update_run(run_id, test=test, progress=1.0)
         store.set_status(run_id, "done", state.stop_reason, only_if=store.STARTED)
     except RunCancelled:

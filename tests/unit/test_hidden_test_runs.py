@@ -1,0 +1,32 @@
+"""A hidden test split is not even computed for a student's run: only a hand-in scores it (issue 14)."""
+from __future__ import annotations
+
+from engine.accounts import users
+from engine.accounts.actor import Actor
+from engine.classroom import assignments
+from engine.config import RunConfig
+from engine.runs import execute, store
+from engine.runs.submit import create_run
+
+TEACHER = Actor("teach", "instructor")
+
+
+def _trained(dataset_id: str, owner: str | None) -> dict:
+    config = RunConfig(dataset_id=dataset_id, arch="lenet5", epochs=1, batch_size=8, image_size=32, preview_samples=0)
+    run_id = create_run(config, status="running")
+    store.update_run(run_id, owner=owner)
+    run = execute.run_job(run_id)
+    assert run["status"] == "done", run["message"]
+    return run
+
+
+def test_training_does_not_score_a_students_run_on_a_hidden_test(tiny_classification):
+    users.add_user("teach", "instructor", "a long enough password")
+    users.add_user("alice", "student", "another long password")
+    assert _trained(tiny_classification, "alice")["test"]              # no assignment yet: scored as always
+    assignments.create_assignment(TEACHER, tiny_classification, "Week 1", hide_test=True)
+    assert _trained(tiny_classification, "alice")["test"] is None      # hidden: nothing to read, strip or leak
+    assert _trained(tiny_classification, "teach")["test"]              # the instructor's own run is scored
+    assert _trained(tiny_classification, None)["test"]                 # so is a run made without accounts
+    assignments.release(TEACHER, "Week 1")
+    assert _trained(tiny_classification, "alice")["test"]              # released: back to normal

@@ -1,4 +1,7 @@
-"""Lightbox: the browser app. Declares the pages and draws the sidebar (workspace, device, queue)."""
+"""Lightbox: the browser app. Declares the pages and draws the sidebar (workspace, device, queue).
+
+With user accounts (classroom mode) a tab nobody has logged in to gets the login form in place of the page it asked
+for, and the Instructor page is declared for instructors only; with none, the menu is as it always was."""
 from __future__ import annotations
 
 import os
@@ -7,8 +10,11 @@ from pathlib import Path
 import streamlit as st
 
 from engine import device, workspace
-from engine.runs import store, worker
+from engine.accounts.actor import Actor
+from engine.runs import queue, store, worker
+from pages import _auth as auth
 from pages import _widgets as w
+from pages._login import login_form
 
 st.set_page_config(page_title="Lightbox", page_icon=":material/biotech:", layout="wide")
 
@@ -22,19 +28,22 @@ PAGES = (  # (file, title, icon)
     ("pages/search.py", "Search", ":material/tune:"),
     ("pages/predict.py", "Predict", ":material/image_search:"),
 )
+INSTRUCTOR_PAGE = ("pages/instructor.py", "Instructor", ":material/school:")
 # The sidebar re-reads the queue this often (seconds) while runs are queued or training, and less often when
 # nothing is: each tick costs the server ~15 ms of CPU per open tab (benchmarks/monitor.md).
 QUEUE_SECONDS_BUSY = 5
 QUEUE_SECONDS_IDLE = 30
 
 
-def declared_pages() -> list:
-    """The menu. A page file that is missing is an installation error, said at once, not a page that vanishes."""
-    missing = [path for path, _, _ in PAGES if not (HERE / path).is_file()]
+def declared_pages(actor: Actor | None = None) -> list:
+    """The menu. A page file that is missing is an installation error, said at once, not a page that vanishes.
+    An instructor also gets the Instructor page."""
+    missing = [path for path, _, _ in (*PAGES, INSTRUCTOR_PAGE) if not (HERE / path).is_file()]
     if missing:
         raise FileNotFoundError(f"Lightbox is incomplete: {', '.join(missing)} is missing next to {HERE.name}/"
                                 "streamlit_app.py; restore it (e.g. `git checkout -- pages/`).")
-    return [st.Page(path, title=title, icon=icon, default=(path == "pages/home.py")) for path, title, icon in PAGES]
+    chosen = (*PAGES, INSTRUCTOR_PAGE) if actor is not None and actor.is_instructor else PAGES
+    return [st.Page(path, title=title, icon=icon, default=(path == "pages/home.py")) for path, title, icon in chosen]
 
 
 @st.cache_resource(show_spinner=False)
@@ -83,7 +92,17 @@ def queue_seconds() -> float:
     return QUEUE_SECONDS_BUSY if any(counts.get(status) for status in store.ACTIVE) else QUEUE_SECONDS_IDLE
 
 
-def queue_panel() -> None:
+def queue_places(owner: str) -> list[str]:
+    """'Your run NAME is number 3 in the queue.' for each queued run of one user (the engine's fair order)."""
+    lines = []
+    for run in reversed(store.list_runs(status=["queued"], owner=owner)):      # oldest first
+        place = queue.queue_position(run["id"])
+        if place is not None:
+            lines.append(f"Your run {w.as_text(run.get('name') or run['id'])} is number {place} in the queue.")
+    return lines
+
+
+def queue_panel(actor: Actor | None = None) -> None:
     """Queue counts and workers. Reads only (the worker marks silent runs interrupted), so a tick is cheap."""
     with w.shows_errors("Reading the queue"):
         counts = store.run_counts()
@@ -93,17 +112,34 @@ def queue_panel() -> None:
         left.metric("Running", started, help="Training now, or starting (loading data and building the model).")
         right.metric("Queued", counts.get("queued", 0))
         st.caption(worker_line(workers, counts))
+        if actor is not None and counts.get("queued"):
+            for line in queue_places(actor.name):
+                st.caption(line)
 
 
-def sidebar() -> None:
+def account_panel(actor: Actor) -> None:
+    st.caption(f"Logged in as **{w.as_text(actor.name)}** ({actor.role})")
+    st.button("Log out", key="auth_logout", on_click=auth.log_out, icon=":material/logout:")
+
+
+def sidebar(actor: Actor | None) -> None:
     with st.sidebar:
+        auth.write_cookie()
+        if actor is not None:
+            account_panel(actor)
         st.caption(f"Workspace: {w.as_text(workspace.home())}")      # a folder name is text, whatever it holds
         st.caption(f"Training device: **{device_name()}**")
-        st.fragment(run_every=queue_seconds())(queue_panel)()
+        st.fragment(run_every=queue_seconds())(queue_panel)(actor)
         st.caption(w.DISCLAIMER)
 
 
-navigation = st.navigation(declared_pages())
+accounts = auth.accounts_on()
+user = auth.signed_in() if accounts else None
+locked = accounts and user is None
+navigation = st.navigation(declared_pages(user))
 start_worker_once()
-sidebar()
-navigation.run()
+sidebar(user)
+if locked:
+    login_form()
+else:
+    navigation.run()

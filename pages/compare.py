@@ -12,6 +12,7 @@ from engine.diagnosis import compare_runs, diagnose
 from engine.errors import UserError
 from engine.runs import crossval, store
 from engine.tasks import LOWER_IS_BETTER, TASKS
+from pages import _auth as auth
 from pages import _widgets as w
 
 NOTICED_RUNS = 10          # diagnose the top of the ranking, not hundreds of runs on every rerun
@@ -234,8 +235,9 @@ def class_names(dataset_id: str) -> list[str]:
 
 
 st.title("Compare")
+actor = auth.page_actor()
 with w.shows_errors("Reading the runs"):
-    runs = store.list_runs()
+    runs = auth.shown_runs(actor, store.list_runs())
     if not runs:
         st.info("No runs to compare yet. Train a few models on the **Train** page, then come back.")
         st.stop()

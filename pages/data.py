@@ -9,6 +9,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+from engine.accounts import access
 from engine.data import dicom
 from engine.data.dataset import SPLITS, list_datasets, load_manifest
 from engine.data.demo import DEMOS, ensure_demo_dataset
@@ -16,6 +17,7 @@ from engine.data.ingest import ingest, ingest_files
 from engine.data.resplit import resplit
 from engine.runs import lifecycle
 from engine.training.augment import AUGMENTATIONS, preview
+from pages import _auth as auth
 from pages import _widgets as w
 
 SECTIONS = ("Bring data", "Explore a dataset", "DICOM viewer", "Augmentation preview")
@@ -170,6 +172,7 @@ def explore() -> None:
     manifest = _pick_dataset("explore_dataset")
     if manifest is None:
         return
+    hidden = manifest.get("test_hidden")
     report = manifest.get("report") or {}
     samples = pd.DataFrame(manifest["samples"])
     classification = manifest["task"] == "classification"
@@ -180,7 +183,11 @@ def explore() -> None:
     cols[1].metric("Classes", manifest["num_classes"])
     cols[2].metric("Channels", manifest["channels"])
     cols[3].metric("Patients", report.get("patients") or (report.get("groups") or {}).get("count") or "–")
-    checks(manifest, report)
+    if hidden:
+        st.info(f"The test split ({hidden} images) belongs to an assignment and stays hidden until your instructor "
+                "releases it; only the training and validation images are shown.")
+    else:           # the checks show copies and patients across the splits, the test split too
+        checks(manifest, report)
 
     left, right = st.columns(2)
     with left:
@@ -214,13 +221,17 @@ def explore() -> None:
         st.success("Every file was read; nothing was skipped.")
 
     gallery(manifest, samples)
+    if hidden:
+        return
     groups_panel(manifest, report)
+    if auth.is_student(ACTOR) and manifest.get("owner") != ACTOR.name:
+        return              # the instructor's dataset: the engine would refuse, so no button
     with st.expander("Delete this dataset"):
         st.caption("Removes the stored images and masks. Runs trained on it keep their results.")
         sure = st.checkbox(f"Yes, delete {w.as_text(manifest['name'])}", key="delete_sure")
         if st.button("Delete", disabled=not sure, key="delete_dataset"):
             with w.shows_errors("Deleting the dataset"):
-                lifecycle.delete_dataset(manifest["id"])
+                lifecycle.delete_dataset(manifest["id"], actor=ACTOR)
                 st.session_state.pop("dataset_id", None)
                 st.rerun()
 
@@ -294,14 +305,20 @@ def groups_panel(manifest: dict, report: dict) -> None:
 
 
 def _pick_dataset(key: str) -> dict | None:
-    datasets = list_datasets()
+    """The chosen dataset's manifest, among those this user may see; a student's copy of an assignment with a hidden
+    test has no test samples (and says how many it left out in "test_hidden")."""
+    datasets = [d for d in list_datasets() if access.can_see_dataset(ACTOR, d)]
     if not datasets:
         st.info("No datasets yet: upload images or create a demo dataset first.")
         st.button("Bring data", on_click=goto_section, args=("Bring data",), key=f"{key}_none")
         return None
     picked = w.pick_dataset(datasets, key=key)
     with w.shows_errors("Opening the dataset"):
-        return load_manifest(picked["id"])
+        manifest = load_manifest(picked["id"])
+        if auth.test_hidden(ACTOR, manifest["id"]):
+            kept = [x for x in manifest["samples"] if x["split"] != "test"]
+            manifest = {**manifest, "samples": kept, "test_hidden": len(manifest["samples"]) - len(kept)}
+        return manifest
     return None
 
 
@@ -444,6 +461,7 @@ def augmentation_preview() -> None:
 
 
 st.title("Data")
+ACTOR = auth.page_actor()
 tabs = st.tabs(SECTIONS, key="data_section", on_change="rerun")
 for tab, draw in zip(tabs, (bring_data, explore, dicom_viewer, augmentation_preview)):
     with tab:

@@ -7,6 +7,7 @@ from engine.config import RunConfig
 from engine.data.demo import DEMOS, ensure_demo_dataset
 from engine.models.registry import get_spec
 from engine.runs import submit
+from pages import _auth as auth
 from pages import _widgets as w
 
 # The demo buttons and the model each demo trains with its defaults.
@@ -27,6 +28,7 @@ def demo_config(dataset_id: str, task: str) -> RunConfig:
 
 
 st.title("Lightbox")
+ACTOR = auth.page_actor()
 st.markdown(
     "A deep-learning lab for medical images that needs no code.  \n"
     "Bring a folder or ZIP of images (PNG, JPEG or DICOM), pick a classic architecture, and train it.  \n"
@@ -58,7 +60,7 @@ else:
                "Change any of it later on the Train page.")
     if st.button(f"Train a {title} with defaults", type="primary", key="demo_train"):
         with w.shows_errors("Starting the demo run"):
-            run_id = submit.submit(demo_config(dataset_id, task))
+            run_id = submit.submit(demo_config(dataset_id, task), **auth.acting(ACTOR))
             w.open_run(run_id)
 st.markdown("**3. Watch it learn** on the Monitor page, which opens by itself.")
 

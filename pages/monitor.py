@@ -1,17 +1,25 @@
-"""Monitor: follow one run live (status, progress, curves, sample predictions); stop, resume or delete it."""
+"""Monitor: follow one run live (status, progress, curves, sample predictions); stop, resume or delete it; hand it
+in to an assignment or download its reproducible bundle. With accounts, a student sees only their own runs (the
+engine's access rules) and no test values of a hidden-test assignment."""
 from __future__ import annotations
 
 import os
 import re
+import tempfile
+from pathlib import Path
 
 import streamlit as st
 
+from engine.accounts import access
+from engine.accounts.actor import Actor
+from engine.classroom import assignments, bundle, handins
 from engine.data.manifest import manifest_or_none
 from engine.diagnosis import diagnose
 from engine.errors import UserError, shown
 from engine.runs import lifecycle, queue, store, worker
 from engine.runs.paths import latest_preview
 from engine.tasks import METRIC_NOTES, auc_accuracy_note
+from pages import _auth as auth
 from pages import _widgets as w
 
 # A refresh every 2 s slowed CPU training by 3.3 % (benchmarks/monitor.md); 5 s keeps it within 2 %.
@@ -23,10 +31,10 @@ def can_resume(run: dict) -> bool:
     return run["status"] in RESUMABLE or (run["status"] == "done" and (run["epoch"] or 0) < (run["epochs"] or 0))
 
 
-def stop(run_id: str) -> None:
+def stop(run_id: str, actor: Actor | None = None) -> None:
     """Button callback: runs before the page redraws, so the page shows the new status at once."""
     try:
-        outcome = lifecycle.cancel(run_id)
+        outcome = lifecycle.cancel(run_id, actor=actor)
         st.session_state["monitor_notice"] = ("info", {
             "cancelled": "Cancelled before it started.",
             "cancelling": "Stopping at the next training step; the last finished epoch is kept.",
@@ -35,17 +43,17 @@ def stop(run_id: str) -> None:
         st.session_state["monitor_notice"] = ("error", _sentence(err, "Could not stop the run"))
 
 
-def resume(run_id: str) -> None:
+def resume(run_id: str, actor: Actor | None = None) -> None:
     try:
-        lifecycle.resume(run_id)
+        lifecycle.resume(run_id, actor=actor)
         st.session_state["monitor_notice"] = ("success", "Queued again: it continues from its last finished epoch.")
     except Exception as err:  # noqa: BLE001
         st.session_state["monitor_notice"] = ("error", _sentence(err, "Could not resume the run"))
 
 
-def delete(run_id: str) -> None:
+def delete(run_id: str, actor: Actor | None = None) -> None:
     try:
-        lifecycle.delete(run_id)
+        lifecycle.delete(run_id, actor=actor)
         st.session_state.pop("run_id", None)
         st.session_state["monitor_notice"] = ("success", f"Deleted run {w.as_text(run_id)} with its checkpoints "
                                               "and curves.")
@@ -53,14 +61,14 @@ def delete(run_id: str) -> None:
         st.session_state["monitor_notice"] = ("error", _sentence(err, "Could not delete the run"))
 
 
-def delete_panel(run: dict) -> None:
+def delete_panel(run: dict, actor: Actor | None = None) -> None:
     if run["status"] in store.ACTIVE:
         st.caption("Stop the run before deleting it.")
         return
     st.caption("Removes the run from every page, with its curves, checkpoints and sample pictures. "
                "Download the model first (Predict page) if you want to keep it.")
     sure = st.checkbox(f"Yes, delete run {w.as_text(run['id'])}", key=f"monitor_delete_sure_{run['id']}")
-    st.button("Delete run", key="monitor_delete", on_click=delete, args=(run["id"],), disabled=not sure)
+    st.button("Delete run", key="monitor_delete", on_click=delete, args=(run["id"], actor), disabled=not sure)
 
 
 def _sentence(err: Exception, what: str) -> str:
@@ -83,21 +91,26 @@ def choose_run(runs: list[dict]) -> dict:
     return by_id[picked]
 
 
-def header(run: dict) -> None:
+def show_notice() -> None:
+    """What the last button did (set by its callback)."""
+    notice = st.session_state.pop("monitor_notice", None)
+    if notice:
+        getattr(st, notice[0])(notice[1])
+
+
+def header(run: dict, actor: Actor | None = None) -> None:
     cols = st.columns([4, 1, 1])
     with cols[0]:
         st.markdown(f"### {w.as_text(run['name'] or run['arch'])}")
         st.caption(f"`{run['id']}` · model **{run['arch']}** · dataset **{w.as_text(run['dataset_id'])}** · "
                    f"created {w.when(run['created_at'])}")
         w.status_badge(run["status"])
-    cols[1].button("Stop", key="monitor_stop", on_click=stop, args=(run["id"],), width="stretch",
+    cols[1].button("Stop", key="monitor_stop", on_click=stop, args=(run["id"], actor), width="stretch",
                    disabled=run["status"] not in store.ACTIVE or bool(run.get("cancel_requested")),
                    help="Stops at the next step; the last finished epoch is kept and can be resumed.")
-    cols[2].button("Resume", key="monitor_resume", on_click=resume, args=(run["id"],), width="stretch",
+    cols[2].button("Resume", key="monitor_resume", on_click=resume, args=(run["id"], actor), width="stretch",
                    disabled=not can_resume(run), help="Continue from the last finished epoch.")
-    notice = st.session_state.pop("monitor_notice", None)
-    if notice:
-        getattr(st, notice[0])(notice[1])
+    show_notice()
     message = w.as_text(run.get("message") or "")       # the engine's words, which may quote a file name
     if run["status"] == "failed":
         st.error(f"The run failed: {message or 'no reason was recorded.'}")
@@ -210,11 +223,12 @@ def sample_predictions(run: dict) -> None:
     st.image(str(path), caption=f"Validation images after epoch {epoch} ({how})", output_format="PNG")
 
 
-def live_panel(run_id: str, seen_status: str) -> None:
+def live_panel(run_id: str, seen_status: str, actor: Actor | None = None) -> None:
     run = store.get_run(run_id)
     if run is None:
         st.error("This run was removed from the store.")
         return
+    run = access.strip_hidden(actor, access.check_run(actor, run, "follow"))
     if run["status"] != seen_status:
         st.rerun()          # the whole page follows the new status (buttons, messages, whether to poll)
     # Plain columns, not a DataFrame: this reruns every few seconds while a run trains (benchmarks/monitor.md)
@@ -237,23 +251,73 @@ def live_panel(run_id: str, seen_status: str) -> None:
     sample_predictions(run)
 
 
+def hand_in(name: str, run_id: str, actor: Actor | None) -> None:
+    """Button callback: the engine scores the run once on the assignment's test split and keeps the hand-in."""
+    try:
+        done = handins.hand_in(actor, name, run_id)
+        title = w.METRIC_TITLES.get(done["metric"], done["metric"])
+        score = "" if done.get("value") is None else f" Its test {title}: {done['value']:.3f}."
+        st.session_state["monitor_notice"] = ("success", f"Handed in to {w.as_text(name)}.{score}")
+    except Exception as err:  # noqa: BLE001
+        st.session_state["monitor_notice"] = ("error", _sentence(err, "Could not hand the run in"))
+
+
+def handin_panel(run: dict, actor: Actor | None) -> None:
+    """'Hand in' for a finished run on an assignment's dataset (the owner's own run; the engine checks)."""
+    found = assignments.assignment_for_dataset(run["dataset_id"])
+    if found is None or (actor is not None and run.get("owner") not in (None, actor.name)):
+        return
+    given = assignments.handin_of_run(run["id"])
+    if given is not None:
+        st.caption(f"Handed in to assignment {w.as_text(found['name'])}.")
+        return
+    limits = f" The deadline is {found['deadline_iso']}." if found.get("deadline_iso") else ""
+    st.caption(f"This run is on the dataset of assignment {w.as_text(found['name'])}. Handing it in scores it once "
+               f"on the assignment's test split; your latest hand-in is the one that counts.{limits}")
+    st.button("Hand in", key="monitor_handin", on_click=hand_in, args=(found["name"], run["id"], actor),
+              type="primary", disabled=run["status"] != "done",
+              help="Only a finished run can be handed in.")
+
+
+def bundle_panel(run: dict, actor: Actor | None) -> None:
+    """One ZIP with what it takes to re-run this run: config, seed, dataset fingerprint, versions, curves, model."""
+    key = f"monitor_bundle_{run['id']}"
+    st.caption("Settings, seed, dataset fingerprint, library versions, curves, diagnosis and the exported model; "
+               "`python -m engine reproduce BUNDLE.zip` trains it again and reports the difference.")
+    if st.button("Prepare the bundle", key="monitor_bundle_build", disabled=run["status"] != "done"):
+        with w.shows_errors("Making the bundle"), st.spinner("Exporting the model…"), \
+                tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"lightbox-{run['id']}-bundle.zip"
+            bundle.make_bundle(actor, run["id"], path)
+            st.session_state[key] = path.read_bytes()
+    if key in st.session_state:
+        st.download_button("Download reproducible bundle", st.session_state[key],
+                           f"lightbox-{run['id']}-bundle.zip", "application/zip", key="monitor_bundle_download")
+
+
 def main() -> None:
     st.title("Monitor")
+    actor = auth.page_actor()
     with w.shows_errors("Reading the runs"):
         queue.mark_stale_runs()
-        runs = store.list_runs()
+        runs = auth.shown_runs(actor, store.list_runs())
         if not runs:
+            show_notice()           # a refused click on a run this user no longer sees
             st.info("No runs yet. Start one on the **Train** page, or from a demo on **Home**.")
             st.stop()
         run = choose_run(runs)
-        header(run)
+        header(run, actor)
         # Poll the store only while the run can still change; a finished run is drawn once.
         panel = st.fragment(run_every=POLL_SECONDS if run["status"] in store.ACTIVE else None)(live_panel)
-        panel(run["id"], run["status"])
+        panel(run["id"], run["status"], actor)
+        if run["status"] == "done":
+            handin_panel(run, actor)
+            with st.expander("Download reproducible bundle"):
+                bundle_panel(run, actor)
         with st.expander("Settings of this run"):
             st.json(run["config"], expanded=False)
         with st.expander("Delete this run"):
-            delete_panel(run)
+            delete_panel(run, actor)
 
 
 if __name__ == "__main__":      # Streamlit runs pages as __main__; benchmarks import the panel alone

@@ -9,6 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from engine.accounts.actor import Actor
 from engine.data.dataset import load_sample
 from engine.errors import UserError
 from engine.inference.batch import (
@@ -28,6 +29,7 @@ from engine.inference.predict import (
 from engine.models.registry import get_spec
 from engine.tasks import HEADLINE_METRICS, METRIC_NOTES, auc_accuracy_note
 from engine.visualize.gradcam import heat_scale
+from pages import _auth as auth
 from pages import _widgets as w
 
 MAX_SHOWN = 12          # more images than this belong in a ZIP: every rerun predicts them all again
@@ -35,8 +37,8 @@ COMPARE_LEGEND = "filled: model · green outline: the given mask"
 SCALE_CAPTION = "Colour scale of the map: attention from low (blue) to high (red)"
 
 
-def pick_run() -> dict | None:
-    runs = {r["id"]: r for r in predictable_runs()}
+def pick_run(actor: Actor | None = None) -> dict | None:
+    runs = {r["id"]: r for r in auth.shown_runs(actor, predictable_runs())}
     if not runs:
         st.info("There is no trained model yet; train one on the Train page, then come back.")
         return None
@@ -46,7 +48,7 @@ def pick_run() -> dict | None:
     return runs[run_id]
 
 
-def run_card(run: dict, predictor: Predictor) -> None:
+def run_card(run: dict, predictor: Predictor, test_hidden: bool = False) -> None:
     """Architecture, validation and held-out test results of the chosen run."""
     spec = get_spec(run["arch"], predictor.task)
     st.markdown(f"**{spec.title}** · {predictor.task} · classes: {w.as_text(', '.join(predictor.classes))} · "
@@ -57,7 +59,9 @@ def run_card(run: dict, predictor: Predictor) -> None:
         st.caption(note)
     test = run.get("test")
     with st.expander("Held-out test report"):
-        if not test:
+        if test_hidden:
+            st.write("The test split of this assignment is hidden until your instructor releases it.")
+        elif not test:
             st.write("This run has no test-split results (its dataset had no test images).")
         else:
             st.caption(f"{test.get('n', '?')} test images, never used for training or for picking the checkpoint.")
@@ -98,14 +102,15 @@ def _number(value) -> str:
     return "–" if not isinstance(value, (int, float)) or value != value else f"{value:.3f}"
 
 
-def gather(predictor: Predictor, tta: bool) -> list[Prediction]:
-    """Predictions for the images chosen in one of three ways: uploads, a ZIP, or the test split."""
-    source = st.radio("Images", ["Upload images", "Upload a ZIP", "Test-split samples"], horizontal=True,
-                      key="predict_source")
+def gather(predictor: Predictor, tta: bool, actor: Actor | None = None, test_hidden: bool = False) -> list[Prediction]:
+    """Predictions for the images chosen in one of three ways: uploads, a ZIP, or the test split (not while an
+    assignment hides it from this student)."""
+    sources = ["Upload images", "Upload a ZIP"] + ([] if test_hidden else ["Test-split samples"])
+    source = st.radio("Images", sources, horizontal=True, key="predict_source")
     if source == "Upload images":
         return from_uploads(predictor, tta)
     if source == "Upload a ZIP":
-        from_zip(predictor, tta)
+        from_zip(predictor, tta, actor)
         return []
     return from_test_split(predictor, tta)
 
@@ -134,14 +139,14 @@ def from_uploads(predictor: Predictor, tta: bool) -> list[Prediction]:
     return predictions
 
 
-def from_zip(predictor: Predictor, tta: bool) -> None:
+def from_zip(predictor: Predictor, tta: bool, actor: Actor | None = None) -> None:
     upload = st.file_uploader("ZIP of images (masks/ folder optional)", type="zip", key="predict_zip")
     if not upload:
         return
     path = w.spool_one(upload, "predict")
     try:
         with tempfile.TemporaryDirectory() as out, st.spinner("Predicting every image in the ZIP…"):
-            csv_path = predict_zip(predictor.run_id, path, out, tta)
+            csv_path = predict_zip(predictor.run_id, path, out, tta, actor=actor)
             text = csv_path.read_text()
     finally:
         w.remove_quietly(path)
@@ -225,13 +230,13 @@ def _title(prediction: Prediction) -> str:
     return prediction.name + (f" (frame {prediction.frame + 1})" if prediction.frame else "")
 
 
-def export_panel(run_id: str) -> None:
+def export_panel(run_id: str, actor: Actor | None = None) -> None:
     st.subheader("Export the model")
     st.caption("TorchScript model, preprocessing.json and a model card, for use outside Lightbox.")
     key = f"predict_export_{run_id}"
     if st.button("Prepare export", key="predict_export_build"):
         with w.shows_errors("Exporting"), st.spinner("Tracing the model…"):
-            st.session_state[key] = export_zip(run_id)
+            st.session_state[key] = export_zip(run_id, actor=actor)
     if key in st.session_state:
         st.download_button("Download model (ZIP)", st.session_state[key], f"lightbox-{run_id}.zip",
                            "application/zip", key="predict_export_download")
@@ -240,12 +245,14 @@ def export_panel(run_id: str) -> None:
 def main() -> None:
     st.title("Predict")
     st.caption(w.DISCLAIMER)
-    run = pick_run()
+    actor = auth.page_actor()
+    run = pick_run(actor)
     if run is None:
         return
+    test_hidden = auth.test_hidden(actor, run["dataset_id"])
     with w.shows_errors("Loading the model"):
-        predictor = load_predictor(run["id"])
-        run_card(run, predictor)
+        predictor = load_predictor(run["id"], actor=actor)
+        run_card(run, predictor, test_hidden)
         cols = st.columns(3)
         tta = cols[0].checkbox("Test-time augmentation", key="predict_tta",
                                help="Average the prediction with that of the flipped image.")
@@ -254,7 +261,7 @@ def main() -> None:
             opacity = cols[1].slider("Mask opacity", 0.0, 1.0, 0.45, 0.05, key="predict_opacity")
         else:
             explain = cols[1].checkbox("Show Grad-CAM", value=True, key="predict_gradcam")
-        predictions = gather(predictor, tta)
+        predictions = gather(predictor, tta, actor, test_hidden)
         for index, prediction in enumerate(predictions):
             st.divider()
             if predictor.task == "classification":
@@ -265,7 +272,7 @@ def main() -> None:
             st.download_button("Download results (CSV)", results_csv([p.row() for p in predictions]),
                                "results.csv", "text/csv", key="predict_results_csv")
         st.divider()
-        export_panel(run["id"])
+        export_panel(run["id"], actor)
 
 
 main()

@@ -15,6 +15,7 @@ from engine.search import baseline
 from engine.search import study as search
 from engine.search.plots import PLOT_NOTES, available_plots, fingerprint
 from engine.training.losses import losses_for
+from pages import _auth as auth
 from pages import _settings as s
 from pages import _widgets as w
 
@@ -405,6 +406,11 @@ def results(studies: list[dict]) -> None:
 st.title("Search")
 st.caption("Let Optuna try many training settings for you. Each trial is an ordinary run; weak ones are stopped "
            "early, and the plots show which settings mattered.")
+if auth.is_student(auth.page_actor()):
+    # A search queues many runs at once, past the per-student limits and the fair share of the queue.
+    st.info("In a class, searches are for the instructor: each one queues many runs at once. Train your runs on "
+            "the **Train** page.")
+    st.stop()
 with w.shows_errors("Reading the searches"):
     studies = search.list_studies()
     with st.expander("New search", expanded=not studies, icon=":material/add:"):

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import streamlit as st
 
+from engine.accounts import access
 from engine.config import SCHEDULE_TITLES, RunConfig
 from engine.data.folds import group_count
 from engine.data.manifest import list_datasets, load_manifest
@@ -21,6 +22,7 @@ from engine.runs import crossval, submit
 from engine.tasks import METRIC_TITLES, default_loss, headline_metric, monitor_choices
 from engine.training.augment import AUGMENTATIONS
 from engine.training.losses import losses_for
+from pages import _auth as auth
 from pages import _settings as s
 from pages import _widgets as w
 
@@ -190,7 +192,7 @@ def launch(config: RunConfig, problem: str | None) -> None:
                 _, run_ids = crossval.create_folds(config, config.folds)
                 run_id, what = run_ids[0], f"{len(run_ids)} cross-validation runs ({', '.join(run_ids)})"
             else:
-                run_id = submit.submit(config)
+                run_id = submit.submit(config, **auth.acting(ACTOR))
                 what = f"run `{run_id}`"
             if start:
                 w.open_run(run_id)
@@ -199,7 +201,8 @@ def launch(config: RunConfig, problem: str | None) -> None:
 
 
 st.title("Train")
-datasets = list_datasets()
+ACTOR = auth.page_actor()
+datasets = [d for d in list_datasets() if access.can_see_dataset(ACTOR, d)]
 if not datasets:
     st.info("There is no dataset yet. Upload images on the **Data** page, or start from a demo on **Home**.")
     st.stop()

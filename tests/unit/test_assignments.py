@@ -119,29 +119,33 @@ def test_a_passed_deadline_closes_submissions(tiny_classification):
 # ---- hand-in, scored once, hidden values -----------------------------------------------------------------------
 
 def test_hand_in_is_scored_once_on_the_test_split_and_hidden_from_students(tiny_classification):
+    early = _trained(tiny_classification, "alice")          # trained before the test was hidden: scored by training
     assignments.create_assignment(TEACHER, tiny_classification, "Week 1", hide_test=True)
-    mine = _trained(tiny_classification, "alice")
+    mine = _trained(tiny_classification, "alice", lr=3e-3)
+    assert mine["test"] is None                             # training no longer scores it on the hidden test
     with pytest.raises(UserError) as err:
         handins.hand_in(BOB, "Week 1", mine["id"])
     assert "belongs to another" in _one_line(err) and "hand in your own runs" in _one_line(err)
 
-    result = handins.hand_in(ALICE, "Week 1", mine["id"])
-    assert result["student"] == "alice" and result["run_id"] == mine["id"]
+    result = handins.hand_in(ALICE, "Week 1", early["id"])
+    assert result["student"] == "alice" and result["run_id"] == early["id"]
     assert result["value"] is None and result["score"] is None and not result["test_visible"]
-    stored = assignments.handin_of_run(mine["id"])
+    stored = assignments.handin_of_run(early["id"])
     # The score is the best checkpoint on the test split, computed as the trainer computes a run's test metrics.
-    assert stored["metric"] == "accuracy" and stored["score"]["n"] == mine["test"]["n"]
-    assert math.isclose(stored["value"], mine["test"]["accuracy"], abs_tol=1e-9)
-    assert stored["score"]["balanced_accuracy"] == pytest.approx(mine["test"]["balanced_accuracy"])
-
+    assert stored["metric"] == "accuracy" and stored["score"]["n"] == early["test"]["n"]
+    assert math.isclose(stored["value"], early["test"]["accuracy"], abs_tol=1e-9)
+    assert stored["score"]["balanced_accuracy"] == pytest.approx(early["test"]["balanced_accuracy"])
     with pytest.raises(UserError) as err:
-        handins.hand_in(ALICE, "Week 1", mine["id"])
+        handins.hand_in(ALICE, "Week 1", early["id"])
     assert "already handed in" in _one_line(err)
 
+    assert handins.hand_in(ALICE, "Week 1", mine["id"])["value"] is None     # the latest hand-in stands
+    scored = assignments.handin_of_run(mine["id"])
+    assert scored["score"]["n"] == stored["score"]["n"] and 0.0 <= scored["value"] <= 1.0
     (row,) = assignments.leaderboard(ALICE, "Week 1")
-    assert row["student"] == "alice" and row["value"] is None and row["rank"] is None
+    assert row["student"] == "alice" and row["run_id"] == mine["id"] and row["value"] is None and row["rank"] is None
     (row,) = assignments.leaderboard(TEACHER, "Week 1")
-    assert row == {**row, "rank": 1, "student": "alice", "run_id": mine["id"], "value": stored["value"]}
+    assert row == {**row, "rank": 1, "student": "alice", "run_id": mine["id"], "value": scored["value"]}
 
 
 def test_leaderboard_ranks_latest_handins_and_pseudonymises_others(tiny_classification):
@@ -229,11 +233,11 @@ def test_cli_assignment_hides_test_values_from_students_until_release(lightbox_e
     home = lightbox_env
     for name, role in (("teach", "instructor"), ("alice", "student"), ("bob", "student")):
         users.add_user(name, role, "a long enough password")
+    run = _trained(tiny_classification, "alice")           # before the assignment: training scored its test split
     created = _ok(_cli(home, "assignment", "create", "--dataset", tiny_classification, "--name", "Week 1",
                        "--hide-test", "--max-epochs", "2", "--runs-per-student", "2", "--as", "teach"))
     assert created["assignment"]["hide_test"] and created["assignment"]["max_epochs"] == 2
     assert created["assignment"]["runs_per_student"] == 2
-    run = _trained(tiny_classification, "alice")
 
     (row,) = _ok(_cli(home, "runs", "--as", "alice"))["runs"]
     assert row["run_id"] == run["id"] and "test" not in row and not any(k.startswith("test") for k in row["best"])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 from sqlalchemy import and_, func, insert, or_, select, text, update
 from sqlalchemy.engine import Connection
@@ -140,9 +140,17 @@ def claim_next_job(worker_id: str) -> Claim | None:
 def queue_position(run_id: str) -> int | None:
     """1-based place of a queued run in the fair order (1 = starts when the next slot frees); None when the run
     is not waiting in the queue."""
+    return queue_positions().get(run_id)
+
+
+def queue_positions() -> dict[str, int]:
+    """Every queued run's place in the fair order, from one read of the queue (a sidebar listing several runs)."""
     with store.db().connect() as conn:
         order = _queue_state(conn, max_running_per_user())
-    return next((place for place, job in enumerate(order, 1) if job.run_id == run_id), None)
+    places: dict[str, int] = {}
+    for place, job in enumerate(order, 1):
+        places.setdefault(job.run_id, place)
+    return places
 
 
 def finish_job(job_id: int) -> None:

@@ -83,7 +83,7 @@ def test_queue_position_follows_the_fair_order(lightbox_env):
     for place, owner in enumerate(ROUND_ROBIN, 1):      # the n-th run of each owner takes the n-th slot of theirs
         expected[[r for r, o in zip(run_ids, CLASS) if o == owner][seen[owner]]] = place
         seen[owner] += 1
-    assert {r: queue.queue_position(r) for r in run_ids} == expected
+    assert {r: queue.queue_position(r) for r in run_ids} == expected == queue.queue_positions()
     claim = queue.claim_next_job("w1")
     assert queue.queue_position(claim.run_id) is None and queue.queue_position("0000-000000-none") is None
     assert queue.queue_position(run_ids[4]) == 1         # b's first run is next

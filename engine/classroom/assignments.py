@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from io import StringIO
 from typing import Any
 
-from sqlalchemy import Boolean, Column, Float, Integer, String, Table, Text, func, insert, select, update
+from sqlalchemy import Boolean, Column, Float, Integer, String, Table, Text, exc, func, insert, select, update
 
 from engine import workspace
 from engine.accounts.actor import Actor
@@ -235,7 +235,7 @@ def record_handin(assignment: dict, student: str, run_id: str, score: dict) -> d
     try:
         with _db().begin() as conn:
             row["id"] = conn.execute(insert(handins).values(**row)).inserted_primary_key[0]
-    except Exception as err:  # noqa: BLE001 - IntegrityError under each driver's own name
+    except exc.IntegrityError as err:
         if handin_of_run(run_id) is not None:
             raise already_handed_in(run_id) from err
         raise

@@ -168,6 +168,34 @@ def test_leaderboard_ranks_latest_handins_and_pseudonymises_others(tiny_classifi
     assert {r["student"] for r in shown} == {assignments.pseudonym("Week 1", n) for n in ("alice", "bob")}
 
 
+def test_hand_in_refusals_are_one_line(tiny_classification, tiny_segmentation):
+    assignments.create_assignment(TEACHER, tiny_classification, "Week 1")
+    assignments.create_assignment(TEACHER, tiny_segmentation, "Late", deadline=assignments.parse_deadline("2020-01-01"))
+    queued = create_run(_config(tiny_classification))
+    other = create_run(_config(tiny_segmentation, arch="unet", model_options={"depth": 2, "base": 8}))
+    for run_id in (queued, other):
+        store.update_run(run_id, owner="alice")
+    cases = [("Week 1", other, "was trained on another dataset than assignment 'Week 1'"),
+             ("Late", other, "The deadline of assignment 'Late' passed at 2020-01-01T00:00:00Z; hand-ins are closed."),
+             ("Week 1", queued, f"Run {queued} has not finished (queued); hand in a run that is done."),
+             ("Week 9", queued, "There is no assignment 'Week 9'"),
+             ("Week 1", "../../etc/passwd", "There is no run '../../etc/passwd'")]
+    for name, run_id, expected in cases:
+        with pytest.raises(UserError) as err:
+            handins.hand_in(ALICE, name, run_id)
+        assert expected in _one_line(err)
+
+
+def test_a_run_is_recorded_once_even_when_two_hand_ins_race(tiny_classification):
+    """hand_in looks first, but two at once both pass the look: the unique run id refuses the second insert."""
+    assignments.create_assignment(TEACHER, tiny_classification, "Week 1")
+    found = assignments.get_assignment("Week 1")
+    assignments.record_handin(found, "alice", "run-1", {"accuracy": 0.5})
+    with pytest.raises(UserError, match="already handed in and scored"):
+        assignments.record_handin(found, "alice", "run-1", {"accuracy": 0.9})
+    assert assignments.handin_of_run("run-1")["value"] == 0.5
+
+
 def test_leaderboard_csv_cannot_carry_a_formula(lightbox_env, tiny_classification):
     assignments.create_assignment(TEACHER, tiny_classification, "Week 1")
     found = assignments.get_assignment("Week 1")

@@ -289,8 +289,13 @@ def test_cli_assignment_hides_test_values_from_students_until_release(lightbox_e
 def test_submit_refuses_a_students_run_over_the_limit(tiny_classification):
     """engine.runs.submit (engineer A) asks check_submission for a student's run; the instructor's is not limited."""
     users.add_user("alice", "student", "a long enough password")
-    assignments.create_assignment(TEACHER, tiny_classification, "Week 1", max_epochs=2)
+    users.add_user("teach", "instructor", "a long enough password")
+    assignments.create_assignment(TEACHER, tiny_classification, "Week 1", max_epochs=2, runs_per_student=1)
     with pytest.raises(UserError, match="allows Epochs up to 2, not 3"):
         submit(_config(tiny_classification, epochs=3), actor=ALICE)
     assert store.list_runs() == []
+    first = submit(_config(tiny_classification, epochs=2), actor=ALICE)
+    with pytest.raises(UserError, match="You have used all 1 runs that assignment 'Week 1' allows"):
+        submit(_config(tiny_classification, epochs=2), actor=ALICE)
     submit(_config(tiny_classification, epochs=3), actor=TEACHER)
+    assert [r["owner"] for r in store.list_runs()] == ["teach", "alice"] and store.get_run(first)["owner"] == "alice"

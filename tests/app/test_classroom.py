@@ -2,15 +2,20 @@
 the queue place, hand-in and bundle buttons, and the Instructor page. Without accounts nothing of this shows."""
 from __future__ import annotations
 
+import io
 import re
 import time
+import zipfile
+from dataclasses import replace
 
 import pytest
 from streamlit.runtime.pages_manager import PagesManager
 
 from engine.accounts import users
 from engine.classroom import assignments
-from engine.runs import store
+from engine.config import RunConfig
+from engine.runs import execute, store, submit
+from engine.runs.submit import create_run
 from pages import _auth
 
 PASSWORDS = {"ana": "ana-pass-1", "ben": "ben-pass-2", "prof": "prof-pass-3"}
@@ -241,3 +246,101 @@ def test_hidden_test_values_never_reach_a_students_pages(cls, two_runs, cls_data
     assignments.release(users.get_actor("prof"), "lab1")
     at = as_user(cls, "ana", "pages/monitor.py")
     assert "0.247" in everything(at)                       # and the students too, once released
+
+
+# ---- queue place, hand-in, bundle, Predict ---------------------------------------------------------------------
+
+def test_the_sidebar_shows_a_student_the_place_of_each_queued_run(cls, cls_dataset):
+    config = RunConfig(dataset_id=cls_dataset, arch="lenet5", task="classification", epochs=1, image_size=32)
+    for who, name in (("ben", "b1"), ("ben", "b2"), ("ana", "a1")):
+        submit.submit(replace(config, name=name), actor=users.get_actor(who))
+    at = log_in(cls, "ana")
+    # round robin: ben's first, then ana's first (before ben's second)
+    assert "Your run a1 is number 2 in the queue." in cls.texts(at.sidebar, "caption")
+    assert "b1" not in cls.texts(at.sidebar, "caption")
+
+
+def _trained(dataset_id: str, owner: str) -> str:
+    config = RunConfig(dataset_id=dataset_id, arch="lenet5", epochs=1, batch_size=8, image_size=32, preview_samples=0)
+    run_id = create_run(config, status="running")
+    store.update_run(run_id, owner=owner)
+    assert execute.run_job(run_id)["status"] == "done"
+    return run_id
+
+
+@pytest.fixture
+def lab(cls, cls_dataset) -> dict:
+    """An assignment with a hidden test and a finished run of ana's on its dataset."""
+    assignments.create_assignment(users.get_actor("prof"), cls_dataset, "lab1", hide_test=True)
+    return {"run": _trained(cls_dataset, "ana"), "dataset": cls_dataset}
+
+
+def test_a_student_hands_in_from_monitor_and_the_instructor_sees_the_leaderboard(cls, lab):
+    at = as_user(cls, "ana", "pages/monitor.py")
+    assert at.selectbox(key="monitor_run").value == lab["run"]
+    at.button(key="monitor_handin").click().run()
+    cls.no_exception(at)
+    assert "Handed in to lab1." in cls.texts(at, "success")
+    assert "Its test" not in cls.texts(at, "success")                 # hidden: no score for the student
+    assert "monitor_handin" not in [b.key for b in at.button]
+    teacher = as_user(cls, "prof", "pages/instructor.py")
+    (board,) = [f for f in frames(teacher) if "rank" in f.columns]
+    assert board["student"].tolist() == ["ana"] and board["value"].notna().all()
+    teacher.toggle(key="instructor_pseudo_lab1").set_value(True).run()
+    (board,) = [f for f in frames(teacher) if "rank" in f.columns]
+    assert board["student"].tolist() != ["ana"]
+    assert teacher.get("download_button")
+
+
+def test_monitor_downloads_a_reproducible_bundle(cls, lab):
+    at = as_user(cls, "ana", "pages/monitor.py")
+    at.button(key="monitor_bundle_build").click().run()
+    cls.no_exception(at)
+    data = at.session_state[f"monitor_bundle_{lab['run']}"]
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    assert "config.json" in names and "README.txt" in names
+
+
+def test_predict_offers_no_test_split_while_the_assignment_hides_it(cls, lab):
+    at = as_user(cls, "ana", "pages/predict.py")
+    cls.no_exception(at)
+    assert at.radio(key="predict_source").options == ["Upload images", "Upload a ZIP"]
+    assert "hidden until your instructor releases it" in cls.rendered(everything(at))
+    teacher = as_user(cls, "prof", "pages/predict.py")
+    assert "Test-split samples" in teacher.radio(key="predict_source").options
+
+
+def test_the_data_page_shows_a_student_no_test_images_of_an_assignment(cls, lab):
+    def explore(who: str):
+        at = as_user(cls, who, "pages/data.py")
+        at.session_state["data_section"] = "Explore a dataset"
+        at.run()
+        cls.no_exception(at)
+        return at
+    at = explore("ana")
+    assert "stays hidden until your instructor releases it" in cls.texts(at, "info")
+    assert "test" not in at.selectbox(key="gallery_split").options
+    (counts,) = [f for f in frames(at) if "test" in f.columns or "train" in f.columns][:1]
+    assert "test" not in counts.columns
+    assert "test" in explore("prof").selectbox(key="gallery_split").options
+
+
+# ---- Instructor page -------------------------------------------------------------------------------------------
+
+def test_the_instructor_creates_an_assignment_and_releases_its_test(cls, cls_dataset, two_runs):
+    at = as_user(cls, "prof", "pages/instructor.py")
+    cls.no_exception(at)
+    (people,) = [f for f in frames(at) if "User" in f.columns]
+    assert set(people["User"]) == {"ana", "ben", "prof"}
+    assert people.set_index("User").loc["ana", "Done"] == 1
+    at.text_input(key="instructor_name").set_value("lab 2")
+    at.number_input(key="instructor_runs_per_student").set_value(3)
+    at.button(key="FormSubmitter:instructor_create-Create the assignment").click().run()
+    cls.no_exception(at)
+    assert "Created assignment lab 2." in cls.texts(at, "success")
+    found = assignments.get_assignment("lab 2")
+    assert (found["hide_test"], found["runs_per_student"], found["released"]) == (True, 3, False)
+    at.button(key="instructor_release_lab 2").click().run()
+    cls.no_exception(at)
+    assert assignments.get_assignment("lab 2")["released"] is True
+    assert "instructor_release_lab 2" not in [b.key for b in at.button]

@@ -4,7 +4,11 @@ The run is named with Markdown and HTML a user could type (a link, an image, bol
 icon shortcodes): every page must show those characters as typed, with no link or picture in the DOM, and so must
 the Monitor's error box for a ?run= address that holds them.
 
-One test, in order, on one server and one browser session (the pages share st.session_state, so the app is
+A second test, after it on the same server, turns the workspace into a class (accounts and an assignment made
+with the CLI): a student logs in (a reload keeps the session), trains a tiny run, hands it in, and the instructor
+logs in and sees the leaderboard.
+
+The first test, in order, on one server and one browser session (the pages share st.session_state, so the app is
 navigated through its sidebar links, never by reloading). Screenshots land in tests/e2e/artifacts/, and the
 final Monitor picture also in docs/screenshots/monitor.png for the README.
 
@@ -12,6 +16,7 @@ final Monitor picture also in docs/screenshots/monitor.png for the README.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -317,3 +322,89 @@ def test_upload_train_monitor_compare_predict(server, browser_page: Page, demo_z
     timings["total"] = time.monotonic() - total
     (ARTIFACTS / "timings.txt").write_text("".join(f"{k}: {v:.1f} s\n" for k, v in timings.items()))
     print("step timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+
+
+# ---- classroom mode ---------------------------------------------------------------------------------------
+
+CLASS_PASSWORDS = {"ana": "ana-pass-1", "prof": "prof-pass-3"}
+
+
+def engine_cli(server, *args: str) -> dict:
+    """`python -m engine ARGS --json` on the server's workspace, as the instructor would type it; its JSON."""
+    env = {**os.environ, "LIGHTBOX_HOME": str(server.home)}
+    env.pop("LIGHTBOX_DB_URL", None)
+    done = subprocess.run([sys.executable, "-m", "engine", *args, "--json"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0, f"engine {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def classroom(server, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A student and an instructor, and an assignment with a hidden test on a small X-ray dataset, made with the
+    CLI the way README's "Run a class" does it. (Runs after the single-user test: from now on the app asks
+    who is there.)"""
+    folder = tmp_path_factory.mktemp("class")
+    for name, role in (("ana", "student"), ("prof", "instructor")):
+        secret = folder / f"{name}.txt"
+        secret.write_text(CLASS_PASSWORDS[name] + "\n")
+        engine_cli(server, "user", "add", name, "--role", role, "--password-file", str(secret))
+    engine_cli(server, "demo-data", "classification", str(folder / "xray.zip"), "--n", "40", "--size", "32")
+    dataset = engine_cli(server, "ingest", str(folder / "xray.zip"), "--task", "classification",
+                         "--name", "xray class", "--as", "prof")["dataset_id"]
+    engine_cli(server, "assignment", "create", "--dataset", dataset, "--name", "lab1", "--hide-test", "--as", "prof")
+    return {"dataset": dataset}
+
+
+def log_in(page: Page, name: str) -> None:
+    expect(page.get_by_role("heading", name="Log in", exact=True)).to_be_visible(timeout=30_000)
+    page.locator("input[aria-label='User name']").fill(name)
+    page.locator("input[aria-label='Password']").fill(CLASS_PASSWORDS[name])
+    page.get_by_role("button", name="Log in", exact=True).click()
+    expect(page.get_by_text(f"Logged in as {name}")).to_be_visible(timeout=30_000)
+    settle(page)
+
+
+def test_a_student_trains_and_hands_in_and_the_instructor_sees_the_leaderboard(server, browser_page: Page,
+                                                                            classroom: dict, diagnostics) -> None:
+    page = browser_page          # a new address loads a new session; this browser holds no session cookie yet
+    with step("class: log in as a student; a reload keeps the session"):
+        page.goto(server.url, timeout=60_000)
+        settle(page)
+        log_in(page, "ana")
+        expect(page.get_by_role("heading", name="Lightbox", exact=True)).to_be_visible()
+        page.wait_for_function("() => document.cookie.includes('lightbox_session=ana')", timeout=30_000)
+        page.reload()
+        settle(page)
+        expect(page.get_by_text("Logged in as ana")).to_be_visible(timeout=30_000)
+        assert "lightbox_session" not in page.url and CLASS_PASSWORDS["ana"] not in page.url
+
+    with step("class: the student trains a tiny run on the assignment's dataset"):
+        open_page(page, "train", "Train")
+        choose(page, "Dataset", re.compile(r"^xray class · classification"))
+        choose(page, "Architecture", re.compile(r"^LeNet-5"))
+        set_number(page, "Epochs", 1)
+        set_number(page, "Image size (px)", 32)
+        page.get_by_role("button", name="Start training", exact=True).click()
+        page.wait_for_url(re.compile(r"/monitor\?run="), timeout=60_000)
+        expect(page.get_by_text("Finished.")).to_be_visible(timeout=TRAIN_TIMEOUT * 1000)
+        settle(page)
+        assert "Held-out test split" not in main_text(page)        # hidden from students
+
+    with step("class: the student hands the run in"):
+        page.get_by_role("button", name="Hand in", exact=True).click()
+        expect(page.get_by_text("Handed in to lab1.")).to_be_visible(timeout=120_000)
+        settle(page)
+        shot(page, "06_handin.png")
+
+    with step("class: the instructor logs in and sees the leaderboard"):
+        page.locator("[data-testid='stSidebar']").get_by_role("button", name="Log out").click()
+        settle(page)
+        log_in(page, "prof")
+        open_page(page, "instructor", "Instructor")
+        expect(page.get_by_role("heading", name="lab1")).to_be_visible()
+        board = page.locator("[data-testid='stDataFrame']").filter(has=page.locator("td", has_text="ana")).first
+        expect(board).to_be_attached(timeout=30_000)
+        assert "Download the leaderboard (CSV)" in main_text(page)
+        shot(page, "07_instructor.png")
+    assert not page.client_breaks, page.client_breaks

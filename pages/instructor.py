@@ -17,6 +17,8 @@ from pages import _auth as auth
 from pages import _widgets as w
 
 WORKING = ("queued", "starting", "running")
+BOARD_COLUMNS = {"rank": "Rank", "student": "Student", "run_id": "Run", "metric": "Metric", "value": "Test score",
+                 "handed_in_at": "Handed in (UTC)"}
 
 
 def class_table(people: list[dict], runs: list[dict]) -> pd.DataFrame:
@@ -79,7 +81,8 @@ def assignment_panel(actor, found: dict, people: list[dict], runs: list[dict]) -
     pseudonyms = st.toggle("Pseudonyms (to show the class)", key=f"instructor_pseudo_{name}")
     board = assignments.leaderboard(actor, name, pseudonyms=pseudonyms)
     if board:
-        st.dataframe(pd.DataFrame(board), hide_index=True, key=f"instructor_board_{name}")
+        st.dataframe(pd.DataFrame(board).rename(columns=BOARD_COLUMNS), hide_index=True,
+                     key=f"instructor_board_{name}")
         st.download_button("Download the leaderboard (CSV)", assignments.leaderboard_csv(actor, name, pseudonyms),
                            f"leaderboard-{name}.csv", "text/csv", key=f"instructor_csv_{name}")
     else:
@@ -138,7 +141,7 @@ if notice:
 with w.shows_errors("Reading the class"):
     people = users.list_users()
     runs = store.list_runs(limit=100_000)
-    st.subheader("Students")
+    st.subheader("Class")
     if people:
         st.dataframe(class_table(people, runs), hide_index=True, key="instructor_class")
         st.caption("Queue share: each user's part of the runs queued or training now. The queue takes turns across "

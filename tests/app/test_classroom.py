@@ -284,11 +284,11 @@ def test_a_student_hands_in_from_monitor_and_the_instructor_sees_the_leaderboard
     assert "Its test" not in cls.texts(at, "success")                 # hidden: no score for the student
     assert "monitor_handin" not in [b.key for b in at.button]
     teacher = as_user(cls, "prof", "pages/instructor.py")
-    (board,) = [f for f in frames(teacher) if "rank" in f.columns]
-    assert board["student"].tolist() == ["ana"] and board["value"].notna().all()
+    (board,) = [f for f in frames(teacher) if "Rank" in f.columns]
+    assert board["Student"].tolist() == ["ana"] and board["Test score"].notna().all()
     teacher.toggle(key="instructor_pseudo_lab1").set_value(True).run()
-    (board,) = [f for f in frames(teacher) if "rank" in f.columns]
-    assert board["student"].tolist() != ["ana"]
+    (board,) = [f for f in frames(teacher) if "Rank" in f.columns]
+    assert board["Student"].tolist() != ["ana"]
     assert teacher.get("download_button")
 
 
@@ -344,3 +344,12 @@ def test_the_instructor_creates_an_assignment_and_releases_its_test(cls, cls_dat
     cls.no_exception(at)
     assert assignments.get_assignment("lab 2")["released"] is True
     assert "instructor_release_lab 2" not in [b.key for b in at.button]
+
+
+def test_a_student_cannot_queue_a_cross_validation_of_nobodys_runs(cls, cls_dataset):
+    at = as_user(cls, "ana", "pages/train.py")
+    at.number_input(key="train_folds").set_value(2).run()
+    at.button(key="train_start").click().run()
+    cls.no_exception(at)
+    assert "Cross-validation is for the instructor in a class" in cls.texts(at, "error")
+    assert store.list_runs() == []

@@ -105,7 +105,9 @@ def import_users(csv_path: str | Path) -> list[str]:
         where = f"{path.name} line {line}"
         name, role = (record.get("name") or "").strip(), (record.get("role") or "").strip().lower()
         try:
-            check_name(name), check_role(role), check_password(record.get("password"), "The password")
+            check_name(name)
+            check_role(role)
+            check_password(record.get("password"))
         except UserError as err:
             raise UserError(f"{where}: {err}") from None
         if name in seen:

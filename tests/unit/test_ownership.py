@@ -199,3 +199,17 @@ def test_a_student_submit_is_held_to_the_assignment_and_to_shared_datasets(class
     assert _cli(capsys, *submit, "1", "--as", "alice")[0] == 0
     owners = [r["owner"] for r in store.list_runs()]
     assert sorted(owners) == ["alice", "alice", "bob", "prof"]
+
+
+def test_datasets_a_student_sees_and_deletes(classroom, tiny_classification):
+    from engine.data.manifest import dataset_dir, load_manifest
+    manifest = load_manifest(tiny_classification)
+    seen = {owner: access.can_see_dataset(BOB, {**manifest, "owner": owner}) for owner in ("bob", "alice", "prof", None)}
+    assert seen == {"bob": True, "alice": False, "prof": True, None: True}
+    assert access.can_see_dataset(PROF, {**manifest, "owner": "alice"})
+    path = dataset_dir(tiny_classification) / "manifest.json"
+    path.write_text(json.dumps({**manifest, "owner": "alice"}))
+    with pytest.raises(AccessDenied, match="you can only delete your own datasets"):
+        lifecycle.delete_dataset(tiny_classification, actor=BOB)
+    assert lifecycle.delete_dataset(tiny_classification, actor=ALICE) == "deleted"
+    assert not dataset_dir(tiny_classification).exists()

@@ -15,8 +15,15 @@ from engine.runs import crossval, execute, worker
 from engine.runs.submit import create_run, submit
 
 
+def _no_student_folds(args, config) -> None:
+    # crossval records its fold runs without an owner (and past an assignment's limits): refuse until it takes one
+    if config.folds >= 2 and not config.fold and args.actor is not None and not args.actor.is_instructor:
+        raise UserError("Cross-validation (--folds) is not open to students yet; train without --folds.")
+
+
 def cmd_train(args) -> dict:
     config = config_from_args(args)
+    _no_student_folds(args, config)
     if config.folds >= 2 and not config.fold:
         return _train_folds(config, quiet=args.quiet)
     run_id = create_run(config, status="starting", actor=args.actor)
@@ -39,6 +46,7 @@ def _train_folds(config, quiet: bool) -> dict:
 
 def cmd_submit(args) -> dict:
     config = config_from_args(args)
+    _no_student_folds(args, config)
     if config.folds >= 2 and not config.fold:
         cv_id, run_ids = crossval.create_folds(config, config.folds)
         return {"run_id": run_ids[0], "run_ids": run_ids, "cv_id": cv_id, "status": "queued"}

@@ -156,6 +156,12 @@ def test_the_instructor_page_is_in_an_instructors_menu_only(cls):
     student = log_in(cls, "ana")
     with pytest.raises(ValueError, match="Could not find a navigation page"):
         student.switch_page("pages/instructor.py")
+    direct = cls.page("instructor.py")                    # the page file run on its own, by a student
+    direct.session_state[_auth._NAME] = "ana"
+    direct.run()
+    cls.no_exception(direct)
+    assert "This page is for instructors." in cls.texts(direct, "info")
+    assert not direct.dataframe
 
 
 # ---- own runs only ---------------------------------------------------------------------------------------------

@@ -122,9 +122,12 @@ def account_panel(actor: Actor) -> None:
     st.button("Log out", key="auth_logout", on_click=auth.log_out, icon=":material/logout:")
 
 
-def sidebar(actor: Actor | None) -> None:
+def sidebar(actor: Actor | None, locked: bool = False) -> None:
     with st.sidebar:
         auth.write_cookie()
+        if locked:              # nobody logged in: nothing about the server or the queue, and no polling
+            st.caption(w.DISCLAIMER)
+            return
         if actor is not None:
             account_panel(actor)
         st.caption(f"Workspace: {w.as_text(workspace.home())}")      # a folder name is text, whatever it holds
@@ -138,7 +141,7 @@ user = auth.signed_in() if accounts else None
 locked = accounts and user is None
 navigation = st.navigation(declared_pages(user))
 start_worker_once()
-sidebar(user)
+sidebar(user, locked)
 if locked:
     login_form()
 else:

@@ -87,6 +87,7 @@ def test_with_accounts_only_the_login_page_shows_until_a_password_matches(cls):
     cls.no_exception(at)
     assert at.title[0].value == "Log in"
     assert [t.label for t in at.text_input] == ["User name", "Password"]
+    assert str(cls.home) not in cls.texts(at.sidebar, "caption") and not at.sidebar.metric   # nothing of the server
     at.text_input(key="login_name").set_value("ana")
     at.text_input(key="login_password").set_value("wrong")
     at.button[0].click().run()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.accounts import access
 from engine.cli.progress import file_progress
 from engine.data.demo import ensure_demo_dataset, write_demo
 from engine.data.ingest import ingest
@@ -28,18 +29,19 @@ def cmd_ingest(args) -> dict:
     if not src.exists():
         raise UserError(f"{src} does not exist; give a folder or a .zip file.")
     result = ingest(src, task=args.task, name=args.name, seed=args.seed, group_by=args.group_by,
-                    progress=file_progress("Ingesting", enabled=not args.quiet))
+                    progress=file_progress("Ingesting", enabled=not args.quiet),
+                    owner=args.actor.name if args.actor else None)
     return {"dataset_id": result.dataset_id, "report": result.report.to_dict()}
 
 
 def cmd_datasets(args) -> dict:
-    keys = ("id", "name", "task", "created", "source", "classes", "channels", "split_counts")
+    keys = ("id", "name", "task", "created", "source", "classes", "channels", "split_counts", "owner")
     return {"datasets": [{k: m.get(k) for k in keys} | {"samples": sum((m.get("split_counts") or {}).values())}
-                         for m in list_datasets()]}
+                         for m in list_datasets() if access.can_see_dataset(args.actor, m)]}
 
 
 def cmd_delete_dataset(args) -> dict:
-    return {"dataset_id": args.dataset_id, "status": lifecycle.delete_dataset(args.dataset_id)}
+    return {"dataset_id": args.dataset_id, "status": lifecycle.delete_dataset(args.dataset_id, actor=args.actor)}
 
 
 def register(add) -> None:

@@ -83,12 +83,14 @@ class _Decoded:
 
 
 def ingest(src: Path, task: str, name: str | None = None, seed: int = 0,
-           progress: Progress | None = None, workers: int | None = None, group_by: str = AUTO) -> IngestResult:
+           progress: Progress | None = None, workers: int | None = None, group_by: str = AUTO,
+           owner: str | None = None) -> IngestResult:
     """Ingest a folder or .zip into workspace.datasets_dir()/<id>/; bad files are reported and skipped.
 
     `group_by` says which images belong to one patient and so share a split: auto (DICOM PatientID, a folder per
     patient or a leading ID in the file names, when one fits), none, folder, or a regular expression whose first
-    group (or whole match) on the path as uploaded is the key."""
+    group (or whole match) on the path as uploaded is the key. `owner`: the user it belongs to (classroom mode;
+    None without accounts)."""
     src = Path(src)
     if task not in TASKS:
         raise UserError(f"Unknown task '{task}'; choose classification or segmentation.")
@@ -101,11 +103,11 @@ def ingest(src: Path, task: str, name: str | None = None, seed: int = 0,
             folder = scratch / "upload"
             skipped = extract_zip(src, folder)      # checks every ZIP rule before writing anything
         return _ingest_folder(folder, task, name or _stem(src), src.name, seed, progress, workers, scratch, group_by,
-                              skipped)
+                              skipped, owner)
 
 
 def ingest_files(files: list[tuple[str, bytes]], task: str, name: str | None = None, seed: int = 0,
-                 progress: Progress | None = None, group_by: str = AUTO) -> IngestResult:
+                 progress: Progress | None = None, group_by: str = AUTO, owner: str | None = None) -> IngestResult:
     """Ingest loose uploaded files, given as (relative path, content); a single .zip is read as an archive."""
     if not files:
         raise UserError("No files were uploaded; add images or a ZIP and try again.")
@@ -116,15 +118,15 @@ def ingest_files(files: list[tuple[str, bytes]], task: str, name: str | None = N
             raise UserError(skipped[0]["message"])
         if len(files) == 1 and files[0][0].lower().endswith(".zip"):
             zipped = next(p for p in folder.rglob("*") if p.is_file())
-            return ingest(zipped, task, name or _stem(zipped), seed, progress, group_by=group_by)
+            return ingest(zipped, task, name or _stem(zipped), seed, progress, group_by=group_by, owner=owner)
         source = Path(files[0][0].replace("\\", "/")).parts[0] if len(files) > 1 else files[0][0]
         return _ingest_folder(folder, task, name or _stem(Path(source)), source, seed, progress, None, scratch,
-                              check_group_by(group_by), skipped)
+                              check_group_by(group_by), skipped, owner)
 
 
 def _ingest_folder(folder: Path, task: str, name: str, source: str, seed: int,
                    progress: Progress | None, workers: int | None, scratch: Path, group_by: str,
-                   skipped: list[dict]) -> IngestResult:
+                   skipped: list[dict], owner: str | None = None) -> IngestResult:
     found = scan(folder, task)
     report = IngestReport(task=task, source=source, files_seen=found.files_seen + len(skipped),
                           problems=[*skipped, *found.problems])      # skipped: entries the disk could not hold
@@ -141,6 +143,7 @@ def _ingest_folder(folder: Path, task: str, name: str, source: str, seed: int,
     dataset_id = f"{_slug(name)}-{secrets.token_hex(3)}"
     manifest = _manifest(dataset_id, name, task, source, kept, classes, labels, seed, staging, report, levels,
                          group_by)
+    manifest["owner"] = owner
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
     staging.rename(workspace.datasets_dir() / dataset_id)   # the dataset appears whole or not at all
     return IngestResult(dataset_id, report)

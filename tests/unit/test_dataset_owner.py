@@ -45,3 +45,11 @@ def test_a_students_dataset_is_theirs_and_an_instructors_is_shared(lightbox_env,
     assert load_manifest(mine)["owner"] == "alice"              # still there
     code, out = _run(capsys, "delete-dataset", mine, "--as", "alice")
     assert code == 0 and out["status"] == "deleted", out
+
+
+def test_a_student_cannot_start_or_stop_a_search(tiny_classification, capsys):
+    """Search trials carry no owner (and would pass an assignment's limits): students are refused in one line."""
+    users.add_user("alice", "student", "password of alice")
+    for argv in (("search", "--dataset", tiny_classification, "--trials", "2"), ("search", "--stop", "--study", "x")):
+        code, err = _run(capsys, *argv, "--as", "alice")
+        assert code != 0 and "not open to students" in err and len(err.splitlines()) == 1, err

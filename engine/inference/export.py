@@ -41,7 +41,7 @@ def export_run(run_id: str, out_dir: Path | str, actor: Actor | None = None) -> 
     paths = {"model": out / MODEL_FILE, "preprocessing": out / PREPROCESSING_FILE, "model_card": out / CARD_FILE}
     traced.save(str(paths["model"]))
     paths["preprocessing"].write_text(json.dumps(preprocessing(run_id, model, config, info), indent=2))
-    paths["model_card"].write_text(model_card(run_id, model, config, info, ckpt))
+    paths["model_card"].write_text(model_card(run_id, model, config, info, ckpt, actor))
     return paths
 
 
@@ -116,10 +116,11 @@ def _metric_table(metrics: dict | None) -> list[str]:
     return rows
 
 
-def model_card(run_id: str, model, config, info: dict, ckpt: dict) -> str:
-    """A Markdown card: data, architecture, settings, validation and test metrics, intended use, limitations."""
+def model_card(run_id: str, model, config, info: dict, ckpt: dict, actor: Actor | None = None) -> str:
+    """A Markdown card: data, architecture, settings, validation and test metrics, intended use, limitations.
+    A student's card of a run on an assignment with a hidden test carries no test values."""
     spec = get_spec(config.arch, config.task)
-    run = store.get_run(run_id) or {}
+    run = access.strip_hidden(actor, store.get_run(run_id) or {})
     best = run.get("best") or ckpt.get("best_metrics")
     settings = {k: getattr(config, k) for k in ("epochs", "batch_size", "image_size", "optimizer", "lr", "schedule",
                                                 "loss", "augment", "pretrained", "freeze_backbone", "seed")}

@@ -30,3 +30,19 @@ def test_training_does_not_score_a_students_run_on_a_hidden_test(tiny_classifica
     assert _trained(tiny_classification, None)["test"]                 # so is a run made without accounts
     assignments.release(TEACHER, "Week 1")
     assert _trained(tiny_classification, "alice")["test"]              # released: back to normal
+
+
+def test_a_students_model_card_has_no_hidden_test_values(tiny_classification, tmp_path):
+    """A run trained before its dataset became an assignment with a hidden test still holds test metrics: the
+    student's export must not print them in the model card; the instructor's export does."""
+    from engine.inference.export import export_run
+    users.add_user("teach", "instructor", "a long enough password")
+    users.add_user("alice", "student", "another long password")
+    run = _trained(tiny_classification, "alice")
+    assert run["test"]
+    assignments.create_assignment(TEACHER, tiny_classification, "Week 1", hide_test=True)
+    student = export_run(run["id"], tmp_path / "alice", actor=Actor("alice", "student"))["model_card"].read_text()
+    teacher = export_run(run["id"], tmp_path / "teach", actor=TEACHER)["model_card"].read_text()
+    test_section = lambda card: card.split("## Held-out test metrics")[1].split("\n## ")[0]  # noqa: E731
+    assert "accuracy" in test_section(teacher).lower()
+    assert "accuracy" not in test_section(student).lower()

@@ -143,6 +143,11 @@ def describe_groups(groups: dict) -> str:
     return f"Images were grouped {how}{tail}"
 
 
+def owned() -> dict:
+    """An upload belongs to the user who made it (in a class); without accounts, to nobody, as always."""
+    return {} if ACTOR is None else {"owner": ACTOR.name}
+
+
 def ingest_upload(archive, loose: list, task: str, name: str, group_by: str = "auto"):
     """Ingest the upload with a progress bar. A ZIP is written to the workspace once (it may be large) and
     removed afterwards; loose files go through the engine's upload rules (a name the disk cannot hold, or a file
@@ -155,11 +160,12 @@ def ingest_upload(archive, loose: list, task: str, name: str, group_by: str = "a
     try:
         if not archive:
             files = [("/".join(w.safe_parts(upload.name)), upload.getbuffer()) for upload in loose]
-            return ingest_files(files, task, name=name or "Uploaded images", progress=progress, group_by=group_by)
+            return ingest_files(files, task, name=name or "Uploaded images", progress=progress, group_by=group_by,
+                                **owned())
         folder = w.spool_uploads([archive], keep_folders=False)
         try:
             return ingest(folder / w.safe_parts(archive.name)[-1], task, progress=progress, group_by=group_by,
-                          name=name or w.short_name(archive.name).rsplit(".", 1)[0])
+                          name=name or w.short_name(archive.name).rsplit(".", 1)[0], **owned())
         finally:
             w.remove_quietly(folder)
     finally:

@@ -14,6 +14,8 @@ from streamlit.runtime.pages_manager import PagesManager
 from engine.accounts import users
 from engine.classroom import assignments
 from engine.config import RunConfig
+from engine.data.demo import write_demo
+from engine.data.manifest import list_datasets, load_manifest
 from engine.runs import execute, store, submit
 from engine.runs.submit import create_run
 from pages import _auth
@@ -360,3 +362,17 @@ def test_a_student_cannot_queue_a_cross_validation_of_nobodys_runs(cls, cls_data
     cls.no_exception(at)
     assert "Cross-validation is for the instructor in a class" in cls.texts(at, "error")
     assert store.list_runs() == []
+
+
+def test_an_upload_belongs_to_the_student_and_other_students_do_not_see_it(cls, tmp_path):
+    archive = write_demo("classification", tmp_path / "xray.zip", n=16, size=32, seed=2).read_bytes()
+    at = as_user(cls, "ana", "pages/data.py")
+    at.radio(key="upload_task").set_value("classification")
+    at.file_uploader(key="zip_0").set_value(("xray.zip", archive, "application/zip"))
+    at.run()
+    at.button(key="ingest").click().run()
+    cls.no_exception(at)
+    (dataset,) = list_datasets()
+    assert load_manifest(dataset["id"])["owner"] == "ana"
+    assert "There is no dataset yet" in cls.texts(as_user(cls, "ben", "pages/train.py"), "info")
+    assert as_user(cls, "prof", "pages/train.py").selectbox(key="train_dataset_id").value == dataset["id"]

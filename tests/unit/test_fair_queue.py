@@ -159,9 +159,10 @@ def test_three_workers_racing_claim_each_job_exactly_once(lightbox_env):
     run_ids = _queue_runs(owners)
     _claimers(3, hold=0.0)
     _claimed_once(run_ids)
-    order = _start_order()
-    for k in range(0, 56, 7):           # every round of 7 turns serves each of the 7 users once
-        assert sorted(order[k:k + 7]) == sorted(set(owners)), order
+    # No round check here: a run held by a claimer the OS paused still counts as running, so its owner rightly
+    # waits while others take another turn (the rule prefers the fewest running). test_two_workers_claim_round_robin
+    # checks the order with runs of equal length.
+    assert sorted(_start_order()) == sorted(owners)
 
 
 # ---- real workers and real (tiny) training runs ----------------------------------------------------------

@@ -94,9 +94,10 @@ def queue_seconds() -> float:
 
 def queue_places(owner: str) -> list[str]:
     """'Your run NAME is number 3 in the queue.' for each queued run of one user (the engine's fair order)."""
-    lines = []
+    lines, places = [], None
     for run in reversed(store.list_runs(status=["queued"], owner=owner)):      # oldest first
-        place = queue.queue_position(run["id"])
+        places = queue.queue_positions() if places is None else places        # one read of the queue per tick
+        place = places.get(run["id"])
         if place is not None:
             lines.append(f"Your run {w.as_text(run.get('name') or run['id'])} is number {place} in the queue.")
     return lines

@@ -306,7 +306,7 @@ def groups_panel(manifest: dict, report: dict) -> None:
         group_by = group_by_control("regroup")
         if st.button("Split again as a new dataset", disabled=group_by is None, key="regroup"):
             with w.shows_errors("Splitting again"):
-                st.session_state["dataset_id"] = resplit(manifest["id"], group_by)
+                st.session_state["dataset_id"] = resplit(manifest["id"], group_by, actor=ACTOR)
                 st.rerun()
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from engine import workspace
+from engine.accounts.actor import Actor
+from engine.classroom.assignments import hides_test_from
 from engine.data.checks import find_warnings
 from engine.data.duplicates import near_duplicate_sets, thumbnail
 from engine.data.groups import check_group_by
@@ -26,10 +28,15 @@ from engine.errors import UserError
 GROUPING_NAMES = {"auto": "auto grouping", "none": "no grouping", "folder": "grouped by folder"}
 
 
-def resplit(dataset_id: str, group_by: str) -> str:
-    """The id of a new dataset holding the same images, split again with `group_by` (see ingest)."""
+def resplit(dataset_id: str, group_by: str, actor: Actor | None = None) -> str:
+    """The id of a new dataset holding the same images, split again with `group_by` (see ingest); it belongs to
+    `actor` (classroom mode). A student may not split again a dataset whose test split an assignment hides: the
+    hidden test images would land in splits they can see."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", dataset_id or "") or ".." in dataset_id:
         raise UserError(f"There is no dataset '{dataset_id}'.")
+    if hides_test_from(actor, dataset_id):
+        raise UserError("This dataset's test split is hidden for an assignment, so it cannot be split again; "
+                        "ask your instructor.")
     group_by = check_group_by(group_by)
     manifest = load_manifest(dataset_id)
     rows = [_with_folder_split(dict(row)) for row in manifest["samples"]]
@@ -47,7 +54,7 @@ def resplit(dataset_id: str, group_by: str) -> str:
     name = re.sub(r" \((auto grouping|no grouping|grouped by .*)\)$", "", manifest["name"]) + f" ({title})"
     new = manifest | {"id": new_id, "name": name, "created": datetime.now(UTC).isoformat(),
                       "samples": rows, "split_counts": report["per_split"], "report": report, "group_by": group_by,
-                      "resplit_from": dataset_id}
+                      "resplit_from": dataset_id, "owner": actor.name if actor else manifest.get("owner")}
     _write_linked_copy(dataset_dir(dataset_id), new_id, new)
     return new_id
 

@@ -1,10 +1,15 @@
 """A hidden test split is not even computed for a student's run: only a hand-in scores it (issue 14)."""
 from __future__ import annotations
 
+import pytest
+
 from engine.accounts import users
 from engine.accounts.actor import Actor
 from engine.classroom import assignments
 from engine.config import RunConfig
+from engine.data.manifest import load_manifest
+from engine.data.resplit import resplit
+from engine.errors import UserError
 from engine.runs import execute, store
 from engine.runs.submit import create_run
 
@@ -46,3 +51,15 @@ def test_a_students_model_card_has_no_hidden_test_values(tiny_classification, tm
     test_section = lambda card: card.split("## Held-out test metrics")[1].split("\n## ")[0]  # noqa: E731
     assert "accuracy" in test_section(teacher).lower()
     assert "accuracy" not in test_section(student).lower()
+
+
+def test_a_student_cannot_split_a_hidden_test_dataset_again(tiny_classification):
+    """Splitting again makes a new dataset from the same images: for a hidden test, that would show it."""
+    users.add_user("teach", "instructor", "a long enough password")
+    users.add_user("alice", "student", "another long password")
+    alice = Actor("alice", "student")
+    assert load_manifest(resplit(tiny_classification, "none", actor=alice))["owner"] == "alice"   # no assignment yet
+    assignments.create_assignment(TEACHER, tiny_classification, "Week 1", hide_test=True)
+    with pytest.raises(UserError, match="hidden for an assignment"):
+        resplit(tiny_classification, "none", actor=alice)
+    assert load_manifest(resplit(tiny_classification, "none", actor=TEACHER))["owner"] == "teach"

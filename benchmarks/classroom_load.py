@@ -357,7 +357,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=30)
     parser.add_argument("--sessions", type=int, default=30)
     parser.add_argument("--reload", type=float, default=30.0, help="seconds between full page loads of a session")
-    parser.add_argument("--probes", type=int, default=3, help="runs trained with no session, before and after")
+    parser.add_argument("--probes", type=lambda v: max(1, int(v)), default=3,
+                        help="runs trained with no session, before and after (at least 1: they pace the class)")
     parser.add_argument("--drain-minutes", type=float, default=5.0,
                         help="after the class, wait this long for the queue to empty; runs still queued are cancelled")
     parser.add_argument("--images", type=int, default=400, help="demo dataset size")

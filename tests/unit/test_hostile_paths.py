@@ -11,24 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from engine.errors import UserError
 from engine.runs import store
 
+from refusals import lightbox_checkpoint, main_refusal, one_error_line
+
 LONG_ID = "a" * 100_000
-
-
-def lightbox_checkpoint(path: Path) -> Path:
-    """A real Lightbox checkpoint (a LeNet-5 for two 1-channel classes at 32 px) without training one."""
-    from engine.config import RunConfig
-    from engine.models.network import build_network
-    config = RunConfig(dataset_id="elsewhere", arch="lenet5", task="classification", image_size=32)
-    info = {"task": "classification", "channels": 1, "classes": ["a", "b"], "num_classes": 2, "mask_levels": {}}
-    model = build_network(config, info, [0.0], [1.0])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "config": config.to_dict(), "dataset": info, "epoch": 1}, path)
-    return path
 
 
 def png(path: Path) -> Path:
@@ -44,19 +33,6 @@ def _cli(*args: str, home: Path) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def _one_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr[-3000:]
-    assert lines[0].startswith("error:") and "Traceback" not in stderr
-    return lines[0]
-
-
-def _main(capsys, *argv: str) -> tuple[int, str]:
-    from engine.cli.main import main
-    code = main(list(argv))
-    return code, _one_line(capsys.readouterr().err)
-
-
 # ---- item 4: run ids are looked up, never joined into a path ----------------------------------------------
 
 def test_predict_and_export_refuse_a_run_id_that_walks_out_of_the_workspace(tmp_path):
@@ -67,11 +43,11 @@ def test_predict_and_export_refuse_a_run_id_that_walks_out_of_the_workspace(tmp_
     image = png(tmp_path / "x.png")
     predicted = _cli("predict", "--run", "../../outside", str(image), "--json", home=home)
     assert predicted.returncode != 0, predicted.stdout
-    line = _one_line(predicted.stderr)
+    line = one_error_line(predicted.stderr)
     assert "There is no run '../../outside'" in line and "engine runs" in line
     exported = _cli("export", "--run", "../../outside", str(tmp_path / "out"), "--json", home=home)
     assert exported.returncode != 0
-    assert "There is no run '../../outside'" in _one_line(exported.stderr)
+    assert "There is no run '../../outside'" in one_error_line(exported.stderr)
     assert not (tmp_path / "out").exists()
 
 
@@ -96,7 +72,7 @@ def test_queue_commands_refuse_path_like_ids_in_one_line(lightbox_env, capsys):
     outside.mkdir()
     (outside / "keep.txt").write_text("not Lightbox's")
     for command in ("cancel", "resume", "delete", "run-job"):
-        code, line = _main(capsys, command, "../../outside", "--json")
+        code, line = main_refusal(capsys, command, "../../outside", "--json")
         assert code == 2 and "There is no run '../../outside'" in line, line
     assert (outside / "keep.txt").exists()
 
@@ -111,7 +87,7 @@ def test_queue_commands_refuse_path_like_ids_in_one_line(lightbox_env, capsys):
 def test_a_100_kb_run_id_is_one_short_line(lightbox_env, tmp_path, capsys, argv):
     image = png(tmp_path / "x.png")
     argv = [str(image) if a == "IMAGE" else str(tmp_path / "out") if a == "OUT" else a for a in argv]
-    code, line = _main(capsys, *argv)
+    code, line = main_refusal(capsys, *argv)
     assert code == 2, line
     assert "There is no run 'aaaaaaaaaa" in line and "…" in line and len(line) < 300, line[:400]
     assert "File name too long" not in line and "OSError" not in line
@@ -124,7 +100,7 @@ def test_the_cli_never_prints_more_than_one_line(lightbox_env, capsys, monkeypat
     def boom(args):
         raise RuntimeError("first line\nsecond line\n" + "x" * 50_000)
     monkeypatch.setattr(queue_cli, "cmd_runs", boom)
-    code, line = _main(capsys, "runs")
+    code, line = main_refusal(capsys, "runs")
     assert code == 3 and "first line second line" in line and len(line) < 1000
 
 
@@ -180,7 +156,7 @@ def test_search_names_are_bounded_and_refused_in_one_line(tiny_classification, l
         search.create_study(_spec(tiny_classification, "n" * 101))
     with pytest.raises(UserError, match="line"):
         search.create_study(_spec(tiny_classification, "two\nlines"))
-    code, line = _main(capsys, "search", "--study", "s" * 100_000, "--stop", "--json")
+    code, line = main_refusal(capsys, "search", "--study", "s" * 100_000, "--stop", "--json")
     assert code == 2 and "There is no search called 'ssss" in line and len(line) < 300, line[:400]
 
 
@@ -203,6 +179,6 @@ def test_a_dataset_id_that_walks_out_of_the_workspace_is_refused(lightbox_env, t
 @pytest.mark.parametrize("argv", [("train", "--dataset", LONG_ID, "--arch", "lenet5"),
                                   ("delete-dataset", "../../outside")])
 def test_a_bad_dataset_id_on_the_command_line_is_one_short_line(lightbox_env, capsys, argv):
-    code, err = _main(capsys, *argv)
+    code, err = main_refusal(capsys, *argv)
     assert code != 0 and ("does not exist" in err or "There is no dataset" in err), err
     assert "unexpected" not in err and len(err) < 200, err

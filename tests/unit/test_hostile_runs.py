@@ -22,6 +22,8 @@ from engine.runs.paths import run_dir
 from engine.runs.store import jobs, workers
 from engine.training.events import Event
 
+from refusals import lightbox_checkpoint, main_refusal
+
 ENGINE = Path(__file__).resolve().parents[2] / "engine"
 
 
@@ -41,29 +43,6 @@ def _evil_file(path: Path, marker: Path) -> Path:
     return path
 
 
-def _one_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr[-3000:]
-    assert lines[0].startswith("error:") and "Traceback" not in stderr
-    return lines[0]
-
-
-def _main(capsys, *argv: str) -> tuple[int, str]:
-    from engine.cli.main import main
-    code = main(list(argv))
-    return code, _one_line(capsys.readouterr().err)
-
-
-def _lightbox_checkpoint(path: Path) -> Path:
-    """A real Lightbox checkpoint (a LeNet-5 for two 1-channel classes at 32 px) without training one."""
-    from engine.models.network import build_network
-    config = RunConfig(dataset_id="d", arch="lenet5", task="classification", image_size=32)
-    info = {"task": "classification", "channels": 1, "classes": ["a", "b"], "num_classes": 2, "mask_levels": {}}
-    model = build_network(config, info, [0.0], [1.0])
-    torch.save({"model": model.state_dict(), "config": config.to_dict(), "dataset": info, "epoch": 1}, path)
-    return path
-
-
 def _config(dataset_id: str, **changes) -> RunConfig:
     base = dict(dataset_id=dataset_id, arch="lenet5", epochs=2, batch_size=8, image_size=32, preview_samples=0)
     return RunConfig(**{**base, **changes})
@@ -79,7 +58,7 @@ def test_predict_and_export_refuse_an_evil_checkpoint_in_one_line(lightbox_env, 
     Image.new("L", (32, 32)).save(tmp_path / "x.png")
     for argv in (("predict", "--run", run_id, str(tmp_path / "x.png")), ("export", "--run", run_id,
                                                                          str(tmp_path / "out"))):
-        code, line = _main(capsys, *argv, "--json")
+        code, line = main_refusal(capsys, *argv, "--json")
         assert code == 2, line
         assert f"best.pt of run {run_id} is not a Lightbox checkpoint" in line, line
         assert "weights_only" not in line and "Weights only load failed" not in line
@@ -93,7 +72,7 @@ def test_a_damaged_checkpoint_is_one_sentence(lightbox_env, tmp_path, content):
     path = run_dir(run_id) / "best.pt"
     path.parent.mkdir(parents=True)
     if content == "truncated":
-        content = _lightbox_checkpoint(tmp_path / "whole.pt").read_bytes()[:3000]
+        content = lightbox_checkpoint(tmp_path / "whole.pt").read_bytes()[:3000]
     path.write_bytes(content)
     with pytest.raises(UserError) as err:
         load_predictor(run_id)

@@ -212,16 +212,9 @@ def test_prediction_refuses_every_malformed_file_in_one_line(task, fuzzed):
     assert len(refusals) >= 60
 
 
-def test_malformed_zips_are_refused_in_one_line_by_ingest(fuzzed):
-    outcomes = fuzzed["zips:ingest"]
-    crashes = {k: v for k, v in outcomes.items() if v.startswith("CRASH")}
-    assert not crashes, crashes
-    assert all(one_line(v) for v in outcomes.values())
-    assert outcomes["garbage.zip"].startswith("refused") and outcomes["cut-directory.zip"].startswith("refused")
-
-
-def test_malformed_zips_are_refused_in_one_line_by_batch_prediction(fuzzed):
-    outcomes = fuzzed["zips:predict"]
+@pytest.mark.parametrize("reader", ["ingest", "predict"])      # an upload, and a ZIP sent to batch prediction
+def test_malformed_zips_are_refused_in_one_line(fuzzed, reader):
+    outcomes = fuzzed[f"zips:{reader}"]
     crashes = {k: v for k, v in outcomes.items() if v.startswith("CRASH")}
     assert not crashes, crashes
     assert all(one_line(v) for v in outcomes.values())

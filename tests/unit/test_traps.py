@@ -301,7 +301,7 @@ def test_resplit_makes_a_new_dataset_and_leaves_the_old_one(workspace, tmp_path)
     old, new = (Path(workspace) / "datasets" / i / "images" / "000000.npy" for i in (first.dataset_id, second))
     assert old.stat().st_ino == new.stat().st_ino                         # arrays shared, not copied
     assert len(load_split(second, "train", 32).keys) == after["split_counts"]["train"]
-    with pytest.raises(UserError, match="no dataset"):
+    with pytest.raises(UserError, match="does not exist"):
         resplit("../escape", "auto")
 
 

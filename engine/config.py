@@ -123,6 +123,12 @@ class RunConfig:
                                 "spread, and every patient is validated exactly once.")
     fold: int = _setting(0, "Fold", "Which fold this run validates on (1..K; set by Lightbox for each run of a "
                          "cross-validation).", "validation", low=0, high=20)
+    train_fraction: float = _setting(1.0, "Share of the training split used", "Train on this share of the "
+                                     "training split, whole patients (groups) at a time; validation and test stay "
+                                     "as they are.", "data", low=0.05, high=1.0,
+                                     steps=(0.05, 0.1, 0.25, 0.5, 0.75, 1.0),
+                                     teach="Training on a part of the data shows whether more images would help: "
+                                           "the learning curve.")
     seed: int = _setting(0, "Random seed", "The same seed and settings give the same run.", "hardware",
                          low=0, high=2**31 - 1)
     device: str = _setting("auto", "Device", "Where to train.", "hardware", choices=DEVICES, titles=DEVICE_TITLES)

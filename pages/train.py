@@ -230,6 +230,7 @@ choices |= length_and_hardware(arch, task, headline_metric(task, class_counts(fu
 batch_note(manifest, choices["batch_size"])
 st.subheader("Validation")
 choices |= cross_validation(full)
+choices["train_fraction"] = s.widget("train_fraction", FORM)
 name = s.widget("name", FORM, placeholder="e.g. baseline, more augmentation")
 
 config = RunConfig(dataset_id=manifest["id"], arch=arch, task=task, name=name.strip(), pretrained=pretrained,

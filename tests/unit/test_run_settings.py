@@ -30,6 +30,7 @@ CLI_VALUES = {
     "monitor": ("--monitor", "iou", "iou"), "seed": ("--seed", "7", 7), "device": ("--device", "cpu", "cpu"),
     "amp": ("--no-amp", None, False), "preview_samples": ("--preview-samples", "2", 2),
     "folds": ("--folds", "5", 5), "fold": ("--fold", "2", 2),
+    "train_fraction": ("--train-fraction", "0.25", 0.25),
 }
 
 

@@ -24,6 +24,7 @@ from engine.data import dataset, io
 from engine.data.checks import find_warnings
 from engine.data.dicom import NotAnImage
 from engine.data.duplicates import near_duplicate_sets, thumbnail
+from engine.data.fingerprint import compute_fingerprint
 from engine.data.groups import AUTO, check_group_by
 from engine.data.layout import Item, Layout, problem, scan
 from engine.data.split_plan import split_rows
@@ -144,6 +145,7 @@ def _ingest_folder(folder: Path, task: str, name: str, source: str, seed: int,
     manifest = _manifest(dataset_id, name, task, source, kept, classes, labels, seed, staging, report, levels,
                          group_by)
     manifest["owner"] = owner
+    manifest["fingerprint"] = compute_fingerprint(manifest, staging)     # what the Auto preset chooses from
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
     staging.rename(workspace.datasets_dir() / dataset_id)   # the dataset appears whole or not at all
     return IngestResult(dataset_id, report)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import Column, Float, String, Table, Text, delete, exists, insert, select, update
+from sqlalchemy import Column, Float, Integer, String, Table, Text, delete, exists, insert, select, update
 
 from engine.accounts.actor import ROLES, Actor
 from engine.errors import UserError, shown
@@ -20,6 +20,17 @@ users = Table(
     Column("password_hash", Text, nullable=False),
     Column("created_at", Float, nullable=False),
 )
+
+# Failed logins per name: after LOGIN_TRIES wrong passwords within LOGIN_WINDOW_S seconds that name must wait until
+# the oldest of them is that old. Kept in the store, so every server process and every tab counts against one limit.
+login_failures = Table(
+    "lb_login_failures", store.metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(80), nullable=False, index=True),
+    Column("at", Float, nullable=False),
+)
+LOGIN_TRIES = 5
+LOGIN_WINDOW_S = 600.0
 
 NAME = re.compile(r"[A-Za-z0-9._-]{1,80}")
 MAX_PASSWORD = 1024
@@ -75,6 +86,18 @@ def _insert(rows: list[dict]) -> None:
         conn.execute(insert(users), rows)
 
 
+def set_password(name: str, password: str) -> dict:
+    """A new password for an existing user (an instructor's reset); their failed-login count starts again."""
+    check_password(password)
+    with _db().begin() as conn:
+        if conn.execute(update(users).where(users.c.name == name).values(
+                password_hash=HASHER.hash(password))).rowcount != 1:
+            raise _no_such_user(name)
+    with _failures_db().begin() as conn:
+        conn.execute(delete(login_failures).where(login_failures.c.name == name))
+    return {"name": name, "password": "changed"}
+
+
 def remove_user(name: str) -> None:
     """Delete the account; the user's runs stay (with their owner's name) for the instructor to see."""
     with _db().begin() as conn:
@@ -122,19 +145,52 @@ def import_users(csv_path: str | Path) -> list[str]:
     return [r["name"] for r in rows]
 
 
-def verify(name: str, password: str) -> Actor | None:
-    """The user when the password is theirs, else None (an unknown name costs as much time as a wrong password)."""
-    row = _get(name) if isinstance(name, str) and NAME.fullmatch(name) else None
+def verify(name: str, password: str, now: float | None = None) -> Actor | None:
+    """The user when the password is theirs, else None (an unknown name costs as much time as a wrong password).
+
+    After LOGIN_TRIES failures for one name within LOGIN_WINDOW_S, further tries are refused unchecked (UserError
+    saying how long to wait): guessing a classmate's password takes days, not minutes."""
+    valid = isinstance(name, str) and NAME.fullmatch(name) is not None
+    now = store.now() if now is None else now
+    if valid:
+        _check_not_locked(name, now)
+    row = _get(name) if valid else None
     try:
         HASHER.verify(row.password_hash if row else _DUMMY_HASH, password if isinstance(password, str) else "")
     except (VerifyMismatchError, VerificationError, InvalidHashError):
+        if valid:
+            _record_failure(name, now)
         return None
     if row is None:
         return None
+    with _failures_db().begin() as conn:
+        conn.execute(delete(login_failures).where(login_failures.c.name == name))
     if HASHER.check_needs_rehash(row.password_hash):
         with _db().begin() as conn:
             conn.execute(update(users).where(users.c.name == name).values(password_hash=HASHER.hash(password)))
     return Actor(row.name, row.role)
+
+
+def _failures_db():
+    return store.ensure_tables(login_failures)
+
+
+def _check_not_locked(name: str, now: float) -> None:
+    since = now - LOGIN_WINDOW_S
+    with _failures_db().connect() as conn:
+        recent = sorted(conn.execute(select(login_failures.c.at).where(
+            login_failures.c.name == name, login_failures.c.at > since)).scalars())
+    if len(recent) >= LOGIN_TRIES:
+        wait = recent[-LOGIN_TRIES] + LOGIN_WINDOW_S - now
+        minutes = max(1, round(wait / 60 + 0.49))
+        raise UserError(f"Too many wrong passwords for '{name}'; wait {minutes} minute{'s' * (minutes != 1)} and "
+                        "try again, or ask your instructor to set a new password.")
+
+
+def _record_failure(name: str, now: float) -> None:
+    with _failures_db().begin() as conn:
+        conn.execute(delete(login_failures).where(login_failures.c.at <= now - LOGIN_WINDOW_S))
+        conn.execute(insert(login_failures).values(name=name, at=now))
 
 
 def _get(name: str):

@@ -103,6 +103,19 @@ def test_with_accounts_only_the_login_page_shows_until_a_password_matches(cls):
     assert PASSWORDS["ana"] not in at.session_state[_auth._SCRIPT]
 
 
+def test_too_many_wrong_passwords_are_answered_with_a_wait_not_a_check(cls):
+    at = cls.app()
+    at.text_input(key="login_name").set_value("ana")
+    for _ in range(users.LOGIN_TRIES):
+        at.text_input(key="login_password").set_value("wrong")
+        at.button[0].click().run()
+    at.text_input(key="login_password").set_value(PASSWORDS["ana"])
+    at.button[0].click().run()
+    cls.no_exception(at)
+    assert at.title[0].value == "Log in"
+    assert "Too many wrong passwords for 'ana'" in cls.texts(at, "error")
+
+
 def test_a_page_opened_on_its_own_asks_for_a_login(cls):
     at = cls.page("monitor.py").run()
     cls.no_exception(at)

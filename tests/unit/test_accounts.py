@@ -157,3 +157,35 @@ def test_the_migration_adds_owner_to_an_existing_runs_table(lightbox_env):
     assert store.get_run("0101-000000-abcd")["owner"] is None
     run_id = store.insert_run({"dataset_id": "d", "arch": "lenet5", "task": "classification"}, owner="ada")
     assert [r["id"] for r in store.list_runs(owner="ada")] == [run_id]
+
+
+@pytest.mark.postgres
+def test_wrong_passwords_lock_that_name_for_a_while_and_a_reset_lifts_it(lightbox_env):
+    """Five wrong passwords in ten minutes: that name waits (refused before the hash is checked, the right
+    password included); other names are untouched; the lock ends with the window or an instructor's reset."""
+    users.add_user("ada", "student", PASSWORD)
+    users.add_user("bo", "student", PASSWORD)
+    t0 = 1_000_000.0
+    for i in range(users.LOGIN_TRIES):
+        assert users.verify("ada", f"guess-{i}", now=t0 + i) is None
+    with pytest.raises(UserError, match=r"Too many wrong passwords for 'ada'; wait 10 minutes"):
+        users.verify("ada", PASSWORD, now=t0 + 10)
+    assert users.verify("bo", PASSWORD, now=t0 + 10) == Actor("bo", "student")
+    assert users.verify("ada", PASSWORD, now=t0 + users.LOGIN_WINDOW_S + 1) == Actor("ada", "student")
+    for i in range(users.LOGIN_TRIES):                      # a success cleared the count; lock it again
+        users.verify("ada", "nope", now=t0 + 2000 + i)
+    with pytest.raises(UserError, match="Too many"):
+        users.verify("ada", PASSWORD, now=t0 + 2010)
+    users.set_password("ada", "a-new-one-42")
+    assert users.verify("ada", "a-new-one-42", now=t0 + 2011) == Actor("ada", "student")
+    with pytest.raises(UserError, match="no user 'ghost'"):
+        users.set_password("ghost", "x")
+
+
+def test_user_password_command_resets_a_password(lightbox_env, tmp_path, capsys, monkeypatch):
+    users.add_user("ada", "student", PASSWORD)
+    code, out, err = _cli(capsys, "user", "password", "ada", stdin="fresh-pw-9\n", monkeypatch=monkeypatch)
+    assert code == 0 and out == {"name": "ada", "password": "changed"}, err
+    assert users.verify("ada", "fresh-pw-9") == Actor("ada", "student") and users.verify("ada", PASSWORD) is None
+    code, _, err = _cli(capsys, "user", "password", "ada", "--as", "ada", stdin="x\n", monkeypatch=monkeypatch)
+    assert code != 0 and "Only an instructor" in err

@@ -5,6 +5,11 @@ a study. With the default SQLite database, several processes writing one Optuna 
 ("database is locked"), so studies live in a journal file in the workspace instead (Optuna's JournalStorage,
 safe for several processes on one machine). Dead trials are found through the runs' own heartbeats, which
 works for both storages (Optuna's heartbeat only exists for RDB with optimize()).
+
+Ownership (classroom mode): a study records who made it (StudySpec.owner) and every trial's run is theirs, so a
+student's search counts against an assignment's limits like their other runs and stops, with the reason kept in
+the study, when a limit refuses the next trial. A student sees and acts on their own searches only; instructors
+and the operator (actor None) on all.
 """
 from __future__ import annotations
 
@@ -25,6 +30,9 @@ import optuna
 from optuna.trial import TrialState
 
 from engine import workspace
+from engine.accounts import access, users
+from engine.accounts.actor import Actor
+from engine.classroom import assignments
 from engine.config import BY_NAME, RunConfig, check_value
 from engine.data.dataset import load_manifest
 from engine.errors import UserError, shown
@@ -39,6 +47,7 @@ CANCELLED_TRIALS = "cancelled_trials"    # study attribute: trials a stop ended 
 STOP_WAIT_SECONDS = 10.0                 # how long a stop waits for running trials to end before ending the process
 STOPPED_MESSAGE = "Stopped with its search; continuing the search runs new trials."
 MAX_NAME = 100                           # characters in a search's name ("name #trial" fits the runs' columns)
+LIMIT_REACHED = "limit_reached"          # study attribute: why an assignment's limit ended the search (or None)
 
 # Augmentation strength as one categorical choice: each level is a list of (name, params).
 AUGMENT_LEVELS: dict[str, dict[str, dict[str, float]]] = {
@@ -74,6 +83,7 @@ class StudySpec:
     pruner: str = "median"                    # median | hyperband | none
     seed: int = 0
     name: str = ""
+    owner: str | None = None                  # the user whose runs the trials are; None: made without accounts
 
 
 def storage():
@@ -118,9 +128,14 @@ def check_space(space: SearchSpace) -> None:
             check_value(BY_NAME[name], value)
 
 
-def create_study(spec: StudySpec) -> str:
-    """Record a new study (its spec travels in the study's user attributes); returns its name."""
-    task = load_manifest(spec.dataset_id)["task"]
+def create_study(spec: StudySpec, actor: Actor | None = None) -> str:
+    """Record a new study (its spec travels in the study's user attributes); returns its name. With an actor the
+    study is theirs; a student may search only a dataset they may see, within its assignment's limits."""
+    manifest = load_manifest(spec.dataset_id)
+    if actor is not None:
+        access.check_dataset(actor, spec.dataset_id, manifest)
+        spec.owner = actor.name
+    task = manifest["task"]
     spec.objective = spec.objective or ("dice" if task == "segmentation" else "accuracy")
     if spec.objective not in OBJECTIVES:
         raise UserError(f"Objective must be one of {', '.join(OBJECTIVES)}.")
@@ -129,6 +144,8 @@ def create_study(spec: StudySpec) -> str:
     check_space(spec.space)
     spec.base = {**spec.base, "dataset_id": spec.dataset_id, "task": task, "monitor": spec.objective}
     RunConfig.from_dict(spec.base).validate()
+    # Epochs, image size, runs left, minutes left, deadline: what the trials cannot change is checked once here.
+    assignments.check_submission(actor, spec.base)
     given = (spec.name or "").strip()
     name = check_name(given) if given else f"search-{store.new_run_id()}"
     study = optuna.create_study(study_name=name, storage=storage(), direction="maximize",
@@ -149,9 +166,30 @@ def check_name(name: str) -> str:
 
 
 def load_spec(name: str) -> StudySpec:
-    data = dict(load_study(name).user_attrs["spec"])
+    return _spec_of(load_study(name))
+
+
+def _spec_of(study: optuna.Study) -> StudySpec:
+    data = dict(study.user_attrs["spec"])          # a study recorded before owners existed has none: None
     data["space"] = SearchSpace(**data["space"])
     return StudySpec(**data)
+
+
+def _sees_every_search(actor: Actor | None) -> bool:
+    return actor is None or actor.is_instructor
+
+
+def check_access(actor: Actor | None, name: str, spec: StudySpec, action: str) -> StudySpec:
+    """The spec, when the actor may `action` this study; another user's search is refused in one line."""
+    if not _sees_every_search(actor) and spec.owner != actor.name:
+        raise access.AccessDenied(f"Search '{shown(name)}' belongs to another user; you can only {action} your "
+                                  "own searches.")
+    return spec
+
+
+def _owned_study(name: str, actor: Actor | None, action: str) -> tuple[optuna.Study, StudySpec]:
+    study = load_study(name)
+    return study, check_access(actor, name, _spec_of(study), action)
 
 
 def load_study(name: str, spec: StudySpec | None = None, joining: bool = True) -> optuna.Study:
@@ -164,12 +202,17 @@ def load_study(name: str, spec: StudySpec | None = None, joining: bool = True) -
     return study
 
 
-def list_studies() -> list[dict]:
+def list_studies(actor: Actor | None = None) -> list[dict]:
+    """The studies the actor may see (a student: their own), newest first, each with its owner."""
     out = []
     for summary in optuna.get_all_study_summaries(storage()):
-        out.append({"name": summary.study_name, "trials": summary.n_trials,
+        spec = summary.user_attrs.get("spec") or {}
+        owner = spec.get("owner")
+        if not _sees_every_search(actor) and owner != actor.name:
+            continue
+        out.append({"name": summary.study_name, "owner": owner, "trials": summary.n_trials,
                     "best_value": summary.best_trial.value if summary.best_trial else None,
-                    "created": summary.user_attrs.get("created", 0), "spec": summary.user_attrs.get("spec")})
+                    "created": summary.user_attrs.get("created", 0), "spec": spec or None})
     return sorted(out, key=lambda s: s["created"], reverse=True)
 
 
@@ -256,7 +299,7 @@ def run_trial(study: optuna.Study, spec: StudySpec) -> TrialState:
     config = config_from_params(spec.base, params)
     config.name = f"{study.study_name} #{trial.number}"
     try:
-        run_id = create_run(config, status="running", study=study.study_name, trial=trial.number)
+        run_id = create_run(config, status="running", study=study.study_name, trial=trial.number, owner=spec.owner)
     except UserError as exc:       # e.g. an architecture too big for the image size: fail this point only
         _finish(study, trial, TrialState.FAIL)
         print(f"trial {trial.number} skipped: {exc}", file=sys.stderr)
@@ -279,21 +322,39 @@ def run_trial(study: optuna.Study, spec: StudySpec) -> TrialState:
 
 
 def run_search(name: str, n_trials: int | None = None, timeout: float | None = None,
-               joining: bool = False) -> dict[str, Any]:
+               joining: bool = False, actor: Actor | None = None) -> dict[str, Any]:
     """Run trials of a study in this process until it has n_trials (counting other processes' too), the time
-    is up, or the user stops the study (stop_search)."""
+    is up, the user stops the study (stop_search), or an assignment's limit refuses the owner's next run."""
     since = time.time()
-    spec = load_spec(name)
+    spec = check_access(actor, name, load_spec(name), "run")
+    owner = users.get_actor(spec.owner) if spec.owner else None     # a removed user's search: one line here
     study = load_study(name, spec, joining=joining)
+    if study.user_attrs.get(LIMIT_REACHED):
+        study.set_user_attr(LIMIT_REACHED, None)       # continued: the limit may have been raised since
     n_trials = n_trials or spec.n_trials
     timeout = timeout if timeout is not None else spec.timeout
     started = time.monotonic()
     while _active_count(study) < n_trials and not _stop_requested(study, since):
         if timeout and time.monotonic() - started > timeout:
             break
+        reason = _limit_reached(owner, spec)
+        if reason:
+            # Every further trial would be refused the same way: end here instead of failing trial after trial.
+            study.set_user_attr(LIMIT_REACHED, reason)
+            print(f"search '{shown(name)}' stopped: {reason}", file=sys.stderr, flush=True)
+            break
         fail_stale_trials(study)
         run_trial(study, spec)
-    return summary(name)
+    return summary(name, actor=actor)
+
+
+def _limit_reached(owner: Actor | None, spec: StudySpec) -> str | None:
+    """Why the owner may not make another run on the study's dataset now (runs, minutes, deadline), else None."""
+    try:
+        assignments.check_submission(owner, spec.base)
+    except UserError as exc:
+        return str(exc)
+    return None
 
 
 def _trial_state(trial: optuna.trial.FrozenTrial, run: dict | None, stopped: set[int]) -> str:
@@ -315,36 +376,44 @@ def _trials_with_runs(study: optuna.Study, every_run: bool = True
     return out
 
 
-def summary(name: str) -> dict[str, Any]:
-    study = load_study(name)
+def summary(name: str, actor: Actor | None = None) -> dict[str, Any]:
+    """Trial counts by state, the best trial (its validation score, settings, run and that run's held-out test
+    metrics, which a student does not get while an assignment hides the test split) and why the search ended."""
+    study, spec = _owned_study(name, actor, "see")
     trials = _trials_with_runs(study, every_run=False)
     counts = {state: 0 for state in (*(s.name.lower() for s in TrialState), "cancelled")}
     for _, _, state in trials:
         counts[state] += 1
-    result: dict[str, Any] = {"study": name, "trials": len(trials), "states": counts,
-                              "best_value": None, "best_params": None, "best_run_id": None,
-                              STOPPED_AT: study.user_attrs.get(STOPPED_AT)}
+    result: dict[str, Any] = {"study": name, "owner": spec.owner, "dataset_id": spec.dataset_id,
+                              "trials": len(trials), "states": counts,
+                              "best_value": None, "best_params": None, "best_run_id": None, "test": None,
+                              STOPPED_AT: study.user_attrs.get(STOPPED_AT),
+                              LIMIT_REACHED: study.user_attrs.get(LIMIT_REACHED)}
     if counts["complete"]:
         best = study.best_trial
+        run_id = best.user_attrs.get("run_id")
+        run = store.get_run(run_id) if run_id else None
         result.update(best_value=best.value, best_params=best.params, best_trial=best.number,
-                      best_run_id=best.user_attrs.get("run_id"))
-    return result
+                      best_run_id=run_id, test=(run or {}).get("test"))
+    return access.strip_hidden(actor, result)
 
 
-def best_config(name: str) -> RunConfig:
+def best_config(name: str, actor: Actor | None = None) -> RunConfig:
     """The best trial's settings as a normal RunConfig ('Train with the best parameters')."""
-    study = load_study(name)
+    study, spec = _owned_study(name, actor, "train from")
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         raise UserError("This search has no completed trial yet; wait for one to finish.")
     best = study.best_trial
-    config = config_from_params(load_spec(name).base, best.user_attrs.get("params", best.params))
+    config = config_from_params(spec.base, best.user_attrs.get("params", best.params))
     config.name = f"best of {name}"
     return config
 
 
-def trials_table(name: str) -> list[dict[str, Any]]:
+def trials_table(name: str, actor: Actor | None = None) -> list[dict[str, Any]]:
+    """One row per trial: state, validation score, epochs, run and its status, the drawn settings (no test
+    values: those stay with the runs, where the run pages hide them from students)."""
     rows = []
-    for t, run, state in _trials_with_runs(load_study(name)):
+    for t, run, state in _trials_with_runs(_owned_study(name, actor, "see")[0]):
         run_id = t.user_attrs.get("run_id")
         rows.append({"trial": t.number, "state": state, "value": t.value,
                      "epochs": len(t.intermediate_values), "run_id": run_id,
@@ -352,14 +421,14 @@ def trials_table(name: str) -> list[dict[str, Any]]:
     return rows
 
 
-def stop_search(name: str, wait: float | None = None) -> dict[str, Any]:
+def stop_search(name: str, wait: float | None = None, actor: Actor | None = None) -> dict[str, Any]:
     """Stop a study: no new trial starts, running trials end as cancelled (their runs cancelled, Optuna told
     FAIL), and the background process started for it on this machine ends. The study stays resumable: a search
     started later (the page's Continue, `search --study NAME`) runs more trials.
 
     Returns the summary plus "stopped", "cancelled_trials" (numbers) and "process": none (no search process of
     ours), ended (it stopped by itself), killed (it ignored the request past `wait` seconds) or still running."""
-    study = load_study(name)
+    study, _ = _owned_study(name, actor, "stop")
     study.set_user_attr(STOPPED_AT, time.time())       # searches started before now start no new trial
     pid = _own_search_process(name)
     deadline = time.monotonic() + (STOP_WAIT_SECONDS if wait is None else wait)
@@ -374,7 +443,7 @@ def stop_search(name: str, wait: float | None = None) -> dict[str, Any]:
         time.sleep(0.2)
     process = "none" if pid is None else "ended" if not _alive(pid) else _end_process(pid)
     _end_running_trials(study)
-    result = summary(name)
+    result = summary(name, actor=actor)
     result.update(stopped=True, process=process, cancelled_trials=sorted(
         row["trial"] for row in trials_table(name) if row["trial"] in ended and row["state"] == "cancelled"))
     return result
@@ -467,12 +536,13 @@ def _existing_process_files(name: str) -> tuple[Path, Path]:
     return log, pid
 
 
-def launch_search(name: str) -> int:
+def launch_search(name: str, actor: Actor | None = None) -> int:
     """Run the study in a background process (the Search page's 'Start'); returns its pid.
 
     The pid is kept beside the log so the page can tell a search that is still going from one whose process
-    died (server restart, out of memory, an error before the first trial)."""
-    load_study(name)                                   # a known study: never a process for an unknown name
+    died (server restart, out of memory, an error before the first trial). The process acts as the operator
+    (no --as): the owner travels in the study's spec, and its trials are the owner's runs."""
+    _owned_study(name, actor, "run")                   # a known study, the actor's: never a process otherwise
     log, pid_file = process_files(name)
     log.parent.mkdir(exist_ok=True)
     with open(log, "ab") as out:

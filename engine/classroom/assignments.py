@@ -25,6 +25,7 @@ from io import StringIO
 from typing import Any
 
 from sqlalchemy import Boolean, Column, Float, Integer, String, Table, Text, exc, func, insert, select, update
+from sqlalchemy.engine import Connection
 
 from engine import workspace
 from engine.accounts.actor import Actor
@@ -187,10 +188,13 @@ def _setting(config: Any, key: str) -> Any:
     return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
 
 
-def check_submission(actor: Actor | None, config: Any) -> None:
+def check_submission(actor: Actor | None, config: Any, count: int = 1, conn: Connection | None = None) -> None:
     """Refuse, in one sentence, a student's run that breaks a limit of the assignment on its dataset.
 
-    Checked before the run is recorded, so the run being submitted is not yet counted."""
+    Checked before the run is recorded, so the run being submitted is not yet counted. `count` runs are asked for
+    at once (count > 1: the folds of one cross-validation, all of which must fit). For the check to hold when
+    one student submits twice at once, run it and the insert in store.exclusive(...) and pass its `conn`
+    (engine.runs.submit.create_runs does)."""
     if actor is None or actor.is_instructor:
         return
     found = assignment_for_dataset(_setting(config, "dataset_id"))
@@ -205,23 +209,31 @@ def check_submission(actor: Actor | None, config: Any) -> None:
         if found[limit] is not None and value is not None and value > found[limit]:
             raise UserError(f"Assignment '{name}' allows {label} up to {found[limit]}, not {value}; "
                             f"set {label} to {found[limit]} or less.")
-    runs, seconds = _student_usage(actor.name, found["dataset_id"])
-    if found["runs_per_student"] is not None and runs >= found["runs_per_student"]:
-        raise UserError(f"You have used all {found['runs_per_student']} runs that assignment '{name}' allows; "
-                        "hand in one of your runs.")
+    runs, seconds = _student_usage(actor.name, found["dataset_id"], conn)
+    limit = found["runs_per_student"]
+    if limit is not None and runs + count > limit:
+        left = max(0, limit - runs)
+        if count == 1 or left == 0:
+            raise UserError(f"You have used all {limit} runs that assignment '{name}' allows; "
+                            "hand in one of your runs.")
+        advice = f"Set Folds to {left} or fewer." if left >= 2 else "Train a single run (Folds 1) instead."
+        raise UserError(f"Assignment '{name}' allows {limit} runs per student: cross-validation with {count} folds "
+                        f"needs {count} runs; you have {left} left. {advice}")
     if found["gpu_minutes"] is not None and seconds / 60 >= found["gpu_minutes"]:
         raise UserError(f"You have used your {found['gpu_minutes']:g} training minutes for assignment '{name}'; "
                         "hand in one of your runs.")
 
 
-def _student_usage(student: str, dataset_id: str) -> tuple[int, float]:
-    """Runs a student made on a dataset (any status: a failed run used its place too) and their training seconds."""
-    runs = store.runs
-    query = select(func.count(), func.coalesce(func.sum(runs.c.train_seconds), 0.0)).where(
-        runs.c.owner == student, runs.c.dataset_id == dataset_id)
-    with store.db().connect() as conn:
-        count, seconds = conn.execute(query).one()
-    return int(count), float(seconds or 0.0)
+def _student_usage(student: str, dataset_id: str, conn: Connection | None = None) -> tuple[int, float]:
+    """Runs a student made on a dataset and their training seconds: any status (a failed run used its place
+    too), deleted ones included (store.spent_runs), so deleting never gives a place or a minute back."""
+    if conn is None:
+        with store.db().connect() as own:
+            return _student_usage(student, dataset_id, own)
+    totals = [conn.execute(select(func.count(), func.coalesce(func.sum(table.c.train_seconds), 0.0))
+                           .where(table.c.owner == student, table.c.dataset_id == dataset_id)).one()
+              for table in (store.runs, store.spent_runs)]
+    return sum(int(count) for count, _ in totals), sum(float(seconds or 0.0) for _, seconds in totals)
 
 
 # ---- hand-ins and the leaderboard -----------------------------------------------------------------------------

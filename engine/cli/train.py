@@ -15,17 +15,10 @@ from engine.runs import crossval, execute, worker
 from engine.runs.submit import create_run, submit
 
 
-def _no_student_folds(args, config) -> None:
-    # crossval records its fold runs without an owner (and past an assignment's limits): refuse until it takes one
-    if config.folds >= 2 and not config.fold and args.actor is not None and not args.actor.is_instructor:
-        raise UserError("Cross-validation (--folds) is not open to students yet; train without --folds.")
-
-
 def cmd_train(args) -> dict:
     config = config_from_args(args)
-    _no_student_folds(args, config)
     if config.folds >= 2 and not config.fold:
-        return _train_folds(config, quiet=args.quiet)
+        return _train_folds(config, quiet=args.quiet, actor=args.actor)
     run_id = create_run(config, status="starting", actor=args.actor)
     run = execute.run_job(run_id, handlers=[TrainProgress(enabled=not args.quiet)])
     result = run_summary(run)
@@ -34,9 +27,11 @@ def cmd_train(args) -> dict:
     return result
 
 
-def _train_folds(config, quiet: bool) -> dict:
-    """`train --folds K`: every fold trains here; the JSON holds each fold's best and the mean ± sd."""
-    result = crossval.run_folds_here(config, config.folds, handlers=lambda: [TrainProgress(enabled=not quiet)])
+def _train_folds(config, quiet: bool, actor=None) -> dict:
+    """`train --folds K`: every fold trains here, owned by the actor; the JSON holds each fold's best and the
+    mean ± sd."""
+    result = crossval.run_folds_here(config, config.folds, handlers=lambda: [TrainProgress(enabled=not quiet)],
+                                     actor=actor)
     failed = [f for f in result["folds"] if f["status"] != "done"]
     if failed:
         raise CommandFailed(f"{len(failed)} of {config.folds} folds did not finish (first: run {failed[0]['run_id']} "
@@ -46,9 +41,8 @@ def _train_folds(config, quiet: bool) -> dict:
 
 def cmd_submit(args) -> dict:
     config = config_from_args(args)
-    _no_student_folds(args, config)
     if config.folds >= 2 and not config.fold:
-        cv_id, run_ids = crossval.create_folds(config, config.folds)
+        cv_id, run_ids = crossval.create_folds(config, config.folds, actor=args.actor)
         return {"run_id": run_ids[0], "run_ids": run_ids, "cv_id": cv_id, "status": "queued"}
     return {"run_id": submit(config, actor=args.actor), "status": "queued"}
 

@@ -12,12 +12,13 @@ import secrets
 from dataclasses import replace
 from statistics import mean, stdev
 
+from engine.accounts.actor import Actor
 from engine.config import RunConfig
 from engine.data.folds import fold_groups
 from engine.data.manifest import manifest_or_none
 from engine.preflight import check_config
 from engine.runs import execute, queue, store
-from engine.runs.submit import create_run
+from engine.runs.submit import create_runs
 from engine.tasks import TASK_METRICS
 
 CV_PREFIX = "cv:"        # the store's `study` column tags the runs of one cross-validation ("cv:<id>")
@@ -28,27 +29,49 @@ def fold_configs(config: RunConfig, folds: int) -> list[RunConfig]:
     return [replace(config, folds=folds, fold=i, name=f"{tag} · fold {i}/{folds}") for i in range(1, folds + 1)]
 
 
-def create_folds(config: RunConfig, folds: int, status: str = "queued") -> tuple[str, list[str]]:
-    """Record (and with status 'queued', enqueue) one run per fold; returns the cross-validation id and run ids."""
+def _record_folds(config: RunConfig, folds: int, status: str, actor: Actor | None) -> tuple[str, list[str]]:
+    """The K fold runs, owned by the actor, recorded together: a student's runs-per-student limit must hold all K
+    (checked with the inserts, in one critical section), so a refused cross-validation records no fold."""
     check_config(replace(config, folds=folds, fold=1))          # refuse before any fold is recorded
     cv_id = CV_PREFIX + secrets.token_hex(4)
-    run_ids = []
-    for fold_config in fold_configs(config, folds):
-        run_id = create_run(fold_config, status=status, study=cv_id, trial=fold_config.fold)
-        if status == "queued":
-            queue.enqueue(run_id, resume=False)
-        run_ids.append(run_id)
+    configs = fold_configs(config, folds)
+    run_ids = create_runs(configs, status=status, study=cv_id, trials=[c.fold for c in configs], actor=actor)
     return cv_id, run_ids
 
 
-def run_folds_here(config: RunConfig, folds: int, handlers=lambda: ()) -> dict:
-    """`train --folds K`: the K fold runs one after another in this process; the summary, plus the id."""
-    check_config(replace(config, folds=folds, fold=1))          # refuse before the first fold trains
-    cv_id = CV_PREFIX + secrets.token_hex(4)
+def create_folds(config: RunConfig, folds: int, status: str = "queued",
+                 actor: Actor | None = None) -> tuple[str, list[str]]:
+    """Record (and with status 'queued', enqueue) one run per fold; returns the cross-validation id and run ids."""
+    cv_id, run_ids = _record_folds(config, folds, status, actor)
+    if status == "queued":
+        for run_id in run_ids:
+            queue.enqueue(run_id, resume=False)
+    return cv_id, run_ids
+
+
+WAITING = "Waiting for the folds before it: `train --folds` trains them one after another in its own process."
+STOPPED = "Not trained: the `train --folds` command stopped before this fold's turn."
+
+
+def run_folds_here(config: RunConfig, folds: int, handlers=lambda: (), actor: Actor | None = None) -> dict:
+    """`train --folds K`: the K fold runs one after another in this process; the summary, plus the id.
+
+    All K are recorded first, queued in the store but not in the worker's queue (this process trains them), so
+    their places are taken together. A fold cancelled while it waits is skipped; if the command stops, the
+    folds it did not reach are marked cancelled."""
+    cv_id, run_ids = _record_folds(config, folds, "queued", actor)
+    for run_id in run_ids[1:]:
+        store.update_run(run_id, message=WAITING)
     runs = []
-    for fold_config in fold_configs(config, folds):
-        run_id = create_run(fold_config, status="starting", study=cv_id, trial=fold_config.fold)
-        runs.append(execute.run_job(run_id, handlers=handlers()))
+    try:
+        for run_id in run_ids:
+            if store.set_status(run_id, "starting", only_if=("queued",)):
+                runs.append(execute.run_job(run_id, handlers=handlers()))
+            else:                                               # cancelled while it waited its turn
+                runs.append(store.require_run(run_id))
+    finally:
+        for run_id in run_ids[len(runs):]:
+            store.set_status(run_id, "cancelled", STOPPED, only_if=("queued",))
     return {"cv_id": cv_id, **summary(runs)}
 
 

@@ -6,6 +6,9 @@ import re
 import secrets
 import sys
 import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any, Iterable
@@ -28,9 +31,10 @@ from sqlalchemy import (
     inspect,
     or_,
     select,
+    text,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from engine import workspace
 from engine.errors import UserError, shown
@@ -102,6 +106,17 @@ workers = Table(
     Column("started_at", Float),
     Column("heartbeat_at", Float),
     Column("stopped", Boolean, default=False),
+)
+
+# A deleted run's owner, dataset and training time: an assignment's runs-per-student places and GPU minutes stay
+# spent after a delete (engine.classroom.assignments counts these rows with the runs).
+spent_runs = Table(
+    "lb_spent_runs", metadata,
+    Column("run_id", String(40), primary_key=True),
+    Column("owner", String(80), nullable=False, index=True),
+    Column("dataset_id", String(120), nullable=False),
+    Column("train_seconds", Float, nullable=False, default=0.0),
+    Column("deleted_at", Float, nullable=False),
 )
 
 # "starting": a worker claimed the run and its process is importing and loading data; "running" from its first step.
@@ -226,20 +241,45 @@ def _row(row) -> dict[str, Any]:
     return out
 
 
+# Any constant will do: the first key of the two-key PostgreSQL advisory locks that exclusive() takes.
+_EXCLUSIVE_SPACE = 0x4C42_5855
+
+
+@contextmanager
+def exclusive(name: str) -> Iterator[Connection]:
+    """A transaction that callers naming the same thing (e.g. one student's submissions) enter one at a time, so a
+    check followed by a write cannot be overtaken. SQLite: BEGIN IMMEDIATE takes the database's write lock
+    before reading (every writer waits, briefly). PostgreSQL: a transaction-level advisory lock on the name,
+    released at commit or rollback. Write through the yielded connection: another one would wait on this lock."""
+    eng = db()
+    with eng.connect() as conn:
+        if eng.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        elif eng.dialect.name == "postgresql":
+            key = zlib.crc32(name.encode()) - 2 ** 31                  # a signed 32-bit integer
+            conn.execute(text("SELECT pg_advisory_xact_lock(CAST(:space AS integer), CAST(:key AS integer))"),
+                         {"space": _EXCLUSIVE_SPACE, "key": key})
+        yield conn
+        conn.commit()
+
+
 # ---- runs -------------------------------------------------------------------------------------------------
 
 def insert_run(config: dict, *, status: str = "queued", params: int | None = None, study: str | None = None,
-               trial: int | None = None, owner: str | None = None) -> str:
-    """Record a run row as given (no checks: engine.runs.submit.create_run validates first)."""
+               trial: int | None = None, owner: str | None = None, conn: Connection | None = None) -> str:
+    """Record a run row as given (no checks: engine.runs.submit.create_run validates first); with `conn`, inside
+    that connection's transaction (the caller commits)."""
+    if conn is None:
+        with db().begin() as own:
+            return insert_run(config, status=status, params=params, study=study, trial=trial, owner=owner, conn=own)
     run_id = new_run_id()
     started = now() if status in STARTED else None     # `engine train` runs start at once
-    with db().begin() as conn:
-        conn.execute(insert(runs).values(
-            id=run_id, name=config.get("name", ""), dataset_id=config["dataset_id"], arch=config["arch"],
-            task=config["task"], config=json.dumps(config), status=status, created_at=now(),
-            epochs=config.get("epochs", 0), params=params, study=study, trial=trial, owner=owner, message="",
-            started_at=started, heartbeat_at=started,
-            epoch=0, progress=0.0, cancel_requested=False, attempts=0, train_seconds=0.0))
+    conn.execute(insert(runs).values(
+        id=run_id, name=config.get("name", ""), dataset_id=config["dataset_id"], arch=config["arch"],
+        task=config["task"], config=json.dumps(config), status=status, created_at=now(),
+        epochs=config.get("epochs", 0), params=params, study=study, trial=trial, owner=owner, message="",
+        started_at=started, heartbeat_at=started,
+        epoch=0, progress=0.0, cancel_requested=False, attempts=0, train_seconds=0.0))
     return run_id
 
 
@@ -297,14 +337,19 @@ def request_cancel(run_id: str) -> None:
 def delete_run(run_id: str) -> bool:
     """Remove a finished run with its metrics and queue rows; False when it is missing or queued/running.
 
-    The conditional DELETE is the guard: a run that a worker or a resume picks up meanwhile is left alone.
+    The conditional DELETE is the guard: a run that a worker or a resume picks up meanwhile is left alone. A run
+    with an owner leaves a spent_runs row in the same transaction: its place and training time stay counted.
     """
     with db().begin() as conn:
-        gone = conn.execute(runs.delete().where(runs.c.id == run_id, runs.c.status.in_(FINISHED))).rowcount == 1
-        if gone:
+        gone = conn.execute(runs.delete().where(runs.c.id == run_id, runs.c.status.in_(FINISHED))
+                            .returning(runs.c.owner, runs.c.dataset_id, runs.c.train_seconds)).first()
+        if gone is not None:
             conn.execute(metrics.delete().where(metrics.c.run_id == run_id))
             conn.execute(jobs.delete().where(jobs.c.run_id == run_id))
-    return gone
+            if gone.owner is not None:
+                conn.execute(insert(spent_runs).values(run_id=run_id, owner=gone.owner, dataset_id=gone.dataset_id,
+                                                       train_seconds=gone.train_seconds or 0.0, deleted_at=now()))
+    return gone is not None
 
 
 def run_counts() -> dict[str, int]:

@@ -301,3 +301,59 @@ def test_submit_refuses_a_students_run_over_the_limit(tiny_classification):
         submit(_config(tiny_classification, epochs=2), actor=ALICE)
     submit(_config(tiny_classification, epochs=3), actor=TEACHER)
     assert [r["owner"] for r in store.list_runs()] == ["teach", "alice"] and store.get_run(first)["owner"] == "alice"
+
+
+# ---- several places at once; one student's submits racing ------------------------------------------------------
+
+def test_check_submission_counts_every_run_asked_for(tiny_classification):
+    assignments.create_assignment(TEACHER, tiny_classification, "Week 1", runs_per_student=5)
+    store.update_run(create_run(_config(tiny_classification)), owner="alice")
+    assignments.check_submission(ALICE, _config(tiny_classification), count=4)          # 1 + 4 = 5: fits
+    with pytest.raises(UserError) as err:
+        assignments.check_submission(ALICE, _config(tiny_classification), count=5)
+    assert _one_line(err) == ("Assignment 'Week 1' allows 5 runs per student: cross-validation with 5 folds "
+                              "needs 5 runs; you have 4 left. Set Folds to 4 or fewer.")
+    for _ in range(3):
+        store.update_run(create_run(_config(tiny_classification)), owner="alice")
+    with pytest.raises(UserError) as err:
+        assignments.check_submission(ALICE, _config(tiny_classification), count=2)
+    assert _one_line(err).endswith("needs 2 runs; you have 1 left. Train a single run (Folds 1) instead.")
+    assignments.check_submission(ALICE, _config(tiny_classification))                   # the last place
+    assignments.check_submission(TEACHER, _config(tiny_classification), count=50)
+
+
+@pytest.mark.postgres
+def test_concurrent_submits_of_one_student_get_exactly_the_limit(tiny_classification, monkeypatch):
+    """Five tabs submit at once against runs_per_student=2: the check and the insert are one critical section
+    per student, so exactly 2 runs are recorded (on SQLite and on PostgreSQL). The usage query is slowed down so
+    that, without the critical section, every submit would read 'no run yet' before any inserts."""
+    import threading
+    import time
+
+    assignments.create_assignment(TEACHER, tiny_classification, "Week 1", runs_per_student=2)
+    counted = assignments._student_usage
+
+    def slow_usage(*args, **kwargs):
+        found = counted(*args, **kwargs)
+        time.sleep(0.3)
+        return found
+
+    monkeypatch.setattr(assignments, "_student_usage", slow_usage)
+    start, made, refused = threading.Barrier(5), [], []
+
+    def one_tab() -> None:
+        start.wait()
+        try:
+            made.append(submit(_config(tiny_classification), actor=ALICE))
+        except UserError as err:
+            refused.append(str(err))
+
+    threads = [threading.Thread(target=one_tab) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(made) == 2 and len(refused) == 3, (made, refused)
+    assert all("You have used all 2 runs" in line for line in refused)
+    assert sorted(r["id"] for r in store.list_runs(owner="alice")) == sorted(made)
+    submit(_config(tiny_classification), actor=BOB)          # another student's submit is not held up for good

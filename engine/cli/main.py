@@ -22,6 +22,7 @@ COMMAND_MODULES = {
     "predict": "predict", "export": "predict",
     "search": "search",
     "user": "users", "assignment": "assignment", "reproduce": "reproduce", "bundle": "reproduce",
+    "pretrain": "pretrain", "encoders": "pretrain",
 }
 
 

@@ -9,9 +9,9 @@ import numpy as np
 from engine.config import RunConfig
 from engine.data.dataset import load_manifest
 from engine.data.folds import fold_view, group_count
-from engine.errors import UserError
+from engine.errors import UserError, shown
 from engine.models.registry import DEFAULT_ARCH, get_spec, resolve_options
-from engine.models.weights import imagenet_status
+from engine.models.weights import imagenet_status, source_run_id
 from engine.tasks import SMALL_SPLIT_IMAGES, SMALL_SPLIT_PER_CLASS, headline_metric
 
 
@@ -43,7 +43,29 @@ def check_config(config: RunConfig) -> dict:
     options = resolve_options(spec, config.model_options)   # unknown or out-of-range model settings fail here
     if config.pretrained == "imagenet" and not (status := imagenet_status(spec, options)).available:
         raise UserError(status.message)                    # before launch, not 20 s into the run
+    if (run_id := source_run_id(config.pretrained)) is not None:
+        check_source_run(run_id, spec, config.task)
     return manifest
+
+
+def check_source_run(run_id: str, spec, task: str) -> dict:
+    """A run to start from ("run:ID") must exist, be finished with a best checkpoint, and have trained the same
+    architecture for the same task (who may use it is engine.runs.start_from's check: it needs the actor)."""
+    # the store: only for runs started from a run
+    from engine.runs import paths, store
+    run = store.get_run(run_id) if store.is_run_id(run_id) else None
+    if run is None:
+        raise UserError(f"There is no run '{shown(run_id)}' to start from; `python -m engine runs` lists the runs.")
+    if run["status"] != "done" or not (paths.run_dir(run["id"]) / "best.pt").is_file():
+        raise UserError(f"Run {run['id']} is {run['status']}, not finished with a saved model; start from a finished "
+                        "run (status done).")
+    if run["task"] != task:
+        raise UserError(f"Run {run['id']} is a {run['task']} model and this run does {task}; start from a {task} run.")
+    if run["arch"] != spec.name:
+        title = get_spec(run["arch"], run["task"]).title
+        raise UserError(f"Run {run['id']} trained a {title}, and this run is a {spec.title}: starting from a run "
+                        f"needs the same architecture; choose {title} or start from another run.")
+    return run
 
 
 EMPTY_VALIDATION = ("The validation split of this dataset is empty, so nothing honest is left to pick the best "

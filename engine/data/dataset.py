@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from engine.data.folds import run_splits
 from engine.data.manifest import SPLITS, dataset_dir, list_datasets, load_manifest  # noqa: F401 - re-exported
+from engine.data.subset import train_mask
 from engine.errors import UserError
 
 # Stored images are capped at this many pixels on their longest side (aspect kept): a 3000-px radiograph would
@@ -128,15 +129,17 @@ def _build_cache(folder: Path, manifest: dict, size: int) -> Path:
     return cache
 
 
-def load_split(dataset_id: str, split: str, size: int, folds: int = 0, fold: int = 0) -> SplitArrays:
+def load_split(dataset_id: str, split: str, size: int, folds: int = 0, fold: int = 0,
+               train_fraction: float = 1.0) -> SplitArrays:
     """Arrays of one split at one square size, from the cache (built once per size). With `folds` ≥ 2 the
-    train and val splits are those of cross-validation fold `fold` (engine.data.folds)."""
+    train and val splits are those of cross-validation fold `fold` (engine.data.folds); `train_fraction` < 1
+    keeps that share of the training split, whole groups at a time (engine.data.subset)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
     folder = dataset_dir(dataset_id)
     manifest = load_manifest(dataset_id)
     cache = _build_cache(folder, manifest, size)
-    index = [i for i, s in enumerate(run_splits(manifest, folds, fold)) if s == split]
+    index = split_index(manifest, split, folds, fold, train_fraction)
     images = np.load(cache / "images.npy", mmap_mode="r")
     targets = np.load(cache / "targets.npy", mmap_mode="r")
     return SplitArrays(
@@ -144,3 +147,11 @@ def load_split(dataset_id: str, split: str, size: int, folds: int = 0, fold: int
         targets=np.ascontiguousarray(targets[index]),
         keys=[manifest["samples"][i]["key"] for i in index],
     )
+
+
+def split_index(manifest: dict, split: str, folds: int = 0, fold: int = 0, train_fraction: float = 1.0) -> list[int]:
+    """Positions in manifest["samples"] of one run's split (its fold, and its share of the training split)."""
+    splits = run_splits(manifest, folds, fold)
+    if split == "train" and train_fraction < 1.0:
+        return [i for i, used in enumerate(train_mask(manifest["samples"], splits, train_fraction)) if used]
+    return [i for i, s in enumerate(splits) if s == split]

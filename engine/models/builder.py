@@ -20,7 +20,8 @@ def build_model(
     freeze_backbone: bool = False,
     options: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """Build a registered model; optionally load ImageNet or user weights and freeze all but the head.
+    """Build a registered model; optionally load ImageNet weights, a user's file or a finished run's best weights
+    ("run:RUN_ID"), and freeze all but the head.
 
     `task` picks the entry when a name serves both tasks (mlp). When weights are loaded,
     ``model.weights_report`` (a pretrained.LoadReport) says which tensors were used.
@@ -35,6 +36,8 @@ def build_model(
     source = (pretrained or "none").strip()
     if source.lower() == "imagenet":
         model.weights_report = weights.load_imagenet(model, spec, opts)
+    elif (run_id := weights.source_run_id(source)) is not None:
+        model.weights_report = weights.load_run(model, spec, run_id, int(in_channels), int(num_classes))
     elif source.lower() != "none":
         model.weights_report = weights.load_file(model, source)
     if freeze_backbone:

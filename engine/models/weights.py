@@ -1,6 +1,7 @@
 """Transfer learning: ImageNet weights from the local torch cache (never downloaded), user weight files, freezing."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -14,9 +15,9 @@ import torch.nn.functional as F
 import torchvision.models
 from torch import nn
 
-from engine.errors import UserError
-from engine.models.checkpoints import read_torch_file
-from engine.models.registry import ModelSpec
+from engine.errors import UserError, shown
+from engine.models.checkpoints import load_checkpoint, read_torch_file
+from engine.models.registry import MODELS, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,11 @@ class LoadReport:
     skipped: dict[str, str] = field(default_factory=dict)   # file key -> reason
     untouched: list[str] = field(default_factory=list)      # model keys that kept their fresh initialisation
 
+    message: str = ""                                       # one sentence for the user, when the loader wrote one
+
     def summary(self) -> str:
-        return (f"Loaded {len(self.loaded)} tensors from {self.source}; "
-                f"{len(self.skipped)} skipped, {len(self.untouched)} left freshly initialised.")
+        return self.message or (f"Loaded {len(self.loaded)} tensors from {self.source}; "
+                                f"{len(self.skipped)} skipped, {len(self.untouched)} left freshly initialised.")
 
 
 # ---------------------------------------------------------------- input channels
@@ -140,6 +143,99 @@ def load_file(model: nn.Module, path: str | os.PathLike) -> LoadReport:
         raise UserError(f"None of the weights in {path.name} fit this model; "
                         "use a file saved from the same architecture.")
     return report
+
+
+# ---------------------------------------------------------------- starting from one of your runs
+
+RUN_PREFIX = "run:"          # RunConfig.pretrained = "run:RUN_ID": the best checkpoint of a finished run
+
+
+def source_run_id(pretrained: object) -> str | None:
+    """The run id of a "run:ID" weights source; None for none, imagenet, a file or an encoder."""
+    if isinstance(pretrained, str) and pretrained.strip().lower().startswith(RUN_PREFIX):
+        return pretrained.strip()[len(RUN_PREFIX):].strip()
+    return None
+
+
+def source_checkpoint(run_id: str) -> dict:
+    """The best checkpoint of a finished run (kept in memory for the next call: preflight, normalisation and the
+    model build of one run start all read it)."""
+    # the store: only for runs started from a run
+    from engine.runs import paths, store
+    run = store.require_run(run_id)
+    path = paths.run_dir(run["id"]) / "best.pt"
+    if run["status"] != "done" or not path.is_file():
+        raise UserError(f"Run {run['id']} is {run['status']}{'' if path.is_file() else ' without a saved model'}; "
+                        "start from a finished run (status done).")
+    stat = path.stat()
+    return _read_source(str(path), stat.st_mtime_ns, run["id"])
+
+
+@functools.lru_cache(maxsize=2)
+def _read_source(path: str, mtime_ns: int, run_id: str) -> dict:
+    ckpt = load_checkpoint(Path(path), run_id)
+    if not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("dataset"), dict):
+        raise UserError(f"best.pt of run {run_id} is not a Lightbox checkpoint; start from another run.")
+    return ckpt
+
+
+def source_normalisation(run_id: str, channels: int) -> tuple[list[float], list[float]]:
+    """The per-channel mean and std the source run's network saw its inputs with (its Normalize buffers), so the
+    loaded features see images as they were trained on; averaged over channels when the channel count differs."""
+    state = source_checkpoint(run_id)["model"]
+    mean, std = state["normalize.mean"].flatten().tolist(), state["normalize.std"].flatten().tolist()
+    if len(mean) != channels:
+        mean, std = [sum(mean) / len(mean)] * channels, [sum(std) / len(std)] * channels
+    return mean, std
+
+
+def load_run(model: nn.Module, spec: ModelSpec, run_id: str, in_channels: int, num_classes: int) -> LoadReport:
+    """Load a finished run's best weights into a fresh network of the same architecture: tensors whose names and
+    shapes match load, the stem is adapted to another channel count, a head of another class count stays fresh."""
+    ckpt = source_checkpoint(run_id)
+    config, info = ckpt.get("config") or {}, ckpt["dataset"]
+    arch = config.get("arch")
+    if arch != spec.name:
+        title = _title(arch)
+        raise UserError(f"Run {run_id} trained a {title}, and this run is a {spec.title}: starting from a run needs "
+                        f"the same architecture; choose {title} or start from another run.")
+    net = {key[len("net."):]: value for key, value in ckpt["model"].items() if key.startswith("net.")}
+    report = apply_state_dict(model, net, f"run {run_id}")
+    if not report.loaded:
+        raise UserError(f"None of the weights of run {run_id} fit this {spec.title} (its settings differ); use the "
+                        "same architecture settings as that run, or start from scratch.")
+    report.message = run_load_message(report, run_id, spec.title, len(net), info, in_channels, num_classes)
+    log.info(report.message)
+    return report
+
+
+def run_load_message(report: LoadReport, run_id: str, title: str, total: int, info: dict, in_channels: int,
+                     num_classes: int) -> str:
+    """"Kept 52 of 54 tensors from run X (U-Net, 2 classes); rebuilt the output layer for 3 classes."."""
+    classes, channels = info.get("num_classes"), info.get("channels")
+    shape = {k: v for k, v in report.skipped.items() if v.startswith("shape")}
+    what = f"{title}, {classes} class{'' if classes == 1 else 'es'}"
+    if channels != in_channels:
+        what += f", {channels} channel{'' if channels == 1 else 's'}"
+    done = []
+    if classes != num_classes and shape:
+        done.append(f"rebuilt the output layer for {num_classes} classes")
+    elif shape:
+        done.append(f"{len(shape)} tensor{'' if len(shape) == 1 else 's'} of another shape start fresh")
+    if channels != in_channels:
+        plural = "" if in_channels == 1 else "s"
+        done.append(f"adapted the first layer from {channels} to {in_channels} channel{plural}")
+    others = len(report.skipped) - len(shape)
+    if others:
+        done.append(f"{others} tensor{'' if others == 1 else 's'} not in this model left out")
+    return (f"Kept {len(report.loaded)} of {total} tensors from run {run_id} ({what})"
+            + (f"; {', '.join(done)}." if done else "."))
+
+
+def _title(arch: object) -> str:
+    """The display title of an architecture name, whichever task its entry serves."""
+    spec = next((spec for (_, name), spec in MODELS.items() if name == arch), None)
+    return spec.title if spec else f"'{shown(arch)}'"
 
 
 def _strip_wrappers(key: str) -> str:

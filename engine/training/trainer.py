@@ -1,8 +1,10 @@
 """Trainer: one RunConfig in, a trained model out. The loop trains and announces events; handlers do the rest."""
 from __future__ import annotations
 
+import json
 import math
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -20,12 +22,16 @@ from engine.errors import UserError
 from engine.metrics import ClassificationMeter, SegmentationMeter
 from engine.models.checkpoints import RESUME_KEYS, load_checkpoint, not_a_checkpoint, save_checkpoint
 from engine.models.network import IMAGENET_MEAN, IMAGENET_STD, build_network
+from engine.models.weights import source_normalisation, source_run_id
 from engine.preflight import EMPTY_VALIDATION, check_config, check_mask_classes
 from engine.tasks import LOWER_IS_BETTER
 from engine.training.augment import build_pipeline
 from engine.training.events import Event, Events
 from engine.training.losses import build_loss, class_weights_from_counts
 from engine.training.stops import TrainingStopped
+
+
+WEIGHTS_NOTE = "weights.json"        # in the run folder: what the weight load kept (engine.runs.start_from reads it)
 
 
 @dataclass
@@ -48,8 +54,11 @@ def seed_everything(seed: int) -> None:
 
 
 def normalisation_for(config: RunConfig, images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """ImageNet statistics for pretrained weights (what they were trained with), else the train split's own."""
+    """What pretrained weights were trained with (ImageNet's statistics, or a source run's own normalisation),
+    else the train split's own."""
     channels = images.shape[1]
+    if (run_id := source_run_id(config.pretrained)) is not None:    # the inputs the loaded features were trained on
+        return source_normalisation(run_id, channels)
     if config.pretrained != "none":
         if channels == 3:
             return IMAGENET_MEAN, IMAGENET_STD
@@ -58,6 +67,15 @@ def normalisation_for(config: RunConfig, images: torch.Tensor) -> tuple[list[flo
     mean = sample.mean(dim=(0, 2, 3))
     std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3)
     return mean.tolist(), std.tolist()
+
+
+def check_share_classes(labels: np.ndarray, classes: list[str], fraction: float) -> None:
+    """Refuse a share of the training split that lost a class (the full split was checked before queueing)."""
+    missing = [name for i, name in enumerate(classes) if not np.any(labels == i)]
+    if missing:
+        names = ", ".join(f"'{name}'" for name in missing)
+        raise UserError(f"{fraction:.0%} of the training split holds no image of {names}, so the model could never "
+                        "learn it; use a larger share of the training split.")
 
 
 def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -103,6 +121,7 @@ class Trainer:
         seed_everything(config.seed)
         mean, std = normalisation_for(config, self.train_images)
         self.model = build_network(config, self.info, mean, std).to(self.device, memory_format=torch.channels_last)
+        self.weights_message = self._record_weights()
         self.optimizer = build_optimizer(config, self.model)
         self.steps_per_epoch = math.ceil(len(self.train_images) / config.batch_size)
         self.scheduler = build_scheduler(config, self.optimizer, self.steps_per_epoch)
@@ -115,7 +134,7 @@ class Trainer:
     def _load_data(self) -> None:
         size = self.config.image_size
         folds = dict(folds=self.config.folds, fold=self.config.fold)     # cross-validation: this run's fold
-        train = load_split(self.config.dataset_id, "train", size, **folds)
+        train = load_split(self.config.dataset_id, "train", size, **folds, train_fraction=self.config.train_fraction)
         val = load_split(self.config.dataset_id, "val", size, **folds)
         if len(train.images) == 0:
             raise UserError("The training split is empty; upload more images or change the split.")
@@ -123,6 +142,8 @@ class Trainer:
             raise UserError(EMPTY_VALIDATION)
         if self.segmentation:
             check_mask_classes(train.targets, self.info["classes"])
+        elif self.config.train_fraction < 1.0:
+            check_share_classes(train.targets, self.info["classes"], self.config.train_fraction)
         # Keep training data as float32 in memory when it fits: the per-batch cast otherwise costs throughput.
         as_float = train.images.nbytes * 2 < 2 * 1024**3
         self.train_images = torch.from_numpy(train.images.astype(np.float32) if as_float else train.images)
@@ -130,6 +151,19 @@ class Trainer:
         self.val_images = torch.from_numpy(val.images.astype(np.float32))
         self.val_targets = torch.from_numpy(val.targets.astype(np.int64))
         self.val_keys = val.keys
+        self.train_keys = train.keys
+
+    def _record_weights(self) -> str:
+        """What the weight load kept, in one sentence: in the run folder (weights.json) and the run's log."""
+        report = getattr(self.model.net, "weights_report", None)
+        if report is None:
+            return ""
+        message = report.summary()
+        record = {"source": self.config.pretrained, "message": message, "loaded": len(report.loaded),
+                  "skipped": report.skipped, "untouched": len(report.untouched)}
+        (self.run_dir / WEIGHTS_NOTE).write_text(json.dumps(record, indent=1))
+        print(f"Weights: {message}", file=sys.stderr, flush=True)        # the worker's train.log
+        return message
 
     def _build_loss(self):
         weights = None

@@ -1,0 +1,43 @@
+"""Starting a run from one of your finished runs (RunConfig.pretrained = "run:RUN_ID"): who may, which runs are
+offered, and what the new run kept. Loading is engine.models.weights.load_run; the actor-free checks (finished,
+same architecture and task) are engine.preflight.check_source_run."""
+from __future__ import annotations
+
+import json
+
+from engine.accounts import access
+from engine.accounts.actor import Actor
+from engine.models.weights import RUN_PREFIX, source_run_id
+from engine.runs import paths, store
+
+WEIGHTS_NOTE = "weights.json"           # written by the Trainer into the new run's folder
+
+
+def check_start(actor: Actor | None, pretrained: object) -> dict | None:
+    """The source run when `pretrained` is "run:ID" and the actor may start from it; None for other sources.
+    A student may only start from their own runs (refused in one line that gives nothing of the other run away)."""
+    run_id = source_run_id(pretrained)
+    if run_id is None:
+        return None
+    return access.check_run(actor, run_id, "start from")
+
+
+def value_for(run_id: str) -> str:
+    return RUN_PREFIX + run_id
+
+
+def candidates(actor: Actor | None, task: str, arch: str | None = None) -> list[dict]:
+    """The finished runs with a best checkpoint that the actor may start a `task` run from (of `arch` when
+    given), newest first."""
+    runs = access.visible_runs(actor, store.list_runs(status=("done",)))
+    return [r for r in runs if r["task"] == task and (arch is None or r["arch"] == arch)
+            and paths.has_best_checkpoint(r["id"])]
+
+
+def start_note(run_id: str) -> str | None:
+    """What the run kept of the weights it started from, in one sentence ("Kept 52 of 54 tensors from run …");
+    None when it started from scratch or has not started yet."""
+    try:
+        return json.loads((paths.run_dir(run_id) / WEIGHTS_NOTE).read_text())["message"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

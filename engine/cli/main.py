@@ -20,7 +20,7 @@ COMMAND_MODULES = {
     "train": "train", "submit": "train", "run-job": "train", "worker": "train", "bench": "train",
     "runs": "queue", "cancel": "queue", "resume": "queue", "delete": "queue",
     "predict": "predict", "export": "predict",
-    "search": "search",
+    "search": "search", "learning-curve": "curve",
     "user": "users", "assignment": "assignment", "reproduce": "reproduce", "bundle": "reproduce",
     "pretrain": "pretrain", "encoders": "pretrain",
 }

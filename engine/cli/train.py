@@ -8,6 +8,7 @@ import time
 
 from engine.bench import PRESETS, BenchLog, process_age, run_bench
 from engine.cli.common import CommandFailed, finite, run_summary
+from engine.cli.init_from import add_init_from, checks_start_from
 from engine.cli.options import add_run_settings, config_from_args
 from engine.cli.progress import TrainProgress
 from engine.errors import UserError
@@ -88,7 +89,8 @@ def register(add) -> None:
                                 ("submit", "queue a run for the worker", cmd_submit)):
         p = add(name, text)
         add_run_settings(p)
-        p.set_defaults(handler=handler)
+        add_init_from(p)
+        p.set_defaults(handler=checks_start_from(handler))
 
     p = add("run-job", "run one stored run (used by the worker)")
     p.add_argument("run_id")

@@ -10,7 +10,7 @@ import re
 import secrets
 import shutil
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -398,9 +398,20 @@ def interval_text(scores: dict | None, metric: str) -> str:
 
 
 def when(timestamp: float | None) -> str:
+    """A moment in UTC, said so: the server's clock zone is not the reader's, and deadlines are set in UTC."""
     if not timestamp:
         return "–"
-    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def when_iso(iso: str | None) -> str:
+    """An ISO 8601 UTC time from the engine ("2026-11-30T06:00:00Z") the way `when` writes moments."""
+    if not iso:
+        return "–"
+    try:
+        return when(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return as_text(iso)
 
 
 def duration(seconds: float | None) -> str:

@@ -61,7 +61,7 @@ def limits_line(found: dict) -> str:
         if found[key]:
             parts.append(f"{label} {found[key]:g}")
     if found["deadline_iso"]:
-        parts.append(f"deadline {found['deadline_iso']}")
+        parts.append(f"deadline {w.when_iso(found['deadline_iso'])}")
     return " · ".join(parts)
 
 

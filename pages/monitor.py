@@ -271,7 +271,7 @@ def handin_panel(run: dict, actor: Actor | None) -> None:
     if given is not None:
         st.caption(f"Handed in to assignment {w.as_text(found['name'])}.")
         return
-    limits = f" The deadline is {found['deadline_iso']}." if found.get("deadline_iso") else ""
+    limits = f" The deadline is {w.when_iso(found['deadline_iso'])}." if found.get("deadline_iso") else ""
     st.caption(f"This run is on the dataset of assignment {w.as_text(found['name'])}. Handing it in scores it once "
                f"on the assignment's test split; your latest hand-in is the one that counts.{limits}")
     st.button("Hand in", key="monitor_handin", on_click=hand_in, args=(found["name"], run["id"], actor),

@@ -193,3 +193,18 @@ def test_a_finished_run_shows_its_interval_n_and_diagnosis(lb, seg_dataset):
     assert "accuracy paradox" in lb.texts(at, "caption")               # in "More metrics", with why it misleads
     chart = next(c for c in lb.charts(at) if "Scores" in str(c.proto.spec))
     assert "Pixel accuracy" not in str(chart.proto.spec)               # not among the headline curves
+
+
+def test_moments_are_written_in_utc_and_say_so(monkeypatch):
+    """Created times and deadlines read the same on every page, whatever the server's clock zone."""
+    import time as _time
+    monkeypatch.setenv("TZ", "America/New_York")
+    _time.tzset()
+    try:
+        assert w.when(0) == "–" and w.when(None) == "–"
+        assert w.when(1_764_489_600) == "2025-11-30 08:00 UTC"
+        assert w.when_iso("2025-11-30T08:00:00Z") == "2025-11-30 08:00 UTC"
+        assert w.when_iso("not a date <b>") == w.as_text("not a date <b>") and w.when_iso(None) == "–"
+    finally:
+        monkeypatch.delenv("TZ")
+        _time.tzset()

@@ -313,7 +313,7 @@ def groups_panel(manifest: dict, report: dict) -> None:
 def _pick_dataset(key: str) -> dict | None:
     """The chosen dataset's manifest, among those this user may see; a student's copy of an assignment with a hidden
     test has no test samples (and says how many it left out in "test_hidden")."""
-    datasets = [d for d in list_datasets() if access.can_see_dataset(ACTOR, d)]
+    datasets = access.visible_datasets(ACTOR, list_datasets())
     if not datasets:
         st.info("No datasets yet: upload images or create a demo dataset first.")
         st.button("Bring data", on_click=goto_section, args=("Bring data",), key=f"{key}_none")

@@ -37,7 +37,7 @@ def cmd_ingest(args) -> dict:
 def cmd_datasets(args) -> dict:
     keys = ("id", "name", "task", "created", "source", "classes", "channels", "split_counts", "owner")
     return {"datasets": [{k: m.get(k) for k in keys} | {"samples": sum((m.get("split_counts") or {}).values())}
-                         for m in list_datasets() if access.can_see_dataset(args.actor, m)]}
+                         for m in access.visible_datasets(args.actor, list_datasets())]}
 
 
 def cmd_delete_dataset(args) -> dict:

@@ -47,6 +47,19 @@ def test_a_students_dataset_is_theirs_and_an_instructors_is_shared(lightbox_env,
     assert code == 0 and out["status"] == "deleted", out
 
 
+def test_listing_many_datasets_asks_for_the_instructors_once(lightbox_env, monkeypatch):
+    from engine.accounts import access
+    from engine.accounts.actor import Actor
+    users.add_user("teach", "instructor", "pw-teach")
+    manifests = [{"id": f"d{i}", "owner": ("teach", "someone", None, "alice")[i % 4]} for i in range(40)]
+    calls = []
+    real = users.instructors
+    monkeypatch.setattr(users, "instructors", lambda: calls.append(1) or real())
+    seen = access.visible_datasets(Actor("alice", "student"), manifests)
+    assert [m["id"] for m in seen] == [m["id"] for m in manifests if m["owner"] != "someone"] and len(calls) == 1
+    assert access.visible_datasets(Actor("teach", "instructor"), manifests) == manifests and len(calls) == 1
+
+
 def test_a_student_cannot_start_or_stop_a_search(tiny_classification, capsys):
     """Search trials carry no owner (and would pass an assignment's limits): students are refused in one line."""
     users.add_user("alice", "student", "password of alice")

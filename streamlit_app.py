@@ -22,6 +22,7 @@ HERE = Path(__file__).parent
 PAGES = (  # (file, title, icon)
     ("pages/home.py", "Home", ":material/home:"),
     ("pages/data.py", "Data", ":material/photo_library:"),
+    ("pages/pretrain.py", "Pre-train", ":material/auto_fix_high:"),
     ("pages/train.py", "Train", ":material/model_training:"),
     ("pages/monitor.py", "Monitor", ":material/monitoring:"),
     ("pages/compare.py", "Compare", ":material/leaderboard:"),

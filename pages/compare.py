@@ -13,6 +13,7 @@ from engine.errors import UserError
 from engine.runs import crossval, store
 from engine.tasks import LOWER_IS_BETTER, TASKS
 from pages import _auth as auth
+from pages import _curve as learning_curves
 from pages import _widgets as w
 
 NOTICED_RUNS = 10          # diagnose the top of the ranking, not hundreds of runs on every rerun
@@ -118,6 +119,8 @@ def settings(runs: list[dict]) -> pd.DataFrame:
 def _weights(config: dict) -> str:
     start = config.get("pretrained") or "none"
     label = {"none": "from scratch", "imagenet": "ImageNet"}.get(start, "own file")
+    if start.startswith(("run:", "encoder:")):          # one of your runs, a pre-trained encoder
+        label = start.replace(":", " ", 1)
     return f"{label}, frozen backbone" if config.get("freeze_backbone") else label
 
 
@@ -249,5 +252,6 @@ with w.shows_errors("Reading the runs"):
     show_tables(shown, dataset, metric)
     notices(shown, metric)
     cross_validations(shown, metric)
+    learning_curves.show_curves(shown)
     st.subheader("Curves")
     curves(shown, metric)

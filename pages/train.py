@@ -23,6 +23,8 @@ from engine.tasks import METRIC_TITLES, default_loss, headline_metric, monitor_c
 from engine.training.augment import AUGMENTATIONS
 from engine.training.losses import losses_for
 from pages import _auth as auth
+from pages import _curve as learning_curve
+from pages import _start_from as start_from
 from pages import _settings as s
 from pages import _widgets as w
 
@@ -75,12 +77,16 @@ def transfer_learning(arch: str, options: dict, task: str) -> tuple[str, bool, s
     starts = {"none": "From scratch (random weights)"}
     if spec.pretrained:
         starts["imagenet"] = "ImageNet weights" + ("" if status.available else " (not on this machine)")
+    starts |= start_from.starts(ACTOR, task, arch)      # your finished runs, pre-trained encoders
     starts["file"] = "Upload a weights file"
     start = s.widget("pretrained", FORM, value="none", context=arch, options=list(starts), titles=starts,
                      radio=True)
     if start == "none":
         return "none", False, None
     freeze = s.widget("freeze_backbone", FORM)
+    if start in start_from.KINDS:
+        value, problem = start_from.choose(start, ACTOR, task, arch)
+        return value, freeze, problem
     if start == "imagenet":
         if not status.available:
             return "imagenet", freeze, status.message
@@ -182,10 +188,11 @@ def batch_note(manifest: dict, batch_size: int) -> None:
 def launch(config: RunConfig, problem: str | None) -> None:
     if problem:
         st.error(w.as_text(problem))          # the engine's sentence, which may quote a file name
-    left, right, _ = st.columns([1, 1, 3])
+    left, right, third, _ = st.columns([1, 1, 1, 2])
     start = left.button("Start training", type="primary", disabled=bool(problem), key="train_start")
     queue = right.button("Add to queue", disabled=bool(problem), key="train_queue",
                          help="Queue this run and stay here to set up another one.")
+    learning_curve.curve_button(third, config, problem, ACTOR)
     if start or queue:
         with w.shows_errors("Queueing the run"):
             if config.folds >= 2:

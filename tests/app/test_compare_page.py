@@ -194,3 +194,23 @@ def test_two_runs_within_chance_and_each_diagnosis_are_said(lb, cls_dataset):
     warnings = lb.texts(at, "warning")
     assert "cannot tell them apart" in warnings and "12 validation images" in warnings
     assert f"b ({b})" in warnings
+
+
+def test_a_learning_curve_is_plotted_against_training_images_with_its_sentence(lb, seg_dataset):
+    """Four runs tagged 'lc:<id>' (as engine.runs.learning_curve queues them): score vs training images."""
+    from engine.runs import learning_curve
+    curve_id = "lc:0a1b2c3d"
+    for trial, (fraction, value) in enumerate([(0.1, 0.40), (0.25, 0.55), (0.5, 0.66), (1.0, 0.80)], start=1):
+        run_id = lb.fake_run(seg_dataset, "segmentation", name=f"curve · {fraction:.0%} of training", value=value)
+        run = store.get_run(run_id)
+        store.update_run(run_id, study=curve_id, trial=trial, best=run["best"] | {"n": 400},
+                         config=json.dumps(run["config"] | {"train_fraction": fraction}))
+    expected = learning_curve.summary(curve_id)
+    at = lb.app(COMPARE)
+    lb.no_exception(at)
+    assert "Learning curve" in [h.value for h in at.subheader]
+    chart = next(c for c in lb.charts(at) if "Training images" in c.proto.spec)
+    trace = json.loads(chart.proto.spec)["data"][0]
+    assert trace["x"] == [p["train_images"] for p in expected["points"]] and trace["x"] == sorted(trace["x"])
+    assert [round(y, 2) for y in trace["y"]] == [0.40, 0.55, 0.66, 0.80]
+    assert "still rising" in expected["verdict"] and expected["verdict"] in lb.texts(at, "info")

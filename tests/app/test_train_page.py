@@ -229,3 +229,35 @@ def test_cross_validation_queues_one_run_per_fold(lb, cls_dataset):
     assert [(r["config"]["folds"], r["config"]["fold"], r["trial"]) for r in runs] == [(3, 1, 1), (3, 2, 2), (3, 3, 3)]
     assert len({r["study"] for r in runs}) == 1 and runs[0]["study"].startswith("cv:")
     assert all(r["status"] == "queued" for r in runs)
+
+
+def test_start_from_offers_your_finished_runs_of_this_architecture(lb, seg_dataset):
+    from engine.runs.paths import run_dir
+    source = lb.fake_run(seg_dataset, "segmentation", arch="unet", name="lung", value=0.81)
+    run_dir(source).mkdir(parents=True, exist_ok=True)
+    (run_dir(source) / "best.pt").write_bytes(b"weights")       # the page only checks that it is there
+    lb.fake_run(seg_dataset, "segmentation", arch="unet", status="failed")          # not finished: not offered
+    at = lb.app(TRAIN)
+    at.selectbox(key="train_arch__segmentation").set_value("unet").run()
+    radio = at.radio(key="train_pretrained__unet")
+    assert "One of your finished runs" in radio.options
+    radio.set_value("run").run()
+    lb.no_exception(at)
+    pick = at.selectbox(key="train_start_run__unet")
+    assert pick.options == [f"Run {source} · U-Net · Dice 0.81 · lung"] and not at.error
+    at.number_input(key="train_image_size__unet").set_value(32)
+    at.button(key="train_queue").click().run()
+    lb.no_exception(at)
+    queued = [r for r in store.list_runs() if r["status"] == "queued"]
+    assert [r["config"]["pretrained"] for r in queued] == [f"run:{source}"]
+
+
+def test_learning_curve_button_queues_four_runs_on_one_split(lb, seg_dataset):
+    at = lb.app(TRAIN)
+    at.number_input(key="train_image_size__unet").set_value(32)
+    at.button(key="train_curve").click().run()
+    lb.no_exception(at)
+    runs = store.list_runs()
+    assert len(runs) == 4 and len({r["study"] for r in runs}) == 1 and runs[0]["study"].startswith("lc:")
+    assert sorted(r["config"]["train_fraction"] for r in runs) == [0.1, 0.25, 0.5, 1.0]
+    assert "Queued 4 runs" in lb.texts(at, "success")

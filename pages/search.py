@@ -1,4 +1,6 @@
-"""Search: define a hyperparameter search, follow its trials live, read Optuna's plots, train with the best."""
+"""Search: define a hyperparameter search, follow its trials live, read Optuna's plots, train with the best.
+In a class a student sees and runs their own searches only; their trials are their runs, within the assignment's
+limits (the engine checks both)."""
 from __future__ import annotations
 
 import time
@@ -7,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from engine import workspace
+from engine.accounts import access
 from engine.config import BY_NAME, default_loss
 from engine.data.dataset import list_datasets
 from engine.models import DEFAULT_ARCH, models_for
@@ -168,8 +171,8 @@ def start(manifest: dict, v: dict) -> None:
         st.error(w.as_text(reason))
         return
     with w.shows_errors("Starting the search"):
-        name = search.create_study(study_spec(manifest["id"], v))
-        search.launch_search(name)
+        name = search.create_study(study_spec(manifest["id"], v), actor=ACTOR)
+        search.launch_search(name, **auth.acting(ACTOR))
         st.session_state["_search_last_start"] = (sent, time.time(), name)
         st.session_state["study"] = name
         st.success(f"Search '{w.as_text(name)}' started: {v['n_trials']} trials run one after another in the "
@@ -236,19 +239,21 @@ def is_active(spec: dict, created: float, info: dict, rows: list[dict], ended: b
 def study_state(name: str, spec: dict, created: float) -> dict:
     """What the live panel and the buttons under it decide on, read once per draw."""
     queue.mark_stale_runs()        # a run whose process died shows as interrupted, not running forever
-    info, rows = search.summary(name), search.trials_table(name)
+    info, rows = search.summary(name, actor=ACTOR), search.trials_table(name, actor=ACTOR)
     proc = search.background_process(name)
     stopped = was_stopped(spec, info, proc)
-    died = None if stopped else process_died(spec, info, proc)
-    return {"info": info, "rows": rows, "stopped": stopped, "died": died,
-            "active": is_active(spec, created, info, rows, stopped or bool(died)),
-            "verdict": baseline.verdict(name, info) if info["best_value"] is not None else None}
+    limit = info.get(search.LIMIT_REACHED)      # an assignment's limit ended it: Continue would only stop again
+    died = None if stopped or limit else process_died(spec, info, proc)
+    return {"info": info, "rows": rows, "stopped": stopped, "died": died, "limit": limit,
+            "active": is_active(spec, created, info, rows, stopped or bool(died) or bool(limit)),
+            "verdict": baseline.verdict(name, info, actor=ACTOR) if info["best_value"] is not None else None}
 
 
 def outline(state: dict) -> tuple:
     """What, when it changes, redraws the whole page: polling on or off, the Stop/Continue and Train buttons."""
     verdict = state["verdict"] or {}
-    return state["active"], state["stopped"], bool(state["died"]), verdict.get("offer"), verdict.get("reason")
+    return (state["active"], state["stopped"], bool(state["died"]), bool(state["limit"]), verdict.get("offer"),
+            verdict.get("reason"))
 
 
 def param_text(name: str, value) -> str:
@@ -322,6 +327,8 @@ def live_panel(name: str, spec: dict, created: float, seen: tuple) -> None:
         finished = info["states"].get("complete", 0) + info["states"].get("pruned", 0)
         st.info(f"This search was stopped after {finished} of {spec.get('n_trials', '?')} trials finished; "
                 "the trials that were running are cancelled. Press **Continue this search** to run the rest.")
+    elif state["limit"]:
+        st.warning(f"This search ended before all its trials: {w.as_text(state['limit'])}")
     elif dead:
         which = ", ".join(f"#{n}" for n in dead)
         st.warning(f"The search stopped while trial {which} {'was' if len(dead) == 1 else 'were'} running (the "
@@ -337,7 +344,7 @@ def live_panel(name: str, spec: dict, created: float, seen: tuple) -> None:
 
 def continue_search(name: str) -> None:
     with w.shows_errors("Continuing the search"):
-        search.launch_search(name)
+        search.launch_search(name, **auth.acting(ACTOR))
         st.session_state["_search_continued"] = name      # one restart per click, not one per rerun
         st.success("The search goes on in the background; the stopped trials are run again.")
 
@@ -346,7 +353,7 @@ def stop(name: str) -> None:
     """Stop the search, then draw the page again so the panel shows it stopped."""
     with w.shows_errors("Stopping the search"):
         with st.spinner("Stopping the search: cancelling its running trials…"):
-            result = search.stop_search(name)
+            result = search.stop_search(name, actor=ACTOR)
         st.session_state.pop("_search_continued", None)    # Continue may be pressed again
         cancelled = result["cancelled_trials"]
         which = f" Cancelled trial {', '.join(f'#{n}' for n in cancelled)}." if cancelled else ""
@@ -356,7 +363,7 @@ def stop(name: str) -> None:
 
 def train_best(name: str) -> None:
     with w.shows_errors("Queueing the best settings"):
-        run_id = submit.submit(search.best_config(name))
+        run_id = submit.submit(search.best_config(name, actor=ACTOR), **auth.acting(ACTOR))
         w.open_run(run_id)
 
 
@@ -406,15 +413,11 @@ def results(studies: list[dict]) -> None:
 st.title("Search")
 st.caption("Let Optuna try many training settings for you. Each trial is an ordinary run; weak ones are stopped "
            "early, and the plots show which settings mattered.")
-if auth.is_student(auth.page_actor()):
-    # A search queues many runs at once, past the per-student limits and the fair share of the queue.
-    st.info("In a class, searches are for the instructor: each one queues many runs at once. Train your runs on "
-            "the **Train** page.")
-    st.stop()
+ACTOR = auth.page_actor()
 with w.shows_errors("Reading the searches"):
-    studies = search.list_studies()
+    studies = search.list_studies(ACTOR)
     with st.expander("New search", expanded=not studies, icon=":material/add:"):
-        datasets = list_datasets()
+        datasets = [d for d in list_datasets() if access.can_see_dataset(ACTOR, d)]
         if not datasets:
             st.info("There is no dataset yet. Upload images on the **Data** page, or start from a demo on **Home**.")
         else:
@@ -422,7 +425,7 @@ with w.shows_errors("Reading the searches"):
             values = search_form(manifest)
             if values is not None:
                 start(manifest, values)
-                studies = search.list_studies()
+                studies = search.list_studies(ACTOR)
     st.subheader("Results")
     if not studies:
         st.info("No searches yet. Define one above and press its **Start** button.")

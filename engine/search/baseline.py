@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from engine import workspace
+from engine.accounts import access
+from engine.accounts.actor import Actor
 from engine.config import RunConfig
 from engine.data.dataset import load_split
 from engine.data.manifest import load_manifest
@@ -55,10 +57,12 @@ def is_default_run(config: dict[str, Any], task: str) -> bool:
     return True
 
 
-def default_run(dataset_id: str, task: str, objective: str) -> tuple[str, float] | None:
-    """(run id, score) of the best finished default-settings run on this dataset that is not a search trial."""
+def default_run(dataset_id: str, task: str, objective: str,
+                actor: Actor | None = None) -> tuple[str, float] | None:
+    """(run id, score) of the best finished default-settings run on this dataset that is not a search trial and
+    that the actor may see (a student: one of their own runs, never another student's)."""
     found = None
-    for run in store.list_runs(status=["done"]):
+    for run in access.visible_runs(actor, store.list_runs(status=["done"])):
         if run["dataset_id"] != dataset_id or run.get("study"):
             continue
         value = (run.get("best") or {}).get(objective)
@@ -95,10 +99,10 @@ def _constant_guess(home: str, dataset_id: str, objective: str, image_size: int)
     return best
 
 
-def verdict(name: str, info: dict[str, Any] | None = None) -> dict[str, Any]:
+def verdict(name: str, info: dict[str, Any] | None = None, actor: Actor | None = None) -> dict[str, Any]:
     """Whether to offer training with the study's best settings, and why, in one or two plain sentences:
     {"offer", "reason", "bar", "bar_run_id"}. `info` is the study's summary when the caller already has it."""
-    info = info or search.summary(name)
+    info = info or search.summary(name, actor=actor)
     spec = search.load_spec(name)
     metric = METRIC_TITLES.get(spec.objective, spec.objective)
     best = info["best_value"]
@@ -114,7 +118,7 @@ def verdict(name: str, info: dict[str, Any] | None = None) -> dict[str, Any]:
     except UserError:
         return out | {"reason": "Not offered: the dataset of this search was deleted, so there is nothing to "
                                 "train on. Start a new search on another dataset."}
-    run = default_run(spec.dataset_id, task, spec.objective)
+    run = default_run(spec.dataset_id, task, spec.objective, actor)
     if run is not None:
         run_id, bar = run
         out.update(bar=bar, bar_run_id=run_id, offer=best > bar)

@@ -58,7 +58,7 @@ def with_study(lb, templates):
 def launched(monkeypatch) -> list[str]:
     """Studies the page asked to run; no background process is started."""
     names: list[str] = []
-    monkeypatch.setattr(search, "launch_search", lambda name: names.append(name) or 4242)
+    monkeypatch.setattr(search, "launch_search", lambda name, **_: names.append(name) or 4242)
     return names
 
 
@@ -319,3 +319,29 @@ def test_stop_a_running_search_then_continue_it(with_data, launched, monkeypatch
     at.button(key="search_continue").click().run()
     lb.no_exception(at)
     assert launched == ["to stop"]
+
+
+def test_a_student_sees_only_their_own_searches_and_may_start_one(with_data, launched):
+    """Classroom mode: the page is open to students; their search is theirs (its trials will be their runs) and
+    another student's search is neither listed nor shown."""
+    from engine.accounts import users
+    from engine.accounts.actor import Actor
+    from pages import _auth
+    lb = with_data
+    for name in ("ana", "ben"):
+        users.add_user(name, "student", f"{name} has a long password")
+    spec = search.StudySpec(dataset_id=dataset_id(), base=dict(BASE), space=search.SearchSpace(lr=(1e-3, 1e-2)),
+                            n_trials=2, sampler="random", pruner="none", name="ben's sweep")
+    search.create_study(spec, actor=Actor("ben", "student"))
+    at = lb.page("search.py")
+    at.session_state[_auth._NAME] = "ana"
+    at.run()
+    lb.no_exception(at)
+    assert "No searches yet" in lb.texts(at, "info") and "ben's sweep" not in lb.texts(at, "markdown")
+    at.number_input(key="search_trials").set_value(2).run()
+    at.text_input(key="search_name").set_value("ana's sweep")
+    at.button(key="search_start").click().run()
+    lb.no_exception(at)
+    assert launched == ["ana's sweep"] and search.load_spec("ana's sweep").owner == "ana"
+    assert [o.split(" · ")[0] for o in at.selectbox(key="search_study").options] == ["ana's sweep"]
+    assert not at.error

@@ -190,3 +190,22 @@ def test_a_students_search_summary_shows_no_hidden_test_values(classroom):
     assert search.summary(name)["test"]["accuracy"] is not None
     assignments.release(PROF, "Week 1")
     assert search.summary(name, actor=ALICE)["test"]["accuracy"] is not None
+
+
+def test_another_students_run_is_not_the_bar_of_a_students_search(classroom):
+    """'Train with the best' compares with a default-settings run on the dataset: for a student, one of their own,
+    never another student's run (its id and score are not theirs to see)."""
+    import optuna
+
+    from engine.config import RunConfig
+    from engine.search import baseline
+    config = RunConfig(dataset_id=classroom, task="classification", arch="resnet18")
+    bobs = store.insert_run(config.to_dict(), status="done", owner="bob")
+    store.update_run(bobs, best={"accuracy": 0.9}, best_value=0.9, best_metric="accuracy")
+    name = search.create_study(_spec(classroom, n_trials=1), actor=ALICE)
+    lr = optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)
+    search.load_study(name).add_trial(optuna.trial.create_trial(
+        params={"lr": 2e-3}, distributions={"lr": lr}, value=0.8, user_attrs={"params": {"lr": 2e-3}}))
+    assert baseline.verdict(name, actor=PROF)["bar_run_id"] == bobs          # the instructor compares with any run
+    seen = baseline.verdict(name, actor=ALICE)
+    assert seen["bar_run_id"] is None and bobs not in seen["reason"]

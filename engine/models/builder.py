@@ -21,7 +21,7 @@ def build_model(
     options: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Build a registered model; optionally load ImageNet weights, a user's file or a finished run's best weights
-    ("run:RUN_ID"), and freeze all but the head.
+    ("run:RUN_ID"), a pre-trained encoder ("encoder:ID"), and freeze all but the head.
 
     `task` picks the entry when a name serves both tasks (mlp). When weights are loaded,
     ``model.weights_report`` (a pretrained.LoadReport) says which tensors were used.
@@ -38,6 +38,10 @@ def build_model(
         model.weights_report = weights.load_imagenet(model, spec, opts)
     elif (run_id := weights.source_run_id(source)) is not None:
         model.weights_report = weights.load_run(model, spec, run_id, int(in_channels), int(num_classes))
+    elif source.lower().startswith("encoder:"):
+        # a pre-trained encoder: engine.pretrain resolves "encoder:ID" to its weights file
+        from engine.pretrain.library import resolve_encoder
+        model.weights_report = weights.load_file(model, resolve_encoder(source))
     elif source.lower() != "none":
         model.weights_report = weights.load_file(model, source)
     if freeze_backbone:

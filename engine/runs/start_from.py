@@ -11,13 +11,18 @@ from engine.models.weights import RUN_PREFIX, source_run_id
 from engine.runs import paths, store
 
 WEIGHTS_NOTE = "weights.json"           # written by the Trainer into the new run's folder
+ENCODER_PREFIX = "encoder:"             # engine.pretrain.library.PREFIX
 
 
 def check_start(actor: Actor | None, pretrained: object) -> dict | None:
     """The source run when `pretrained` is "run:ID" and the actor may start from it; None for other sources.
-    A student may only start from their own runs (refused in one line that gives nothing of the other run away)."""
+    A student may only start from their own runs (refused in one line that gives nothing of the other run away),
+    and from the pre-trained encoders they may see ("encoder:ID")."""
     run_id = source_run_id(pretrained)
     if run_id is None:
+        if isinstance(pretrained, str) and pretrained.strip().lower().startswith(ENCODER_PREFIX):
+            from engine.pretrain import library          # encoders follow the datasets' rule (engine.pretrain)
+            library.check_encoder(actor, pretrained.strip()[len(ENCODER_PREFIX):].strip())
         return None
     return access.check_run(actor, run_id, "start from")
 

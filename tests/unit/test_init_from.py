@@ -123,3 +123,16 @@ def test_a_student_cannot_start_from_another_students_run(tiny_segmentation, cap
     assert main(["--as", "alice", "submit", "--dataset", tiny_segmentation, "--arch", "unet", "--init-from",
                  source["id"], "--image-size", "32", "--epochs", "1", "--json"]) == 0
     assert store.list_runs()[0]["config"]["pretrained"] == f"run:{source['id']}"
+
+
+def test_a_pretrained_encoder_value_loads_its_weights_file(lightbox_env):
+    import json
+
+    from engine.pretrain import library
+    trained = build_model("unet", 1, 2, task="segmentation", options=TINY["model_options"])
+    folder = library.encoders_root() / "enc-1"
+    folder.mkdir(parents=True)
+    torch.save(trained.state_dict(), folder / library.WEIGHTS_FILE)
+    (folder / library.INFO_FILE).write_text(json.dumps({"id": "enc-1", "arch": "unet", "owner": "alice"}))
+    net = build_model("unet", 1, 2, task="segmentation", pretrained="encoder:enc-1", options=TINY["model_options"])
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in net.state_dict().items())

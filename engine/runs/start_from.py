@@ -21,7 +21,8 @@ def check_start(actor: Actor | None, pretrained: object) -> dict | None:
     run_id = source_run_id(pretrained)
     if run_id is None:
         if isinstance(pretrained, str) and pretrained.strip().lower().startswith(ENCODER_PREFIX):
-            from engine.pretrain import library          # encoders follow the datasets' rule (engine.pretrain)
+            # encoders follow the datasets' rule (engine.pretrain.library)
+            from engine.pretrain import library
             library.check_encoder(actor, pretrained.strip()[len(ENCODER_PREFIX):].strip())
         return None
     return access.check_run(actor, run_id, "start from")

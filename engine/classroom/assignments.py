@@ -224,6 +224,12 @@ def check_submission(actor: Actor | None, config: Any, count: int = 1, conn: Con
                         "hand in one of your runs.")
 
 
+def student_usage(student: str, dataset_id: str) -> tuple[int, float]:
+    """Runs a student made on a dataset and their training seconds, as the limits count them (deleted runs
+    included): what a page showing a student's use of an assignment's limits should show."""
+    return _student_usage(student, dataset_id)
+
+
 def _student_usage(student: str, dataset_id: str, conn: Connection | None = None) -> tuple[int, float]:
     """Runs a student made on a dataset and their training seconds: any status (a failed run used its place
     too), deleted ones included (store.spent_runs), so deleting never gives a place or a minute back."""

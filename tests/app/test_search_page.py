@@ -345,3 +345,12 @@ def test_a_student_sees_only_their_own_searches_and_may_start_one(with_data, lau
     assert launched == ["ana's sweep"] and search.load_spec("ana's sweep").owner == "ana"
     assert [o.split(" · ")[0] for o in at.selectbox(key="search_study").options] == ["ana's sweep"]
     assert not at.error
+
+
+def test_a_search_ended_by_an_assignment_limit_says_why_and_offers_no_continue(with_data):
+    name = hand_made_study("limited", [0.5], n_trials=3)
+    reason = "You have used all 1 runs that assignment 'Week 1' allows; hand in one of your runs."
+    search.load_study(name).set_user_attr(search.LIMIT_REACHED, reason)
+    at = open_page(with_data)
+    assert f"This search ended before all its trials: {reason}" in with_data.texts(at, "warning")
+    assert "search_continue" not in [b.key for b in at.button] and "search_stop" not in [b.key for b in at.button]

@@ -44,15 +44,15 @@ def test_a_deleted_run_keeps_its_place_and_its_minutes(classroom, tiny_classific
     assert lifecycle.delete(first, actor=ALICE) == "deleted"
     assert lifecycle.delete(second, actor=PROF) == "deleted"          # deleted by the instructor: spent all the same
     assert store.get_run(first) is None and store.list_runs() == []
-    assert assignments._student_usage("alice", tiny_classification) == (2, 75.0)
-    assert assignments._student_usage("bob", tiny_classification) == (0, 0.0)
+    assert assignments.student_usage("alice", tiny_classification) == (2, 75.0)
+    assert assignments.student_usage("bob", tiny_classification) == (0, 0.0)
     third = _finished(tiny_classification, ALICE, 50.0)                # 125 s of 120: the minutes are spent
     with pytest.raises(UserError) as err:
         submit(_config(tiny_classification), actor=ALICE)
     assert str(err.value) == ("You have used your 2 training minutes for assignment 'hw1'; "
                               "hand in one of your runs.")
     lifecycle.delete(third, actor=ALICE)
-    assert assignments._student_usage("alice", tiny_classification) == (3, 125.0)
+    assert assignments.student_usage("alice", tiny_classification) == (3, 125.0)
     submit(_config(tiny_classification), actor=BOB)                    # bob's places are untouched
 
 

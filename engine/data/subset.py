@@ -2,8 +2,9 @@
 share, so 10 % ⊂ 25 % ⊂ 50 % ⊂ 100 % and two runs with the same share train on the same images.
 
 Groups are ordered once by a hash of their name (not by the run's seed: a curve's runs must nest). For
-classification the order is stratified: each group gets the position (rank within its class + ½) / groups of
-that class, so every prefix holds the classes in about their proportions and a small share keeps every class.
+classification the order is stratified: each group gets the position rank within its class / groups of that
+class, so the first group of every class comes first, every prefix holds the classes in about their proportions,
+and a share always keeps at least one group of each class (a rare class would otherwise vanish from 10 %).
 Validation and test samples are never touched."""
 from __future__ import annotations
 
@@ -19,31 +20,38 @@ def _hash(group: str) -> str:
     return hashlib.sha256(group.encode()).hexdigest()
 
 
-def group_order(samples: list[dict]) -> list[str]:
-    """The training groups in the order shares take them (stratified by each group's commonest label)."""
+def group_labels(samples: list[dict]) -> dict[str, object]:
+    """Each group's commonest label (None for segmentation, whose samples carry no label)."""
     labels: dict[str, Counter] = defaultdict(Counter)
     for sample in samples:
         labels[sample_group(sample)][sample.get("label")] += 1
+    return {group: counts.most_common(1)[0][0] for group, counts in labels.items()}
+
+
+def group_order(samples: list[dict]) -> list[str]:
+    """The training groups in the order shares take them (stratified by each group's commonest label)."""
     by_class: dict = defaultdict(list)
-    for group, counts in labels.items():
-        by_class[counts.most_common(1)[0][0]].append(group)
+    for group, label in group_labels(samples).items():
+        by_class[label].append(group)
     position = {}
     for members in by_class.values():
         members.sort(key=_hash)
         for rank, group in enumerate(members):
-            position[group] = (rank + 0.5) / len(members)
+            position[group] = rank / len(members)
     return sorted(position, key=lambda g: (position[g], _hash(g)))
 
 
 def kept_groups(samples: list[dict], fraction: float) -> set[str]:
-    """Groups of `samples` (the run's training samples) whose images come closest to `fraction` of them; at
-    least one group."""
-    sizes = Counter(sample_group(s) for s in samples)
+    """Groups of `samples` (the run's training samples) whose images come closest to `fraction` of them, and at
+    least one group of every class (both rules take a prefix of one order, so larger shares contain smaller)."""
+    sizes, labels = Counter(sample_group(s) for s in samples), group_labels(samples)
+    missing = set(labels.values())
     target, total, kept = fraction * len(samples), 0, set()
     for group in group_order(samples):
-        if kept and abs(total + sizes[group] - target) >= abs(total - target):
+        if kept and not missing and abs(total + sizes[group] - target) >= abs(total - target):
             break
         kept.add(group)
+        missing.discard(labels[group])
         total += sizes[group]
     return kept
 

@@ -22,7 +22,7 @@ def _manifest(patients: int = 20, classes: int = 2) -> dict:
 
 
 def test_shares_are_nested_whole_patients_and_about_the_right_size():
-    manifest = _manifest()
+    manifest = _manifest(classes=1)          # one class: no group is added only to keep a class
     samples, splits = manifest["samples"], [s["split"] for s in manifest["samples"]]
     train = [s for s in samples if s["split"] == "train"]
     kept_before: set[str] = set()
@@ -40,10 +40,14 @@ def test_shares_are_nested_whole_patients_and_about_the_right_size():
 
 
 def test_a_small_share_of_a_classification_set_keeps_every_class():
-    manifest = _manifest(patients=40, classes=3)
+    manifest = _manifest(patients=60, classes=2)
+    rare = [s for s in manifest["samples"] if s["split"] == "train" and s["patient"] in ("patient-1", "patient-3")]
+    for sample in rare:
+        sample["label"] = 2                                      # a rare class: 2 of 40 training patients
     samples, splits = manifest["samples"], [s["split"] for s in manifest["samples"]]
-    used = train_mask(samples, splits, 0.1)
-    assert set(Counter(s["label"] for s, u in zip(samples, used) if u)) == {0, 1, 2}
+    for fraction in (0.05, 0.1, 0.25):
+        used = train_mask(samples, splits, fraction)
+        assert set(Counter(s["label"] for s, u in zip(samples, used) if u)) == {0, 1, 2}, fraction
 
 
 @pytest.fixture

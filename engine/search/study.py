@@ -327,7 +327,7 @@ def run_search(name: str, n_trials: int | None = None, timeout: float | None = N
     is up, the user stops the study (stop_search), or an assignment's limit refuses the owner's next run."""
     since = time.time()
     spec = check_access(actor, name, load_spec(name), "run")
-    owner = users.get_actor(spec.owner) if spec.owner else None     # a removed user's search: one line here
+    owner = _owner_actor(name, spec)
     study = load_study(name, spec, joining=joining)
     if study.user_attrs.get(LIMIT_REACHED):
         study.set_user_attr(LIMIT_REACHED, None)       # continued: the limit may have been raised since
@@ -346,6 +346,17 @@ def run_search(name: str, n_trials: int | None = None, timeout: float | None = N
         fail_stale_trials(study)
         run_trial(study, spec)
     return summary(name, actor=actor)
+
+
+def _owner_actor(name: str, spec: StudySpec) -> Actor | None:
+    """Who the trials' runs belong to (their role decides the limits); a removed user's search runs no more."""
+    if spec.owner is None:
+        return None
+    try:
+        return users.get_actor(spec.owner)
+    except UserError:
+        raise UserError(f"Search '{shown(name)}' belongs to '{shown(spec.owner)}', who no longer has an account, "
+                        "so it runs no more trials; start a new search instead.") from None
 
 
 def _limit_reached(owner: Actor | None, spec: StudySpec) -> str | None:

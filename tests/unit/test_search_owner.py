@@ -71,6 +71,16 @@ def test_a_study_recorded_before_owners_loads_with_no_owner(classroom):
         search.summary(name, actor=ALICE)
 
 
+def test_the_search_of_a_removed_user_runs_no_more_trials(classroom):
+    name = search.create_study(_spec(classroom, n_trials=1, name="old sweep"), actor=ALICE)
+    users.remove_user("alice")
+    with pytest.raises(UserError) as refused:
+        search.run_search(name)
+    assert str(refused.value) == ("Search 'old sweep' belongs to 'alice', who no longer has an account, so it runs "
+                                  "no more trials; start a new search instead.")
+    assert store.list_runs(study=name) == [] and search.summary(name, actor=PROF)["owner"] == "alice"
+
+
 def test_another_student_cannot_list_show_stop_or_run_a_students_search(classroom, monkeypatch):
     name = search.create_study(_spec(classroom, name="alice's secret sweep"), actor=ALICE)
     other = search.create_study(_spec(classroom, name="bob's sweep"), actor=BOB)

@@ -67,6 +67,10 @@ class RunConfig:
     task: str = _setting("", "Task", "classification or segmentation; empty = the dataset's own task.", "data",
                          choices=TASKS)
     name: str = _setting("", "Run name (optional)", "A label shown in the UI next to the run id.", "run")
+    preset: dict = _setting({}, "Preset", "The preset that filled this run's settings, its time budget and one "
+                            "reason per choice; empty = none (CLI: --preset auto [--budget-minutes N]).", "run",
+                            flag="--preset",
+                            teach="Auto chooses from the data's fingerprint; any setting you change still wins.")
     pretrained: str = _setting("none", "Start from", "none (random weights), imagenet, or a weights file.", "model",
                                teach="Starting from ImageNet weights helps most when you have few images.")
     freeze_backbone: bool = _setting(False, "Freeze the backbone", "Train only the head; keep the rest as loaded.",

@@ -18,6 +18,7 @@ from engine.errors import UserError
 from engine.models import DEFAULT_ARCH, get_spec, models_for, parameter_count
 from engine.models.weights import imagenet_status
 from engine.preflight import split_warnings
+from engine.presets import BUDGETS, Preset, apply_preset, auto_settings
 from engine.runs import crossval, submit
 from engine.tasks import METRIC_TITLES, default_loss, headline_metric, monitor_choices
 from engine.training.augment import AUGMENTATIONS
@@ -153,6 +154,85 @@ def length_and_hardware(arch: str, task: str, headline: str) -> dict:
     return out
 
 
+AUTO = "train_auto_preset"      # session key: the last Auto preset, and the dataset it was chosen for
+
+
+def fill_with_auto(dataset_id: str, budget: int) -> None:
+    """The Auto button's callback: choose the preset and put its values into the form's widgets (before they are
+    drawn, so the user sees them and can still change any of them)."""
+    state = st.session_state
+    full = load_manifest(dataset_id)
+    try:
+        preset = auto_settings(full, device=state.get(s.key_for(FORM, "device"), "auto"), budget_minutes=budget)
+    except UserError as err:
+        state[AUTO] = {"dataset_id": dataset_id, "error": str(err)}
+        return
+    v, task, arch = preset.values, full["task"], preset.values["arch"]
+    state[s.key_for(FORM, "arch", task)] = arch
+    state[s.key_for(FORM, "pretrained", arch)] = v["pretrained"]
+    for option, value in v.get("model_options", {}).items():
+        state[s.key_for(FORM, "model_options", f"{arch}_{option}")] = value
+    state[s.key_for(FORM, "augment")] = list(v["augment"])
+    for name, params in v["augment_params"].items():
+        for param, value in params.items():
+            state[f"{s.key_for(FORM, 'augment_params', 'aug')}_{name}_{param}"] = float(value)
+    state[s.key_for(FORM, "loss", task)] = v["loss"]
+    state[s.key_for(FORM, "monitor", task)] = v["monitor"]
+    state[s.key_for(FORM, "image_size", arch)] = v["image_size"]
+    for name in ("class_weights", "optimizer", "lr", "schedule", "epochs", "batch_size", "early_stopping"):
+        state[s.key_for(FORM, name)] = v[name]
+    state[AUTO] = {"dataset_id": dataset_id, "record": preset.record()}
+
+
+def auto_button(manifest: dict):
+    """One "Auto" button with a time budget; returns the place where its explanations are drawn later."""
+    with st.container(border=True):
+        cols = st.columns([3, 1])
+        budget = cols[0].radio("Auto: settings chosen from this dataset's fingerprint, within about", BUDGETS,
+                               index=1, format_func=lambda m: f"{m} minutes", horizontal=True, key="train_auto_budget",
+                               help="Measures a few training steps on this device, then chooses the architecture, "
+                                    "image size, epochs, augmentation, loss and schedule. You can change any of "
+                                    "them afterwards.")
+        cols[1].button("Auto", key="train_auto", icon=":material/auto_awesome:", on_click=fill_with_auto,
+                       args=(manifest["id"], budget))
+        return st.container()
+
+
+def preset_setting(place, manifest: dict, config: RunConfig) -> dict:
+    """The run's `preset` (the Auto preset with the settings changed since), shown read-only with its reasons."""
+    saved = st.session_state.get(AUTO) or {}
+    record = saved.get("record") if saved.get("dataset_id") == manifest["id"] else None
+    with place:
+        if saved.get("error") and saved.get("dataset_id") == manifest["id"]:
+            st.error(w.as_text(saved["error"]))
+        if record is None:
+            st.session_state[s.key_for(FORM, "preset")] = "none"
+            st.text_input(s.BY_NAME["preset"].label, key=s.key_for(FORM, "preset"), disabled=True,
+                          help=s.help_text(s.BY_NAME["preset"]))
+            return {}
+        current = config.to_dict()
+        changed = {k: current[k] for k, v in record["values"].items() if not _same(current[k], v)}
+        preset = Preset(record["name"], record["budget_minutes"], record["values"], record["reasons"],
+                        record["probe"])
+        final = apply_preset(changed, preset)["preset"]
+        mine = f", {len(changed)} changed by you" if changed else ""
+        st.session_state[s.key_for(FORM, "preset")] = f"Auto (about {record['budget_minutes']:g} minutes{mine})"
+        st.text_input(s.BY_NAME["preset"].label, key=s.key_for(FORM, "preset"), disabled=True,
+                      help=s.help_text(s.BY_NAME["preset"]))
+        with st.expander("Why these settings (Auto)", expanded=True):
+            for name, reason in record["reasons"].items():
+                note = " *(changed by you since)*" if name in changed else ""
+                st.markdown(f"- **{w.as_text(s.BY_NAME[name].label)}**: {w.as_text(reason)}{note}")
+        return final
+
+
+def _same(current, chosen) -> bool:
+    """Dict settings (model options, augmentation strengths) hold more keys than the preset set: compare its own."""
+    if isinstance(chosen, dict) and isinstance(current, dict):
+        return all(_same(current.get(k), v) for k, v in chosen.items())
+    return current == chosen
+
+
 def cross_validation(full: dict) -> dict:
     """K-fold cross-validation by patient: suggested when there are few groups (one split is then a lottery)."""
     groups = group_count(full)
@@ -222,6 +302,7 @@ full = load_manifest(manifest["id"])          # with the samples, which the list
 for warning in split_warnings(full):           # before anything is set up: small splits make scores shaky
     st.warning(w.as_text(warning["message"]), icon=":material/warning:")
 
+auto_place = auto_button(manifest)
 st.subheader("Model")
 arch, model_options = architecture(manifest)
 pretrained, freeze, problem = transfer_learning(arch, model_options, task)
@@ -240,6 +321,7 @@ name = s.widget("name", FORM, placeholder="e.g. baseline, more augmentation")
 config = RunConfig(dataset_id=manifest["id"], arch=arch, task=task, name=name.strip(), pretrained=pretrained,
                    freeze_backbone=freeze, model_options=model_options, augment=augment,
                    augment_params=augment_params, **choices)
+config.preset = preset_setting(auto_place, manifest, config)
 if problem is None:
     try:
         w.check_config(replace(config, fold=1) if config.folds >= 2 else config)   # fold 1 stands for all folds

@@ -31,9 +31,24 @@ def _help(setting: Setting) -> str:
     return f"{setting.help}{shown}"
 
 
+PRESET_NAMES = ("auto",)       # engine.presets.PRESETS, named here so the CLI starts without numpy and scipy
+
+
+def _add_preset_flags(parser: argparse.ArgumentParser, setting: Setting) -> None:
+    """The preset is recorded as a dict, but chosen by name: --preset auto [--budget-minutes N]."""
+    parser.add_argument(setting.cli_flag, dest=setting.name, default=None, choices=list(PRESET_NAMES),
+                        help="auto: choose every setting you do not give from the dataset's fingerprint, this "
+                             "device and the time budget, each with a one-sentence reason (stored with the run)")
+    parser.add_argument("--budget-minutes", dest="budget_minutes", type=float, default=None,
+                        help="with --preset auto: about how long the run may take (default 15)")
+
+
 def add_run_settings(parser: argparse.ArgumentParser) -> None:
     """One flag per setting; unset flags keep RunConfig's default (None here means 'not given')."""
     for s in SETTINGS:
+        if s.name == "preset":
+            _add_preset_flags(parser, s)
+            continue
         kw: dict[str, Any] = {"dest": s.name, "default": None, "help": _help(s)}
         if s.kind == "bool":
             kw["action"] = argparse.BooleanOptionalAction
@@ -54,7 +69,26 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     given = {s.name: getattr(args, s.name) for s in SETTINGS if getattr(args, s.name, None) is not None}
     if isinstance(given.get("name"), str):
         given["name"] = given["name"].strip()
+    given = _with_preset(args, given)
     try:
         return RunConfig(**given)
     except TypeError as exc:
         raise UserError(f"Those run settings do not fit together: {exc}.") from exc
+
+
+def _with_preset(args: argparse.Namespace, given: dict[str, Any]) -> dict[str, Any]:
+    """--preset auto fills every setting not given on the command line; the given ones win."""
+    name, budget = given.pop("preset", None), getattr(args, "budget_minutes", None)
+    if name is None:
+        if budget is not None:
+            raise UserError("--budget-minutes goes with --preset auto; add --preset auto or leave it out.")
+        return given
+    from engine.accounts import access
+    from engine.data.manifest import load_manifest
+    from engine.presets import apply_preset, auto_settings
+    manifest = load_manifest(given.get("dataset_id", ""))
+    if getattr(args, "actor", None) is not None:      # no fingerprint of a dataset the user may not see
+        access.check_dataset(args.actor, manifest["id"], manifest)
+    preset = auto_settings(manifest, device=given.get("device", "auto"),
+                           budget_minutes=15 if budget is None else budget)
+    return apply_preset(given, preset)

@@ -22,7 +22,7 @@ def cmd_train(args) -> dict:
         return _train_folds(config, quiet=args.quiet, actor=args.actor)
     run_id = create_run(config, status="starting", actor=args.actor)
     run = execute.run_job(run_id, handlers=[TrainProgress(enabled=not args.quiet)])
-    result = run_summary(run)
+    result = run_summary(run) | preset_shown(config)
     if run["status"] != "done":
         raise CommandFailed(run["message"] or f"run {run_id} {run['status']}", result)
     return result
@@ -40,12 +40,17 @@ def _train_folds(config, quiet: bool, actor=None) -> dict:
     return result
 
 
+def preset_shown(config) -> dict:
+    """--preset auto: the JSON shows the preset's settings, their reasons and which flags overrode it."""
+    return {"preset": config.preset} if config.preset else {}
+
+
 def cmd_submit(args) -> dict:
     config = config_from_args(args)
     if config.folds >= 2 and not config.fold:
         cv_id, run_ids = crossval.create_folds(config, config.folds, actor=args.actor)
         return {"run_id": run_ids[0], "run_ids": run_ids, "cv_id": cv_id, "status": "queued"}
-    return {"run_id": submit(config, actor=args.actor), "status": "queued"}
+    return {"run_id": submit(config, actor=args.actor), "status": "queued"} | preset_shown(config)
 
 
 def cmd_run_job(args) -> dict:

@@ -231,6 +231,64 @@ def test_cross_validation_queues_one_run_per_fold(lb, cls_dataset):
     assert all(r["status"] == "queued" for r in runs)
 
 
+def _auto_expected(dataset_id: str, budget: int, monkeypatch):
+    """The preset the Auto button should apply, with the timing probe fixed so page and test agree."""
+    from engine.data.manifest import load_manifest
+    from engine.presets import auto
+    monkeypatch.setattr(auto, "probe_step_seconds", lambda values, fp: 0.05)
+    return auto.auto_settings(load_manifest(dataset_id), device="auto", budget_minutes=budget)
+
+
+def test_auto_fills_the_form_and_explains_every_choice(lb, seg_dataset, monkeypatch):
+    expected = _auto_expected(seg_dataset, 5, monkeypatch)
+    v = expected.values
+    at = lb.app(TRAIN)
+    assert at.text_input(key="train_preset").value == "none"
+    at.radio(key="train_auto_budget").set_value(5).run()
+    at.button(key="train_auto").click().run()
+    lb.no_exception(at)
+    assert at.selectbox(key="train_arch__segmentation").value == v["arch"] == "unet"
+    assert at.number_input(key="train_model_options__unet_depth").value == v["model_options"]["depth"]
+    assert at.number_input(key="train_image_size__unet").value == v["image_size"]
+    assert (at.number_input(key="train_epochs").value, at.number_input(key="train_batch_size").value,
+            at.number_input(key="train_early_stopping").value) == (v["epochs"], v["batch_size"], v["early_stopping"])
+    assert (at.selectbox(key="train_schedule").value, at.select_slider(key="train_lr").value) == ("cosine", 1e-3)
+    assert at.selectbox(key="train_loss__segmentation").value == v["loss"]
+    assert at.multiselect(key="train_augment").value == v["augment"] == ["rotate", "zoom"]
+    assert at.slider(key="train_augment_params__aug_rotate_degrees").value == 10.0
+    assert at.text_input(key="train_preset").value == "Auto (about 5 minutes)"
+    shown = lb.texts(at, "markdown")
+    assert all(reason in shown for reason in expected.reasons.values())
+    assert not at.error
+
+    at.number_input(key="train_epochs").set_value(3).run()           # the user can still change anything
+    lb.no_exception(at)
+    assert at.number_input(key="train_epochs").value == 3
+    assert at.text_input(key="train_preset").value == "Auto (about 5 minutes, 1 changed by you)"
+    assert "changed by you since" in lb.texts(at, "markdown")
+    at.button(key="train_queue").click().run()
+    (run,) = store.list_runs()
+    config = run["config"]
+    assert (config["epochs"], config["schedule"], config["image_size"]) == (3, "cosine", v["image_size"])
+    assert config["preset"]["overridden"] == ["epochs"] and config["preset"]["values"]["epochs"] == 3
+    assert config["preset"]["reasons"] == expected.reasons
+
+
+def test_an_auto_preset_belongs_to_the_dataset_it_was_chosen_for(lb, seg_dataset, cls_dataset,
+                                                                   monkeypatch):
+    """The preset belongs to the dataset it was chosen for: another dataset's runs are not labelled with it."""
+    _auto_expected(cls_dataset, 15, monkeypatch)
+    at = lb.app(TRAIN)
+    at.selectbox(key="train_dataset_id").set_value(cls_dataset).run()
+    at.button(key="train_auto").click().run()
+    lb.no_exception(at)
+    assert at.selectbox(key="train_schedule").value == "cosine"
+    assert at.text_input(key="train_preset").value.startswith("Auto (about 15 minutes")
+    at.selectbox(key="train_dataset_id").set_value(seg_dataset).run()
+    lb.no_exception(at)
+    assert at.text_input(key="train_preset").value == "none"
+
+
 def test_start_from_offers_your_finished_runs_of_this_architecture(lb, seg_dataset):
     from engine.runs.paths import run_dir
     source = lb.fake_run(seg_dataset, "segmentation", arch="unet", name="lung", value=0.81)

@@ -1,0 +1,297 @@
+"""The Auto preset: training settings chosen from the dataset's fingerprint, the device and a time budget, each
+with one sentence that says why (in the spirit of nnU-Net's rule-based configuration, small enough to read).
+
+Epochs come from a short timing probe: a few real optimizer steps of the chosen network on this device."""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.data.fingerprint import fingerprint
+from engine.errors import UserError
+from engine.tasks import IMBALANCE_RATIO
+
+BUDGETS = (5, 15, 60)               # minutes the Train page offers ("about 5 / 15 / 60 minutes")
+SIZES = (32, 48, 64, 96, 128, 160, 192, 256, 384, 512)
+# Largest image side worth paying for, by budget (minutes) and device: a CPU at 128 px is already slow.
+SIZE_CAP = {"cpu": ((5, 64), (15, 96), (60, 128), (math.inf, 192)),
+            "cuda": ((5, 128), (15, 256), (60, 256), (math.inf, 384))}
+MIN_STRUCTURE_PX = 6                # the smallest structure keeps at least this many pixels across
+MIN_EPOCHS = 8                      # fewer affordable passes than this: step the image size down
+AUGMENT_EPOCHS = 12                 # augmentation pays off only when the network sees the data many times
+SMALL_DATA = 2000                   # training images below which augmentation is on
+SMALL_FOREGROUND = 0.05             # foreground share below which the Dice part of the loss matters most
+TIME_SHARE = 0.85                   # of the budget planned for training; the rest is start-up and validation
+PROBE_STEPS = 3
+
+StepTimer = Callable[[dict, dict], float]     # (settings, fingerprint) -> seconds per training step
+
+
+@dataclass
+class Preset:
+    """RunConfig values, and one sentence per value saying why it was chosen."""
+
+    name: str
+    budget_minutes: float
+    values: dict[str, Any]
+    reasons: dict[str, str]
+    probe: dict[str, Any] = field(default_factory=dict)     # what was measured: seconds per step, at what size
+
+    def record(self, overridden: list[str] | tuple = ()) -> dict:
+        """What a run stores in RunConfig.preset: the preset, its reasons, and the settings the user changed."""
+        return {"name": self.name, "budget_minutes": self.budget_minutes, "values": dict(self.values),
+                "reasons": dict(self.reasons), "probe": dict(self.probe), "overridden": sorted(overridden)}
+
+
+def apply_preset(given: dict[str, Any], preset: Preset) -> dict[str, Any]:
+    """RunConfig keyword arguments: the preset's values under the ones given (explicit settings win). The run
+    records the preset with the final value of each of its settings and the names of those the user changed."""
+    values = dict(preset.values)
+    if "arch" in given and given["arch"] != values.get("arch"):
+        values.pop("model_options", None)          # a U-Net's depth means nothing to another architecture
+    if "augment" in given:
+        values.pop("augment_params", None)         # strengths of augmentations that may no longer be chosen
+    merged = {**values, **given}
+    overridden = [k for k in preset.values if k in given and given[k] != preset.values[k]]
+    record = preset.record(overridden)
+    record["values"] = {k: merged[k] for k in preset.values if k in merged}
+    return {**merged, "preset": record}
+
+
+def auto_settings(source: dict, device: str = "auto", budget_minutes: float = 15,
+                  step_seconds: StepTimer | None = None) -> Preset:
+    """The Auto preset for a dataset (its manifest, or its fingerprint) on `device` within `budget_minutes`.
+
+    `step_seconds` replaces the timing probe (tests, or a caller that already measured)."""
+    if not isinstance(budget_minutes, (int, float)) or not 1 <= budget_minutes <= 24 * 60:
+        raise UserError(f"The time budget must be between 1 and 1440 minutes (24 hours), not {budget_minutes}.")
+    fp = source if "version" in source and "intensity" in source else fingerprint(source)
+    kind = _device_kind(device)
+    values: dict[str, Any] = {"optimizer": "adam", "lr": 1e-3, "schedule": "cosine"}
+    reasons: dict[str, str] = {}
+    _model(fp, kind, values, reasons)
+    _image_size(fp, kind, budget_minutes, values, reasons)
+    _batch(fp, kind, values, reasons)
+    timer = step_seconds or probe_step_seconds
+    probe = _epochs(fp, kind, budget_minutes, values, reasons, timer)
+    _augment(fp, values, reasons)
+    _loss(fp, values, reasons)
+    reasons["optimizer"] = "Adam adapts the step size per weight, so it needs no tuning to start well."
+    reasons["lr"] = "0.001 is Adam's well-tried starting rate; the schedule lowers it as training goes on."
+    reasons["schedule"] = ("Cosine annealing lowers the rate smoothly to zero by the last planned epoch, so the "
+                           "final epochs polish instead of jumping around.")
+    patience = max(5, values["epochs"] // 4)
+    values["early_stopping"] = patience
+    reasons["early_stopping"] = (f"Stop after {patience} epochs without improvement (about a quarter of the run): "
+                                 "the best epoch is kept either way, and the rest of the budget is not wasted.")
+    return Preset("auto", budget_minutes, values, reasons, probe)
+
+
+def _device_kind(device: str) -> str:
+    if device in ("cuda", "cpu"):
+        return device
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _train_count(fp: dict) -> int:
+    return max(1, fp["split_counts"].get("train", fp["images"]))
+
+
+def _model(fp: dict, kind: str, values: dict, reasons: dict) -> None:
+    if fp["task"] == "segmentation":
+        values["arch"], values["pretrained"] = "unet", "none"
+        reasons["arch"] = ("U-Net: its skip connections keep fine detail, which is what outlines need, and it "
+                           "trains well from few images.")
+        reasons["pretrained"] = "U-Net has no ImageNet weights here, so it starts from random weights."
+        return
+    from engine.models import get_spec
+    from engine.models.weights import imagenet_status
+    spec = get_spec("resnet18", "classification")
+    status = imagenet_status(spec)
+    values["arch"] = "resnet18"
+    reasons["arch"] = ("ResNet-18: the smallest residual network here, quick on a CPU and strong on small "
+                       "medical datasets.")
+    if status.available:
+        values["pretrained"] = "imagenet"
+        reasons["pretrained"] = ("ImageNet weights are on this machine: starting from them needs fewer images "
+                                 "and epochs than random weights.")
+    else:
+        values["pretrained"] = "none"
+        reasons["pretrained"] = ("From scratch: ImageNet weights for ResNet-18 are not on this machine (copy "
+                                 "them into the torch cache to start from them).")
+
+
+def _needed_size(fp: dict) -> int:
+    """The smallest square side that keeps the smallest structure at least MIN_STRUCTURE_PX across."""
+    if fp["task"] != "segmentation" or not fp.get("object_px"):
+        return 0
+    stored = fp["size"]["stored_side"]["median"]
+    return math.ceil(MIN_STRUCTURE_PX * stored / math.sqrt(fp["object_px"]))
+
+
+def _image_size(fp: dict, kind: str, budget: float, values: dict, reasons: dict) -> None:
+    stored = int(fp["size"]["stored_side"]["median"])
+    cap = next(px for minutes, px in SIZE_CAP[kind] if budget <= minutes)
+    native = max([s for s in SIZES if s <= stored] or [SIZES[0]])
+    need = _needed_size(fp)
+    size = min(cap, native)
+    if need > size:
+        size = min([s for s in SIZES if s >= need] or [SIZES[-1]])
+        size = min(size, max(native, SIZES[0]))          # never above the stored size: upscaling adds nothing
+    values["image_size"] = size
+    why = [f"the images are about {stored} px"]
+    if size < native:
+        why.append(f"{cap} px is what a {budget:g}-minute budget affords on the {kind.upper()}")
+    if need:
+        side = math.sqrt(fp["object_px"]) * size / stored
+        why.append(f"the smallest structure stays about {side:.0f} px across (at least {MIN_STRUCTURE_PX} needed)")
+    reasons["image_size"] = f"{size} px: " + "; ".join(why) + "."
+    if fp["task"] == "segmentation":
+        depth = 4 if size >= 96 else 3 if size >= 48 else 2
+        base = 32 if kind == "cuda" else 16
+        values["model_options"] = {"depth": depth, "base": base}
+        reasons["model_options"] = (f"Depth {depth}: at {size} px, {depth - 1} halvings leave a "
+                                    f"{size // 2 ** (depth - 1)}-px map deep down, wide enough context without "
+                                    f"losing small parts; width {base} suits the {kind.upper()}.")
+
+
+def _batch(fp: dict, kind: str, values: dict, reasons: dict) -> None:
+    n = _train_count(fp)
+    batch = 32 if kind == "cuda" else 16
+    batch = max(2, min(batch, n // 4))                  # at least about four steps per epoch
+    values["batch_size"] = batch
+    reasons["batch_size"] = (f"{batch} images per step: {math.ceil(n / batch)} steps per epoch over the {n} "
+                             "training images, small enough for many updates, large enough for steady gradients.")
+
+
+def _epochs(fp: dict, kind: str, budget: float, values: dict, reasons: dict, timer: StepTimer) -> dict:
+    """Epochs from the measured seconds per step; a size that leaves too few epochs is stepped down."""
+    seconds = timer(values, fp)
+    probe = {"seconds_per_step": seconds, "image_size": values["image_size"], "batch_size": values["batch_size"],
+             "device": kind}
+    floor = max(_needed_size(fp), SIZES[0])
+    while True:
+        epochs = int(TIME_SHARE * budget * 60 / _epoch_seconds(fp, values, seconds))
+        smaller = [s for s in SIZES if floor <= s < values["image_size"]]
+        if epochs >= MIN_EPOCHS or not smaller:
+            break
+        new = smaller[-1]                                  # compute grows with the pixel count
+        seconds *= (new / values["image_size"]) ** 2
+        values["image_size"] = new
+        reasons["image_size"] += f" Stepped down to {new} px so that enough epochs fit in the budget."
+        if "model_options" in values:
+            values["model_options"]["depth"] = 4 if new >= 96 else 3 if new >= 48 else 2
+    epochs = max(2, min(300, epochs))
+    values["epochs"] = epochs
+    reasons["epochs"] = (f"{epochs} epochs fill about {budget:g} minutes: a timing probe measured "
+                         f"{probe['seconds_per_step']:.2f} s per step of {probe['batch_size']} images at "
+                         f"{probe['image_size']} px on this {kind.upper()}.")
+    return probe
+
+
+def _epoch_seconds(fp: dict, values: dict, step: float) -> float:
+    """Training steps plus validation (a forward pass costs about a third of a training step)."""
+    train_steps = math.ceil(_train_count(fp) / values["batch_size"])
+    val = fp["split_counts"].get("val", 0)
+    return max(1e-3, (train_steps + math.ceil(val / values["batch_size"]) / 3) * step * 1.1)
+
+
+def _augment(fp: dict, values: dict, reasons: dict) -> None:
+    n, epochs = _train_count(fp), values["epochs"]
+    names: list[str] = []
+    params: dict[str, dict] = {}
+    if n < SMALL_DATA and epochs >= AUGMENT_EPOCHS:
+        names += ["rotate", "zoom"]
+        params |= {"rotate": {"degrees": 10.0}, "zoom": {"amount": 0.1}}
+        geometry = (f"Small rotations (±10°) and zooms (±10 %) on: {n} training images are few, and the "
+                    f"{epochs} epochs would otherwise let the network memorise them.")
+    elif n < SMALL_DATA:
+        geometry = (f"No geometric augmentation: the budget allows only {epochs} epochs, too few for it to pay "
+                    "off; a longer budget turns it on.")
+    else:
+        geometry = f"No geometric augmentation: {n} training images give enough variety on their own."
+    if fp["intensity"]["sources_differ"]:
+        names += ["brightness", "contrast"]
+        params |= {"brightness": {"amount": 0.2}, "contrast": {"amount": 0.2}}
+        geometry += (f" Brightness and contrast jitter (±20 %) on: image brightness varies by "
+                     f"{100 * fp['intensity']['image_mean_cv']:.0f} % between images, as when scanners or "
+                     "exposures differ.")
+    flips = ("No flips: the left and right of a body are not interchangeable (the heart lies on the left), so a "
+             "mirrored image shows an anatomy patients do not have.")
+    values["augment"], values["augment_params"] = names, params
+    reasons["augment"] = geometry + " " + flips
+    strengths = ", ".join(f"{name} {value:g} {param}" for name, p in params.items() for param, value in p.items())
+    reasons["augment_params"] = (f"Strengths kept mild ({strengths}): enough variety without images no scanner "
+                                 "would produce." if params else "No augmentation, so no strengths to set.")
+
+
+def _loss(fp: dict, values: dict, reasons: dict) -> None:
+    imbalance = fp.get("imbalance", 1.0)
+    if fp["task"] == "segmentation":
+        share = sum(fp["foreground_share"].values())
+        values["loss"] = "ce_dice"
+        size = "small" if share < SMALL_FOREGROUND else "moderate"
+        reasons["loss"] = (f"Cross-entropy + Dice: the structure covers {100 * share:.1f} % of the image "
+                           f"({size}); the Dice part keeps it from being ignored, cross-entropy keeps gradients "
+                           "steady.")
+        values["class_weights"] = imbalance >= IMBALANCE_RATIO
+        reasons["class_weights"] = (f"Class weights on: the largest structure class has {imbalance:.1f}× the "
+                                    "pixels of the smallest." if values["class_weights"] else
+                                    "No class weights: the Dice part already balances structure and background.")
+        values["monitor"] = "dice"
+        reasons["monitor"] = "The best epoch is the one with the highest validation Dice, the headline overlap score."
+        return
+    values["loss"] = "ce"
+    reasons["loss"] = "Cross-entropy: the standard loss for choosing one class per image."
+    imbalanced = imbalance >= IMBALANCE_RATIO
+    values["class_weights"] = imbalanced
+    values["monitor"] = "balanced_accuracy" if imbalanced else "accuracy"
+    if imbalanced:
+        reasons["class_weights"] = (f"Class weights on: the largest class has {imbalance:.1f}× the images of the "
+                                    "smallest, and without weights the network learns to answer the common one.")
+        reasons["monitor"] = ("The best epoch is picked by balanced accuracy: plain accuracy rewards answering the "
+                              "common class.")
+    else:
+        reasons["class_weights"] = f"No class weights: the classes are balanced (ratio {imbalance:.1f})."
+        reasons["monitor"] = "The best epoch is picked by validation accuracy; the classes are balanced."
+
+
+def probe_step_seconds(values: dict, fp: dict, steps: int = PROBE_STEPS) -> float:
+    """Median seconds of a few real training steps (random images, the chosen network, size and batch, plus the
+    augmentation's per-image cost) on the device that will train."""
+    import torch
+
+    from engine.models import build_model
+    from engine.training.augment import build_pipeline
+
+    device = torch.device(_device_kind("auto"))
+    classes = len(fp["classes"])
+    model = build_model(values["arch"], fp["channels"], classes, task=fp["task"],
+                        options=values.get("model_options") or None).to(device, memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    size, batch = values["image_size"], values["batch_size"]
+    images = torch.rand(batch, fp["channels"], size, size)
+    if fp["task"] == "segmentation":
+        targets = torch.randint(0, classes, (batch, size, size))
+    else:
+        targets = torch.randint(0, classes, (batch,))
+    augment = build_pipeline(["rotate", "zoom"], None)         # what small data gets: count its cost
+    times = []
+    for i in range(steps + 1):                                  # the first step warms up allocators
+        started = time.perf_counter()
+        x, y = augment.batch(images, targets if fp["task"] == "segmentation" else None)
+        y = targets if y is None else y.long()
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        loss = torch.nn.functional.cross_entropy(model(x), y.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - started)
+    return float(sorted(times)[len(times) // 2])

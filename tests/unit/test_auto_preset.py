@@ -1,0 +1,188 @@
+"""The Auto preset's choices for datasets of known shape; every choice comes with its sentence.
+
+The timing probe is replaced by a fixed seconds-per-step (except in the probe's own test), so the choices do not
+depend on how busy this machine is."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.data.ingest import ingest
+from engine.data.manifest import load_manifest
+from engine.errors import UserError
+from engine.presets.auto import auto_settings, probe_step_seconds
+
+
+def fast(values, fp):
+    return 0.05
+
+
+def slow(values, fp):
+    return 10.0 * (values["image_size"] / 64) ** 2
+
+
+def _png(path, pixels) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def _explained(preset) -> None:
+    assert set(preset.values) == set(preset.reasons)
+    assert all(isinstance(s, str) and len(s) > 20 and s.rstrip().endswith((".", ")")) for s in preset.reasons.values())
+
+
+@pytest.fixture
+def small_gray_segmentation(workspace, tmp_path) -> dict:
+    """20 grayscale 48 × 64 images, each with one 8 × 8 structure (2 % of the image)."""
+    rng = np.random.default_rng(1)
+    for k in range(20):
+        image = np.clip(110 + rng.normal(0, 12, (48, 64)), 0, 255).astype(np.uint8)
+        mask = np.zeros((48, 64), np.uint8)
+        y, x = rng.integers(4, 30), rng.integers(4, 40)
+        mask[y:y + 8, x:x + 8] = 255
+        _png(tmp_path / "seg" / "images" / f"c{k:02d}.png", image)
+        _png(tmp_path / "seg" / "masks" / f"c{k:02d}.png", mask)
+    return load_manifest(ingest(tmp_path / "seg", task="segmentation").dataset_id)
+
+
+@pytest.fixture
+def imbalanced_classification(workspace, tmp_path) -> dict:
+    """27 'normal' and 3 'nodule' images: 9 : 1."""
+    rng = np.random.default_rng(2)
+    for name, count in (("normal", 27), ("nodule", 3)):
+        for k in range(count):
+            _png(tmp_path / "imb" / name / f"{k}.png", np.clip(120 + rng.normal(0, 15, (32, 32)), 0, 255)
+                 .astype(np.uint8))
+    return load_manifest(ingest(tmp_path / "imb", task="classification").dataset_id)
+
+
+LARGE_RGB = {   # a fingerprint as ingest writes it, for 20 000 balanced RGB photographs of 512 px
+    "version": 1, "task": "classification", "images": 20000, "sampled": 2000, "groups": 17000, "channels": 3,
+    "split_counts": {"train": 14000, "val": 3000, "test": 3000},
+    "size": {s: {"min": 512, "median": 512, "max": 512} for s in ("height", "width", "stored_side")}
+    | {"aspect": {"min": 1.0, "median": 1.0, "max": 1.0}},
+    "intensity": {"mean": [0.5] * 3, "sd": [0.2] * 3, "p1": [0.02] * 3, "p99": [0.97] * 3,
+                  "image_mean_sd": 0.04, "image_mean_cv": 0.08, "sources_differ": False},
+    "classes": ["benign", "malignant"], "class_counts": {"benign": 10000, "malignant": 10000}, "imbalance": 1.0}
+
+
+def test_small_grayscale_segmentation(small_gray_segmentation):
+    preset = auto_settings(small_gray_segmentation, device="cpu", budget_minutes=5, step_seconds=fast)
+    v = preset.values
+    assert (v["arch"], v["pretrained"], v["image_size"]) == ("unet", "none", 64)
+    assert v["model_options"] == {"depth": 3, "base": 16}
+    assert v["batch_size"] == 3                       # 14 training images: about four steps per epoch
+    assert v["augment"] == ["rotate", "zoom"]         # small data, many affordable epochs; never flips
+    assert "hflip" not in v["augment"] and "No flips" in preset.reasons["augment"]
+    assert (v["loss"], v["class_weights"], v["monitor"]) == ("ce_dice", False, "dice")
+    assert (v["optimizer"], v["lr"], v["schedule"]) == ("adam", 1e-3, "cosine")
+    assert v["epochs"] == 300 and v["early_stopping"] == 75
+    assert "2.1 %" in preset.reasons["loss"] and "0.05 s per step" in preset.reasons["epochs"]
+    _explained(preset)
+
+
+def test_a_slow_device_steps_the_size_down_but_keeps_the_smallest_structure_visible(small_gray_segmentation):
+    preset = auto_settings(small_gray_segmentation, device="cpu", budget_minutes=5, step_seconds=slow)
+    v = preset.values
+    assert v["image_size"] == 48                      # 8-px structure at 64 px stored: 48 px keeps it 6 px across
+    assert v["model_options"]["depth"] == 3
+    assert v["augment"] == [] and "too few" in preset.reasons["augment"]
+    assert "Stepped down to 48 px" in preset.reasons["image_size"]
+    _explained(preset)
+
+
+def test_large_rgb_classification(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cpu = auto_settings(copy.deepcopy(LARGE_RGB), device="cpu", budget_minutes=60, step_seconds=fast)
+    v = cpu.values
+    assert (v["arch"], v["pretrained"], v["image_size"], v["batch_size"]) == ("resnet18", "none", 128, 16)
+    assert "not on this machine" in cpu.reasons["pretrained"]
+    assert v["augment"] == []                         # 14 000 images give variety enough
+    assert (v["loss"], v["class_weights"], v["monitor"]) == ("ce", False, "accuracy")
+    assert v["epochs"] == int(0.85 * 3600 / ((875 + 188 / 3) * 0.05 * 1.1))
+    _explained(cpu)
+    gpu = auto_settings(copy.deepcopy(LARGE_RGB), device="cuda", budget_minutes=15, step_seconds=fast)
+    assert (gpu.values["image_size"], gpu.values["batch_size"]) == (256, 32)
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / "resnet18-f37072fd.pth").write_bytes(b"present; the hash is checked when a run loads it")
+    pretrained = auto_settings(copy.deepcopy(LARGE_RGB), device="cpu", budget_minutes=60, step_seconds=fast)
+    assert pretrained.values["pretrained"] == "imagenet" and "ImageNet weights are on" in pretrained.reasons[
+        "pretrained"]
+
+
+def test_imbalanced_classification_weights_classes_and_picks_by_balanced_accuracy(imbalanced_classification):
+    preset = auto_settings(imbalanced_classification, device="cpu", budget_minutes=15, step_seconds=fast)
+    v = preset.values
+    assert (v["loss"], v["class_weights"], v["monitor"]) == ("ce", True, "balanced_accuracy")
+    assert "9.0×" in preset.reasons["class_weights"]
+    assert "hflip" not in v["augment"] and "heart lies on the left" in preset.reasons["augment"]
+    _explained(preset)
+
+
+def test_two_intensity_sources_turn_on_brightness_and_contrast_jitter():
+    fp = copy.deepcopy(LARGE_RGB)
+    fp["intensity"] |= {"image_mean_cv": 0.4, "sources_differ": True}
+    preset = auto_settings(fp, device="cpu", budget_minutes=60, step_seconds=fast)
+    assert preset.values["augment"] == ["brightness", "contrast"]
+    assert "40 %" in preset.reasons["augment"]
+
+
+def test_a_budget_out_of_range_is_one_sentence():
+    with pytest.raises(UserError, match="time budget must be between"):
+        auto_settings(copy.deepcopy(LARGE_RGB), device="cpu", budget_minutes=0, step_seconds=fast)
+
+
+def test_the_timing_probe_measures_real_steps():
+    fp = copy.deepcopy(LARGE_RGB) | {"channels": 1}
+    values = {"arch": "lenet5", "image_size": 32, "batch_size": 4}
+    seconds = probe_step_seconds(values, fp, steps=2)
+    assert 0 < seconds < 10
+
+
+def _cli(*args: str, home) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LIGHTBOX_HOME": str(home)}
+    env.pop("LIGHTBOX_DB_URL", None)
+    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, env=env,
+                          timeout=300, check=False)
+
+
+def test_cli_preset_auto_stores_its_settings_and_explicit_flags_win(tiny_segmentation, lightbox_env):
+    from engine.runs import store
+    trained = _cli("train", "--dataset", tiny_segmentation, "--preset", "auto", "--budget-minutes", "1",
+                   "--epochs", "1", "--json", "--quiet", home=lightbox_env)
+    assert trained.returncode == 0, trained.stderr
+    result = json.loads(trained.stdout.strip().splitlines()[-1])
+    assert result["status"] == "done" and result["epochs"] == 1
+    shown = result["preset"]
+    assert shown["name"] == "auto" and shown["budget_minutes"] == 1 and shown["overridden"] == ["epochs"]
+    assert shown["values"]["epochs"] == 1 and set(shown["reasons"]) == set(shown["values"])
+    (run,) = store.list_runs()
+    config = run["config"]
+    assert config["preset"] == shown
+    assert (config["arch"], config["schedule"], config["loss"]) == ("unet", "cosine", "ce_dice")
+    assert config["image_size"] == shown["values"]["image_size"] == 32      # the 32-px images are not upscaled
+    assert config["model_options"] == {"depth": 2, "base": 16}
+
+    queued = _cli("submit", "--dataset", tiny_segmentation, "--preset", "auto", "--batch-size", "2",
+                  "--augment", "vflip", "--json", home=lightbox_env)
+    assert queued.returncode == 0, queued.stderr
+    run = store.get_run(json.loads(queued.stdout.strip().splitlines()[-1])["run_id"])
+    config = run["config"]
+    assert (config["batch_size"], config["augment"], config["augment_params"]) == (2, ["vflip"], {})
+    assert config["preset"]["budget_minutes"] == 15
+    assert config["preset"]["overridden"] == ["augment", "batch_size"]
+    assert config["schedule"] == "cosine" and config["epochs"] == config["preset"]["values"]["epochs"]
+
+
+def test_cli_budget_without_a_preset_is_one_sentence(tiny_segmentation, lightbox_env):
+    proc = _cli("train", "--dataset", tiny_segmentation, "--budget-minutes", "5", home=lightbox_env)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "--budget-minutes goes with --preset auto" in proc.stderr

@@ -10,7 +10,7 @@ from engine.data.dataset import load_manifest
 from engine.data.manifest import manifest_or_none
 from engine.diagnosis import compare_runs, diagnose
 from engine.errors import UserError
-from engine.runs import crossval, store
+from engine.runs import crossval, start_from, store
 from engine.tasks import LOWER_IS_BETTER, TASKS
 from pages import _auth as auth
 from pages import _curve as learning_curves
@@ -108,7 +108,8 @@ def settings(runs: list[dict]) -> pd.DataFrame:
             "Run": run["id"], "Learning rate": config.get("lr"), "Batch size": config.get("batch_size"),
             "Optimizer": config.get("optimizer"), "Schedule": config.get("schedule"), "Loss": config.get("loss"),
             "Augmentations": ", ".join(config.get("augment") or []) or "none",
-            "Pretrained": _weights(config), "Image size": config.get("image_size"), "Parameters": run.get("params"),
+            "Pretrained": _weights(config), "Weights kept": _kept(run, config),
+            "Image size": config.get("image_size"), "Parameters": run.get("params"),
             "Epochs": f"{run.get('epoch') or 0}/{run.get('epochs') or 0}",
             "Picked by": w.METRIC_TITLES.get(run.get("best_metric") or "", run.get("best_metric") or ""),
             "Study": run.get("study") or "", "Created": w.when(run.get("created_at")),
@@ -122,6 +123,13 @@ def _weights(config: dict) -> str:
     if start.startswith(("run:", "encoder:")):          # one of your runs, a pre-trained encoder
         label = start.replace(":", " ", 1)
     return f"{label}, frozen backbone" if config.get("freeze_backbone") else label
+
+
+def _kept(run: dict, config: dict) -> str:
+    """What a run that started from other weights kept of them, in its own words (engine.runs.start_from)."""
+    if (config.get("pretrained") or "none") == "none":
+        return ""
+    return start_from.start_note(run["id"]) or ""
 
 
 def _select(where, label: str, options: list[str], key: str, default: str, **kwargs) -> str:

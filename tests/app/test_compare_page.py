@@ -214,3 +214,19 @@ def test_a_learning_curve_is_plotted_against_training_images_with_its_sentence(l
     assert trace["x"] == [p["train_images"] for p in expected["points"]] and trace["x"] == sorted(trace["x"])
     assert [round(y, 2) for y in trace["y"]] == [0.40, 0.55, 0.66, 0.80]
     assert "still rising" in expected["verdict"] and expected["verdict"] in lb.texts(at, "info")
+
+
+def test_a_run_started_from_another_says_what_it_kept(lb, seg_dataset):
+    from engine.runs.paths import run_dir
+    source = lb.fake_run(seg_dataset, "segmentation")
+    started = lb.fake_run(seg_dataset, "segmentation")
+    run = store.get_run(started)
+    store.update_run(started, config=json.dumps(run["config"] | {"pretrained": f"run:{source}"}))
+    kept = f"Kept 90 of 92 tensors from run {source} (U-Net, 2 classes); rebuilt the output layer for 3 classes."
+    run_dir(started).mkdir(parents=True, exist_ok=True)
+    (run_dir(started) / "weights.json").write_text(json.dumps({"message": kept}))
+    at = lb.app(COMPARE)
+    lb.no_exception(at)
+    setup = settings_table(at).set_index("Run")
+    assert setup.loc[started, "Pretrained"] == f"run {source}" and setup.loc[started, "Weights kept"] == kept
+    assert setup.loc[source, "Weights kept"] == ""

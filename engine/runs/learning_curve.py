@@ -19,7 +19,7 @@ from engine.data.dataset import split_index
 from engine.data.manifest import manifest_or_none
 from engine.errors import UserError
 from engine.preflight import check_config
-from engine.runs import queue, store
+from engine.runs import queue, start_from, store
 from engine.runs.submit import create_run
 from engine.tasks import LOWER_IS_BETTER, METRIC_TITLES
 
@@ -45,6 +45,7 @@ def create_curve(config: RunConfig, fractions=FRACTIONS, actor: Actor | None = N
                  status: str = "queued") -> tuple[str, list[str]]:
     """Record (and with status 'queued', enqueue) one run per share; returns the curve id and the run ids."""
     _check(config, fractions)
+    start_from.check_start(actor, config.pretrained)              # a student starts only from their own runs
     curve_id = LC_PREFIX + secrets.token_hex(4)
     run_ids = []
     for i, run_config in enumerate(curve_configs(config, fractions), start=1):

@@ -116,8 +116,8 @@ def test_a_student_cannot_start_from_another_students_run(tiny_segmentation, cap
         check_start(bob, f"run:{source['id']}")
     from engine.runs import learning_curve
     with pytest.raises(AccessDenied, match="you can only start from your own runs"):
-        learning_curve.create_curve(RunConfig(dataset_id=tiny_segmentation, arch="unet", pretrained=f"run:{source['id']}",
-                                              **TINY), actor=bob)
+        config = RunConfig(dataset_id=tiny_segmentation, arch="unet", pretrained=f"run:{source['id']}", **TINY)
+        learning_curve.create_curve(config, actor=bob)
     before = len(store.list_runs())
     code = main(["--as", "bob", "submit", "--dataset", tiny_segmentation, "--arch", "unet", "--init-from",
                  source["id"], "--image-size", "32", "--epochs", "1"])

@@ -20,7 +20,7 @@ from engine.data.manifest import manifest_or_none
 from engine.errors import UserError
 from engine.preflight import check_config
 from engine.runs import queue, start_from, store
-from engine.runs.submit import create_run
+from engine.runs.submit import create_runs
 from engine.tasks import LOWER_IS_BETTER, METRIC_TITLES
 
 LC_PREFIX = "lc:"                      # the store's `study` column tags the runs of one learning curve
@@ -47,12 +47,13 @@ def create_curve(config: RunConfig, fractions=FRACTIONS, actor: Actor | None = N
     _check(config, fractions)
     start_from.check_start(actor, config.pretrained)              # a student starts only from their own runs
     curve_id = LC_PREFIX + secrets.token_hex(4)
-    run_ids = []
-    for i, run_config in enumerate(curve_configs(config, fractions), start=1):
-        run_id = create_run(run_config, status=status, study=curve_id, trial=i, actor=actor)
-        if status == "queued":
+    configs = curve_configs(config, fractions)
+    # all or none: a student's assignment limits are checked for every run of the curve before any is recorded
+    run_ids = create_runs(configs, status=status, study=curve_id, trials=list(range(1, len(configs) + 1)),
+                          actor=actor)
+    if status == "queued":
+        for run_id in run_ids:
             queue.enqueue(run_id, resume=False)
-        run_ids.append(run_id)
     return curve_id, run_ids
 
 

@@ -134,3 +134,18 @@ def test_cli_queues_the_four_runs_tagged_together(patients_dataset, capsys):
     assert {r["status"] for r in runs} == {"queued"}
     assert main(["learning-curve", "--dataset", patients_dataset, "--folds", "3", "--submit"]) != 0
     assert "one validation split" in capsys.readouterr().err
+
+
+def test_a_students_curve_past_the_assignments_run_limit_records_nothing(patients_dataset):
+    from engine.accounts.actor import Actor
+    from engine.classroom.assignments import create_assignment
+    from engine.config import RunConfig
+    from engine.errors import UserError
+    from engine.runs import learning_curve, store
+    create_assignment(Actor("prof", "instructor"), patients_dataset, "lv", runs_per_student=3)
+    config = RunConfig(dataset_id=patients_dataset, arch="unet", image_size=32, epochs=1)
+    with pytest.raises(UserError, match="allows 3 runs per student"):
+        learning_curve.create_curve(config, actor=Actor("ana", "student"))
+    assert store.list_runs() == []                                   # not 3 of the 4 runs
+    _, run_ids = learning_curve.create_curve(config, actor=Actor("ana", "student"), fractions=(0.5, 1.0))
+    assert [r["owner"] for r in store.list_runs()] == ["ana", "ana"] and len(run_ids) == 2

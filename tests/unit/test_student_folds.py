@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -105,9 +106,19 @@ def test_in_process_folds_are_reserved_together_and_a_cancelled_fold_is_skipped(
     assert {r["owner"] for r in store.list_runs()} == {"alice"} and len(store.list_runs()) == 3
 
 
-def test_two_cross_validations_racing_share_the_places_exactly(classroom, tiny_classification):
-    """Two tabs queue a 3-fold cross-validation at once with 4 places left: one gets its 3 runs, the other none."""
+@pytest.mark.postgres
+def test_two_cross_validations_racing_share_the_places_exactly(classroom, tiny_classification, monkeypatch):
+    """Two tabs queue a 3-fold cross-validation at once with 4 places left: one gets its 3 runs, the other none
+    (the usage query is slowed down so that, without the critical section, both would read 'no run yet')."""
     assignments.create_assignment(PROF, tiny_classification, "hw1", runs_per_student=4)
+    counted = assignments._student_usage
+
+    def slow_usage(*args, **kwargs):
+        found = counted(*args, **kwargs)
+        time.sleep(0.3)
+        return found
+
+    monkeypatch.setattr(assignments, "_student_usage", slow_usage)
     config = RunConfig(dataset_id=tiny_classification, arch="lenet5", epochs=1, batch_size=8, image_size=32)
     start, outcomes = threading.Barrier(2), []
 

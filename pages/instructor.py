@@ -9,46 +9,15 @@ import pandas as pd
 import streamlit as st
 
 from engine.accounts import users
-from engine.classroom import assignments
+from engine.classroom import assignments, roster
 from engine.data.manifest import list_datasets
 from engine.errors import UserError
 from engine.runs import store
 from pages import _auth as auth
 from pages import _widgets as w
 
-WORKING = ("queued", "starting", "running")
 BOARD_COLUMNS = {"rank": "Rank", "student": "Student", "run_id": "Run", "metric": "Metric", "value": "Test score",
                  "handed_in_at": "Handed in (UTC)"}
-
-
-def class_table(people: list[dict], runs: list[dict]) -> pd.DataFrame:
-    """One row per user: runs by status, share of the queue (queued and training runs) and training minutes."""
-    working = sum(1 for r in runs if r["status"] in WORKING) or 1
-    rows = []
-    for person in people:
-        own = [r for r in runs if r.get("owner") == person["name"]]
-        count = {status: sum(1 for r in own if r["status"] == status) for status in ("queued", "running", "done",
-                                                                                     "failed")}
-        mine = sum(1 for r in own if r["status"] in WORKING)
-        rows.append({"User": person["name"], "Role": person["role"], "Runs": len(own), **{k.capitalize(): v for k, v
-                     in count.items()}, "Queue share": f"{mine / working:.0%}",
-                     "Training minutes": round(sum(r.get("train_seconds") or 0 for r in own) / 60, 1)})
-    return pd.DataFrame(rows)
-
-
-def quota_table(found: dict, people: list[dict], runs: list[dict]) -> pd.DataFrame:
-    """Each student's use of an assignment's limits (runs and training minutes on its dataset)."""
-    rows = []
-    for person in people:
-        if person["role"] != "student":
-            continue
-        own = [r for r in runs if r.get("owner") == person["name"] and r["dataset_id"] == found["dataset_id"]]
-        minutes = sum(r.get("train_seconds") or 0 for r in own) / 60
-        rows.append({"Student": person["name"],
-                     "Runs": f"{len(own)}" + (f" of {found['runs_per_student']}" if found["runs_per_student"] else ""),
-                     "Training minutes": f"{minutes:.1f}" + (f" of {found['gpu_minutes']:g}"
-                                                             if found["gpu_minutes"] else "")})
-    return pd.DataFrame(rows)
 
 
 def limits_line(found: dict) -> str:
@@ -74,7 +43,7 @@ def release(actor, name: str) -> None:
                                                  else "Could not release it; try again.")
 
 
-def assignment_panel(actor, found: dict, people: list[dict], runs: list[dict]) -> None:
+def assignment_panel(actor, found: dict, people: list[dict]) -> None:
     name = found["name"]
     st.markdown(f"#### {w.as_text(name)}")
     st.caption(limits_line(found))
@@ -91,7 +60,7 @@ def assignment_panel(actor, found: dict, people: list[dict], runs: list[dict]) -
         st.button("Release the test results to the students", key=f"instructor_release_{name}", on_click=release,
                   args=(actor, name), help="Students then see test scores of their runs and the ranked leaderboard.")
     with st.expander("Use of the limits per student"):
-        st.dataframe(quota_table(found, people, runs), hide_index=True, key=f"instructor_quota_{name}")
+        st.dataframe(pd.DataFrame(roster.quota_rows(found, people)), hide_index=True, key=f"instructor_quota_{name}")
 
 
 def deadline_seconds(day, hour) -> float | None:
@@ -143,7 +112,7 @@ with w.shows_errors("Reading the class"):
     runs = store.list_runs(limit=100_000)
     st.subheader("Class")
     if people:
-        st.dataframe(class_table(people, runs), hide_index=True, key="instructor_class")
+        st.dataframe(pd.DataFrame(roster.class_rows(people, runs)), hide_index=True, key="instructor_class")
         st.caption("Queue share: each user's part of the runs queued or training now. The queue takes turns across "
                    "users, so one user's many runs do not hold back another's first.")
     else:
@@ -153,6 +122,6 @@ with w.shows_errors("Reading the class"):
     if not found_all:
         st.caption("No assignments yet; create one below.")
     for found in found_all:
-        assignment_panel(actor, found, people, runs)
+        assignment_panel(actor, found, people)
     st.subheader("New assignment")
     create_form(actor)

@@ -112,7 +112,8 @@ workers = Table(
 # spent after a delete (engine.classroom.assignments counts these rows with the runs).
 spent_runs = Table(
     "lb_spent_runs", metadata,
-    Column("run_id", String(40), primary_key=True),
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(40), nullable=False),
     Column("owner", String(80), nullable=False, index=True),
     Column("dataset_id", String(120), nullable=False),
     Column("train_seconds", Float, nullable=False, default=0.0),

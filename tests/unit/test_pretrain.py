@@ -115,12 +115,13 @@ def test_the_fine_tune_starts_from_the_pretrained_weights(unlabeled, tiny_segmen
     saved = torch.load(library.encoder_path(encoder), weights_only=True)
     common = {"dataset_id": tiny_segmentation, "arch": "unet", "image_size": 32, "epochs": 1, "device": "cpu",
               "seed": 0, "model_options": SMALL_UNET}
-    tuned = _net_state(RunConfig(**common, pretrained=str(library.encoder_path(encoder))), lightbox_env / "a")
+    tuned = _net_state(RunConfig(**common, pretrained=f"encoder:{encoder}"), lightbox_env / "a")
+    by_path = _net_state(RunConfig(**common, pretrained=str(library.encoder_path(encoder))), lightbox_env / "c")
     scratch = _net_state(RunConfig(**common), lightbox_env / "b")
     weights_ = [k for k in saved if k.endswith(".weight")]
     assert len(weights_) >= 8
     for key in saved:
-        assert torch.equal(tuned[key], saved[key]), key
+        assert torch.equal(tuned[key], saved[key]) and torch.equal(by_path[key], saved[key]), key
     assert all(not torch.equal(scratch[k], saved[k]) for k in weights_)
     # the output layer is not in the file: 2 classes here, rebuilt as a fresh layer
     assert tuned["head.weight"].shape[0] == 2 and "head.weight" not in saved

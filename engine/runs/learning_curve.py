@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import threading
 from dataclasses import replace
 
 from engine import diagnosis
@@ -63,8 +64,18 @@ def run_curve_here(config: RunConfig, fractions=FRACTIONS, actor: Actor | None =
     # execute imports training: only where the runs train here
     from engine.runs import execute
     curve_id, run_ids = create_curve(config, fractions, actor, status="starting")
-    for run_id in run_ids:
-        execute.run_job(run_id, handlers=handlers())
+    # The runs waiting their turn belong to this process: their heartbeats say it lives (else any `runs` listing
+    # would take them for dead and mark them interrupted), and stop when it dies.
+    alive = [threading.Event() for _ in run_ids]
+    for run_id, stop in zip(run_ids, alive):
+        execute.heartbeat_thread(run_id, stop)
+    try:
+        for run_id, stop in zip(run_ids, alive):
+            execute.run_job(run_id, handlers=handlers())
+            stop.set()
+    finally:
+        for stop in alive:
+            stop.set()
     return summary(curve_id)
 
 

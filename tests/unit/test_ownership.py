@@ -213,11 +213,3 @@ def test_datasets_a_student_sees_and_deletes(classroom, tiny_classification):
         lifecycle.delete_dataset(tiny_classification, actor=BOB)
     assert lifecycle.delete_dataset(tiny_classification, actor=ALICE) == "deleted"
     assert not dataset_dir(tiny_classification).exists()
-
-
-def test_a_student_cannot_start_ownerless_cross_validation_folds(classroom, tiny_classification, capsys):
-    for command in ("train", "submit"):
-        err = _refused(capsys, command, "--dataset", tiny_classification, "--arch", "lenet5", "--image-size", "32",
-                       "--epochs", "1", "--folds", "3", "--as", "alice")
-        assert "--folds" in err
-    assert store.list_runs() == []

@@ -63,6 +63,14 @@ def cmd_run_job(args) -> dict:
 
 
 def cmd_worker(args) -> dict:
+    if args.executor == "ray":
+        # Ray is an optional extra: its executor is imported only when asked for
+        from engine.runs import ray_executor
+        return {"jobs_run": ray_executor.run_ray_worker(address=args.address, slots=args.slots,
+                                                        until_idle=args.until_idle, poll=args.poll),
+                "executor": "ray"}
+    if args.address:
+        raise UserError("--address names a Ray cluster; add --executor ray, or leave --address out.")
     return {"jobs_run": worker.run_worker(slots=args.slots, until_idle=args.until_idle, poll=args.poll)}
 
 
@@ -106,6 +114,10 @@ def register(add) -> None:
     p.add_argument("--slots", type=int, default=None)
     p.add_argument("--until-idle", action="store_true")
     p.add_argument("--poll", type=float, default=1.0)
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: child processes on this machine (default); ray: tasks on a Ray cluster")
+    p.add_argument("--address", default=None, help="with --executor ray: the cluster (auto, or ray://HEAD:10001); "
+                   "without it a local Ray instance is started")
     p.set_defaults(handler=cmd_worker)
 
     quick = PRESETS["quick"]

@@ -120,6 +120,8 @@ def header(run: dict, actor: Actor | None = None) -> None:
         st.info(message or "Stopped by the user.")
     elif run["status"] == "done":
         st.success(message or "Finished.")
+    elif run["status"] == "queued" and message:
+        st.info(message)                 # e.g. a fold that `train --folds` trains in its own process, not a worker
     elif run["status"] == "queued" and not any(x.get("device") != "starting" for x in worker.live_workers()):
         st.warning("Waiting for a worker: none is running. It starts with the app, or run `python -m engine worker`.")
 

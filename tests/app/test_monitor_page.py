@@ -87,6 +87,15 @@ def test_stop_cancels_a_queued_run_at_once(lb, seg_dataset):
     assert "Cancelled before it started" in lb.texts(at, "info")
 
 
+def test_a_fold_waiting_for_train_folds_says_so_not_that_a_worker_is_missing(lb, seg_dataset):
+    from engine.runs.crossval import WAITING
+    run_id = lb.fake_run(seg_dataset, "segmentation", status="queued")
+    store.update_run(run_id, message=WAITING)
+    at = monitor(lb, run_id)
+    lb.no_exception(at)
+    assert "train --folds" in lb.texts(at, "info") and "Waiting for a worker" not in lb.texts(at, "warning")
+
+
 def test_failed_run_shows_its_reason_and_resume_queues_it(lb, cls_dataset):
     run_id = lb.fake_run(cls_dataset, "classification", status="failed")
     store.set_status(run_id, "failed", "The loss became NaN; lower the learning rate.")

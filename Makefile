@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8501
 export LIGHTBOX_HOME ?= $(CURDIR)/workspace
 
-.PHONY: run test test-fast e2e bench worker clean
+.PHONY: run test test-fast e2e bench worker ray test-ray clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,16 @@ bench: $(VENV)/.installed
 
 worker: $(VENV)/.installed
 	$(PY) -m engine worker
+
+# The optional Ray extra (`engine worker --executor ray`); `make test-ray` runs its tests.
+$(VENV)/.ray-installed: $(VENV)/.installed requirements-ray.txt
+	$(PY) -m pip install --quiet -r requirements-ray.txt
+	touch $@
+
+ray: $(VENV)/.ray-installed
+
+test-ray: $(VENV)/.dev-installed $(VENV)/.ray-installed
+	$(PY) -m pytest tests/unit/test_ray_executor.py -q
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache

@@ -25,9 +25,12 @@ AUGMENT_EPOCHS = 12                 # augmentation pays off only when the networ
 SMALL_DATA = 2000                   # training images below which augmentation is on
 SMALL_FOREGROUND = 0.05             # foreground share below which the Dice part of the loss matters most
 TIME_SHARE = 0.85                   # of the budget planned for training; the rest is start-up and validation
-PROBE_STEPS = 3
+PROBE_STEPS = 2
+PROBE_BATCH = 8                     # the probe times at most this batch and scales: it must not eat a short budget
+SHORT_BUDGET = 15                   # minutes; up to this a CPU trains with batches of 8
 
-StepTimer = Callable[[dict, dict], float]     # (settings, fingerprint) -> seconds per training step
+# (settings, fingerprint) -> seconds per training step, or (that, seconds of augmentation per image)
+StepTimer = Callable[[dict, dict], float | tuple[float, float]]
 
 
 @dataclass
@@ -74,10 +77,10 @@ def auto_settings(source: dict, device: str = "auto", budget_minutes: float = 15
     reasons: dict[str, str] = {}
     _model(fp, kind, values, reasons)
     _image_size(fp, kind, budget_minutes, values, reasons)
-    _batch(fp, kind, values, reasons)
-    timer = step_seconds or probe_step_seconds
+    _batch(fp, kind, budget_minutes, values, reasons)
+    timer = step_seconds or (lambda v, f: probe_step_seconds(v, f, device=kind))
     probe = _epochs(fp, kind, budget_minutes, values, reasons, timer)
-    _augment(fp, values, reasons)
+    _augment(fp, budget_minutes, probe, values, reasons)
     _loss(fp, values, reasons)
     reasons["optimizer"] = "Adam adapts the step size per weight, so it needs no tuning to start well."
     reasons["lr"] = "0.001 is Adam's well-tried starting rate; the schedule lowers it as training goes on."
@@ -159,20 +162,24 @@ def _image_size(fp: dict, kind: str, budget: float, values: dict, reasons: dict)
                                     f"losing small parts; width {base} suits the {kind.upper()}.")
 
 
-def _batch(fp: dict, kind: str, values: dict, reasons: dict) -> None:
+def _batch(fp: dict, kind: str, budget: float, values: dict, reasons: dict) -> None:
     n = _train_count(fp)
-    batch = 32 if kind == "cuda" else 16
+    # A CPU spends about the same time per image at any batch size: in a short budget, smaller steps buy more updates
+    batch = 32 if kind == "cuda" else 8 if budget <= SHORT_BUDGET else 16
     batch = max(2, min(batch, n // 4))                  # at least about four steps per epoch
     values["batch_size"] = batch
+    why = (f"on the CPU a {budget:g}-minute budget gets more updates from smaller steps" if kind == "cpu"
+           and budget <= SHORT_BUDGET else "small enough for many updates, large enough for steady gradients")
     reasons["batch_size"] = (f"{batch} images per step: {math.ceil(n / batch)} steps per epoch over the {n} "
-                             "training images, small enough for many updates, large enough for steady gradients.")
+                             f"training images; {why}.")
 
 
 def _epochs(fp: dict, kind: str, budget: float, values: dict, reasons: dict, timer: StepTimer) -> dict:
     """Epochs from the measured seconds per step; a size that leaves too few epochs is stepped down."""
-    seconds = timer(values, fp)
+    measured = timer(values, fp)
+    seconds, augment_cost = measured if isinstance(measured, tuple) else (measured, 0.0)
     probe = {"seconds_per_step": seconds, "image_size": values["image_size"], "batch_size": values["batch_size"],
-             "device": kind}
+             "augment_seconds_per_image": augment_cost, "device": kind}
     floor = max(_needed_size(fp), SIZES[0])
     while True:
         epochs = int(TIME_SHARE * budget * 60 / _epoch_seconds(fp, values, seconds))
@@ -187,9 +194,9 @@ def _epochs(fp: dict, kind: str, budget: float, values: dict, reasons: dict, tim
             values["model_options"]["depth"] = 4 if new >= 96 else 3 if new >= 48 else 2
     epochs = max(2, min(300, epochs))
     values["epochs"] = epochs
-    reasons["epochs"] = (f"{epochs} epochs fill about {budget:g} minutes: a timing probe measured "
-                         f"{probe['seconds_per_step']:.2f} s per step of {probe['batch_size']} images at "
-                         f"{probe['image_size']} px on this {kind.upper()}.")
+    reasons["epochs"] = (f"{epochs} epochs fill about {budget:g} minutes: a timing probe of a few training steps "
+                         f"on this {kind.upper()} puts one step of {probe['batch_size']} images at "
+                         f"{probe['image_size']} px at {probe['seconds_per_step']:.2f} s.")
     return probe
 
 
@@ -200,8 +207,9 @@ def _epoch_seconds(fp: dict, values: dict, step: float) -> float:
     return max(1e-3, (train_steps + math.ceil(val / values["batch_size"]) / 3) * step * 1.1)
 
 
-def _augment(fp: dict, values: dict, reasons: dict) -> None:
+def _augment(fp: dict, budget: float, probe: dict, values: dict, reasons: dict) -> None:
     n, epochs = _train_count(fp), values["epochs"]
+    step = probe["seconds_per_step"] * (values["image_size"] / probe["image_size"]) ** 2
     names: list[str] = []
     params: dict[str, dict] = {}
     if n < SMALL_DATA and epochs >= AUGMENT_EPOCHS:
@@ -223,6 +231,12 @@ def _augment(fp: dict, values: dict, reasons: dict) -> None:
     flips = ("No flips: the left and right of a body are not interchangeable (the heart lies on the left), so a "
              "mirrored image shows an anatomy patients do not have.")
     values["augment"], values["augment_params"] = names, params
+    cost = probe.get("augment_seconds_per_image", 0.0) * (probe["image_size"] / values["image_size"]) ** -2
+    if names and cost:          # augmenting costs time per image on the CPU: fewer epochs fit
+        per_epoch = _epoch_seconds(fp, values, step) + 1.1 * n * cost
+        values["epochs"] = max(2, min(300, int(TIME_SHARE * budget * 60 / per_epoch)))
+        reasons["epochs"] = (f"{values['epochs']}" + reasons["epochs"][len(str(epochs)):] +
+                             f" Augmenting adds about {1000 * cost:.1f} ms per image, counted in.")
     reasons["augment"] = geometry + " " + flips
     strengths = ", ".join(f"{name} {value:g} {param}" for name, p in params.items() for param, value in p.items())
     reasons["augment_params"] = (f"Strengths kept mild ({strengths}): enough variety without images no scanner "
@@ -260,33 +274,33 @@ def _loss(fp: dict, values: dict, reasons: dict) -> None:
         reasons["monitor"] = "The best epoch is picked by validation accuracy; the classes are balanced."
 
 
-def probe_step_seconds(values: dict, fp: dict, steps: int = PROBE_STEPS) -> float:
-    """Median seconds of a few real training steps (random images, the chosen network, size and batch, plus the
-    augmentation's per-image cost) on the device that will train."""
+def probe_step_seconds(values: dict, fp: dict, steps: int = PROBE_STEPS, device: str = "auto") -> tuple[float, float]:
+    """(Seconds per training step, seconds of augmentation per image), from a few real steps of the chosen network
+    on random images of the chosen size on the device that will train: the median step of a batch of up to
+    PROBE_BATCH images, scaled to the chosen batch size; then one augmented batch (rotation and zoom)."""
     import torch
 
     from engine.models import build_model
     from engine.training.augment import build_pipeline
 
-    device = torch.device(_device_kind("auto"))
+    device = torch.device(_device_kind(device))
     classes = len(fp["classes"])
     model = build_model(values["arch"], fp["channels"], classes, task=fp["task"],
                         options=values.get("model_options") or None).to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     size, batch = values["image_size"], values["batch_size"]
+    if device.type == "cpu":            # a GPU is not busier per image at a small batch: time the real one there
+        batch = min(batch, PROBE_BATCH)
     images = torch.rand(batch, fp["channels"], size, size)
     if fp["task"] == "segmentation":
         targets = torch.randint(0, classes, (batch, size, size))
     else:
         targets = torch.randint(0, classes, (batch,))
-    augment = build_pipeline(["rotate", "zoom"], None)         # what small data gets: count its cost
     times = []
+    x, y = images.to(device).contiguous(memory_format=torch.channels_last), targets.to(device)
     for i in range(steps + 1):                                  # the first step warms up allocators
         started = time.perf_counter()
-        x, y = augment.batch(images, targets if fp["task"] == "segmentation" else None)
-        y = targets if y is None else y.long()
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
-        loss = torch.nn.functional.cross_entropy(model(x), y.to(device))
+        loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -294,4 +308,8 @@ def probe_step_seconds(values: dict, fp: dict, steps: int = PROBE_STEPS) -> floa
             torch.cuda.synchronize()
         if i:
             times.append(time.perf_counter() - started)
-    return float(sorted(times)[len(times) // 2])
+    step = float(sorted(times)[len(times) // 2]) * values["batch_size"] / batch     # time grows with the images
+    augment = build_pipeline(["rotate", "zoom"], None)         # what small data gets: its cost per image
+    started = time.perf_counter()
+    augment.batch(images, targets if fp["task"] == "segmentation" else None)
+    return step, (time.perf_counter() - started) / batch

@@ -235,7 +235,7 @@ def _auto_expected(dataset_id: str, budget: int, monkeypatch):
     """The preset the Auto button should apply, with the timing probe fixed so page and test agree."""
     from engine.data.manifest import load_manifest
     from engine.presets import auto
-    monkeypatch.setattr(auto, "probe_step_seconds", lambda values, fp: 0.05)
+    monkeypatch.setattr(auto, "probe_step_seconds", lambda values, fp, **where: 0.05)
     return auto.auto_settings(load_manifest(dataset_id), device="auto", budget_minutes=budget)
 
 

@@ -84,7 +84,7 @@ def test_small_grayscale_segmentation(small_gray_segmentation):
     assert (v["loss"], v["class_weights"], v["monitor"]) == ("ce_dice", False, "dice")
     assert (v["optimizer"], v["lr"], v["schedule"]) == ("adam", 1e-3, "cosine")
     assert v["epochs"] == 300 and v["early_stopping"] == 75
-    assert "2.1 %" in preset.reasons["loss"] and "0.05 s per step" in preset.reasons["epochs"]
+    assert "2.1 %" in preset.reasons["loss"] and "at 0.05 s" in preset.reasons["epochs"]
     _explained(preset)
 
 
@@ -108,6 +108,9 @@ def test_large_rgb_classification(tmp_path, monkeypatch):
     assert (v["loss"], v["class_weights"], v["monitor"]) == ("ce", False, "accuracy")
     assert v["epochs"] == int(0.85 * 3600 / ((875 + 188 / 3) * 0.05 * 1.1))
     _explained(cpu)
+    short = auto_settings(copy.deepcopy(LARGE_RGB), device="cpu", budget_minutes=15, step_seconds=fast)
+    assert short.values["batch_size"] == 8                      # more updates in a short budget on a CPU
+    assert short.values["image_size"] == 64 and "Stepped down to 64 px" in short.reasons["image_size"]
     gpu = auto_settings(copy.deepcopy(LARGE_RGB), device="cuda", budget_minutes=15, step_seconds=fast)
     assert (gpu.values["image_size"], gpu.values["batch_size"]) == (256, 32)
     cache = tmp_path / "torch" / "hub" / "checkpoints"
@@ -143,8 +146,8 @@ def test_a_budget_out_of_range_is_one_sentence():
 def test_the_timing_probe_measures_real_steps():
     fp = copy.deepcopy(LARGE_RGB) | {"channels": 1}
     values = {"arch": "lenet5", "image_size": 32, "batch_size": 4}
-    seconds = probe_step_seconds(values, fp, steps=2)
-    assert 0 < seconds < 10
+    step, augment = probe_step_seconds(values, fp, steps=2, device="cpu")
+    assert 0 < step < 10 and 0 < augment < 1
 
 
 def _cli(*args: str, home) -> subprocess.CompletedProcess:

@@ -26,6 +26,7 @@ from engine.tasks import LOWER_IS_BETTER, METRIC_TITLES
 
 LC_PREFIX = "lc:"                      # the store's `study` column tags the runs of one learning curve
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+FLAT_GAIN = 0.02           # a last gain (within chance) this small in a [0, 1] score counts as flat: nobody acts on it
 
 
 def curve_configs(config: RunConfig, fractions=FRACTIONS) -> list[RunConfig]:
@@ -108,7 +109,11 @@ def _value(run: dict, metric: str | None) -> float | None:
 
 
 def verdict(points: list[dict], metric: str | None, n: int | None) -> str:
-    """One sentence: is the curve still rising between its two largest training sets, beyond chance?"""
+    """One sentence: is the curve still rising between its two largest training sets, beyond chance?
+
+    Rising: the last gain exceeds what chance gives on the validation images. Flat: it is within chance and
+    smaller than FLAT_GAIN (a change nobody would act on). Within chance but larger: this validation set cannot
+    tell, and the sentence says so rather than calling the curve flat."""
     scored = sorted((p for p in points if p.get("value") is not None),
                     key=lambda p: (p.get("train_images") or 0, p["fraction"]))
     title = METRIC_TITLES.get(metric, metric or "score")
@@ -117,14 +122,13 @@ def verdict(points: list[dict], metric: str | None, n: int | None) -> str:
                 "two finished runs to say anything.")
     (before, last), sign = scored[-2:], -1 if metric in LOWER_IS_BETTER else 1
     gain = sign * (last["value"] - before["value"])
-    sizes = f"from {_size(before)} to {_size(last)}"
     if metric in diagnosis.NOISE_METRICS and n:
         margin = diagnosis.noise_margin(before["value"], last["value"], n)
-        yardstick = f"the ±{margin:.3f} that chance alone gives on {n} validation images"
+        yardstick, flat = f"the ±{margin:.3f} that chance alone gives on {n} validation images", FLAT_GAIN
     else:           # no noise model for this metric: judge the last step against the whole curve's change
         margin = max(0.0, 0.25 * sign * (last["value"] - scored[0]["value"]))
-        yardstick = f"a quarter of the whole curve's change ({margin:.3f})"
-    change = f"validation {title} changed by {sign * gain:+.3f} {sizes}"
+        yardstick, flat = f"a quarter of the whole curve's change ({margin:.3f})", margin
+    change = f"validation {title} changed by {sign * gain:+.3f} {_sizes(before, last)}"
     hint = f" (one run per share, {len(scored)} points: a hint, not a measurement)"
     if gain > margin:
         return (f"The curve is still rising: {change}, more than {yardstick}, so more labelled images would "
@@ -133,13 +137,18 @@ def verdict(points: list[dict], metric: str | None, n: int | None) -> str:
         return (f"The curve falls at the largest training set: {change}, more than {yardstick}; that is more "
                 f"likely run-to-run variation than harm from more data, so repeat with another seed before "
                 f"concluding{hint}.")
-    return (f"The curve is flat at the top: {change}, within {yardstick}, so more of the same images will likely "
-            f"not help much; try augmentation or a different model{hint}.")
+    if abs(gain) <= flat:
+        return (f"The curve is flat at the top: {change}, within {yardstick}, so more of the same images will "
+                f"likely not help much; try augmentation or a different model{hint}.")
+    return (f"The curve may still be rising, but this validation set cannot tell: {change}, within {yardstick}; "
+            f"add validation images (or use cross-validation) before deciding whether more labelled images would "
+            f"help{hint}.")
 
 
-def _size(point: dict) -> str:
-    images = point.get("train_images")
-    return f"{images} training images" if images else f"{point['fraction']:.0%} of the training split"
+def _sizes(before: dict, last: dict) -> str:
+    if before.get("train_images") and last.get("train_images"):
+        return f"from {before['train_images']} to {last['train_images']} training images"
+    return f"from {before['fraction']:.0%} to {last['fraction']:.0%} of the training split"
 
 
 def curves_of(runs: list[dict]) -> dict[str, list[dict]]:

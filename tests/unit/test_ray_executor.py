@@ -1,0 +1,201 @@
+"""`engine worker --executor ray`: runs claimed from the store execute as Ray tasks on a local Ray instance (one
+per module, 2 CPUs): each run once in fair order, cancel of a pending run, a lost task's process resumed from its
+checkpoint, the bounded retries, the resources a run asks for, and the one-line refusal when Ray is missing.
+
+Tests that need Ray skip without it (`make test` on the lean install); `make test-ray` and .ci/run install it."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from engine.cli.main import main
+from engine.config import RunConfig
+from engine.runs import lifecycle, queue, ray_executor, store, submit
+from engine.runs.paths import run_dir
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    warnings.filterwarnings("ignore", message="Tip: In future versions of Ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+def _config(dataset_id: str, **overrides) -> RunConfig:
+    base = {"dataset_id": dataset_id, "arch": "lenet5", "epochs": 1, "batch_size": 8, "image_size": 32,
+            "preview_samples": 0}
+    return RunConfig(**(base | overrides))
+
+
+def _submit(dataset_id: str, owner: str | None, **overrides) -> str:
+    run_id = submit.submit(_config(dataset_id, **overrides))
+    store.update_run(run_id, owner=owner)
+    return run_id
+
+
+def _claim_order() -> list[str]:
+    query = (select(store.jobs.c.run_id).where(store.jobs.c.claimed_at.is_not(None))
+             .order_by(store.jobs.c.claimed_at, store.jobs.c.id))
+    with store.db().connect() as conn:
+        return [r.run_id for r in conn.execute(query)]
+
+
+def _jobs(run_id: str) -> list:
+    with store.db().connect() as conn:
+        return conn.execute(select(store.jobs).where(store.jobs.c.run_id == run_id).order_by(store.jobs.c.id)).all()
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _worker_thread(**kwargs) -> tuple[threading.Thread, dict]:
+    result: dict = {}
+
+    def go():
+        try:
+            result["done"] = ray_executor.run_ray_worker(poll=0.2, until_idle=True, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            result["error"] = exc
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def test_two_users_runs_train_once_each_on_ray_in_fair_order(ray_local, tiny_classification, capsys):
+    # User a already has a run going, so b's run (queued after a's) is claimed first: the fair order of the store.
+    busy = _submit(tiny_classification, "a")
+    assert queue.claim_next_job("elsewhere").run_id == busy
+    store.set_status(busy, "running", only_if=store.STARTED)
+    store.update_run(busy, heartbeat_at=store.now())
+    first_a, then_b = _submit(tiny_classification, "a", seed=1), _submit(tiny_classification, "b", seed=2)
+
+    assert main(["worker", "--json", "--executor", "ray", "--until-idle", "--poll", "0.2", "--slots", "2"]) == 0
+    assert '"executor": "ray"' in capsys.readouterr().out
+    assert _claim_order() == [busy, then_b, first_a]
+    for run_id in (first_a, then_b):
+        run = store.get_run(run_id)
+        assert run["status"] == "done" and run["attempts"] == 1, run["message"]
+        assert [m["epoch"] for m in store.get_metrics(run_id) if (m["split"], m["name"]) == ("val", "accuracy")] == [1]
+        assert (run_dir(run_id) / "last.pt").exists()
+        assert [j.status for j in _jobs(run_id)] == ["finished"]
+    with store.db().connect() as conn:
+        worker = conn.execute(select(store.workers)).one()
+    assert worker.device.startswith("Ray:") and worker.stopped
+
+
+def test_cancelled_queued_and_pending_runs_never_train(ray_local, tiny_classification, monkeypatch):
+    queued = _submit(tiny_classification, None)
+    assert lifecycle.cancel(queued) == "cancelled"
+    # The other run's task asks for a resource no node has: it stays pending in Ray, as behind a busy GPU.
+    monkeypatch.setattr(ray_executor, "run_resources", lambda config, cluster: {"num_cpus": 1,
+                                                                               "resources": {"no_such_node": 1}})
+    pending = _submit(tiny_classification, None)
+    thread, result = _worker_thread(slots=1)
+    _wait(lambda: store.get_run(pending)["status"] == "starting", 60, "the run to be claimed")
+    time.sleep(1.0)                                     # a few worker loops: its heartbeat keeps it starting
+    queue.mark_stale_runs()
+    assert store.get_run(pending)["status"] == "starting"
+    started = time.monotonic()
+    assert lifecycle.cancel(pending) == "cancelled"
+    thread.join(timeout=30)                             # --until-idle: ends once the cancelled task is gone
+    assert not thread.is_alive() and "error" not in result, result
+    assert time.monotonic() - started < 10
+    for run_id in (queued, pending):
+        run = store.get_run(run_id)
+        assert run["status"] == "cancelled" and run["attempts"] == 0
+        assert store.get_metrics(run_id) == []
+    assert [j.status for j in _jobs(queued)] == ["finished"] and _jobs(queued)[0].claimed_at is None
+    assert [j.status for j in _jobs(pending)] == ["finished"]
+
+
+def _run_job_process_of(run_id: str) -> tuple[int, int] | None:
+    """(pid, parent pid) of the `engine run-job RUN_ID` process, found through /proc."""
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"run-job" in argv and run_id.encode() in argv:
+                stat = (proc / "stat").read_text()
+                return int(proc.name), int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+def test_a_killed_task_process_is_resumed_from_its_checkpoint(ray_local, tiny_classification):
+    run_id = _submit(tiny_classification, None, epochs=30)
+    thread, result = _worker_thread(slots=1)
+    _wait(lambda: (store.get_run(run_id)["epoch"] or 0) >= 1, 120, "a finished epoch")
+    child, ray_worker = _wait(lambda: _run_job_process_of(run_id), 10, "the run's process")
+    os.kill(ray_worker, signal.SIGKILL)                 # the task's Ray worker dies, as with its node
+    assert store.get_run(run_id)["status"] == "running"
+    thread.join(timeout=180)
+    assert not thread.is_alive() and "error" not in result, result
+    run = store.get_run(run_id)
+    assert run["status"] == "done", run["message"]
+    assert run["attempts"] == 2
+    assert [j.resume for j in _jobs(run_id)] == [False, True]           # queued again, to resume
+    assert not Path(f"/proc/{child}").exists()                          # its first process died with its task
+    epochs = [m["epoch"] for m in store.get_metrics(run_id) if (m["split"], m["name"]) == ("val", "accuracy")]
+    assert epochs == list(range(1, 31))                                 # resumed, no epoch twice
+
+
+def test_lost_node_retries_are_bounded(lightbox_env):
+    run_id = store.insert_run({"dataset_id": "none", "arch": "lenet5", "task": "classification"})
+    worker = ray_executor.RayWorker.__new__(ray_executor.RayWorker)     # node_lost needs only the store
+    worker.lost = {}
+    messages = []
+    queue.enqueue(run_id, resume=False)
+    for attempt in range(ray_executor.MAX_LOST_RETRIES + 1):
+        claim = queue.claim_next_job("w")           # the retry's job, queued by node_lost, resumes
+        assert claim is not None and claim.resume == (attempt > 0)
+        queue.finish_job(claim.job_id)
+        worker.node_lost(claim, "test")
+        messages.append(store.get_run(run_id)["message"])
+    assert store.get_run(run_id)["status"] == "interrupted"
+    assert "automatic retry 1 of 2" in messages[0] and "lost 3 times" in messages[-1]
+    assert "press Resume" in messages[-1]
+    assert queue.claim_next_job("w") is None
+
+
+def test_a_run_asks_for_a_gpu_only_where_it_trains_on_one():
+    cpu_cluster, gpu_cluster = {"CPU": 8.0}, {"CPU": 16.0, "GPU": 4.0}
+    assert ray_executor.run_resources({"device": "auto"}, cpu_cluster) == {"num_cpus": 1}
+    assert ray_executor.run_resources({"device": "auto"}, gpu_cluster) == {"num_cpus": 1, "num_gpus": 1}
+    assert ray_executor.run_resources({"device": "cuda"}, gpu_cluster) == {"num_cpus": 1, "num_gpus": 1}
+    assert ray_executor.run_resources({"device": "cpu"}, gpu_cluster) == {"num_cpus": 1}
+    assert ray_executor.run_resources({"device": "cuda", "devices": 2}, gpu_cluster)["num_gpus"] == 2
+    assert ray_executor.default_slots(gpu_cluster, 2) == 4 and ray_executor.default_slots(cpu_cluster, 3) == 3
+
+
+def test_without_ray_the_worker_says_how_to_add_it_in_one_line(lightbox_env, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)       # `import ray` raises ImportError
+    assert main(["worker", "--executor", "ray", "--until-idle"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: Ray is not installed; `make ray` (or pip install -r requirements-ray.txt) adds it."
+    with store.db().connect() as conn:
+        assert conn.execute(select(store.workers)).all() == []
+
+
+def test_address_without_the_ray_executor_is_refused(lightbox_env, capsys):
+    assert main(["worker", "--address", "auto", "--until-idle"]) == 2
+    assert "--executor ray" in capsys.readouterr().err

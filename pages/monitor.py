@@ -17,7 +17,7 @@ from engine.data.manifest import manifest_or_none
 from engine.diagnosis import diagnose
 from engine.errors import UserError, shown
 from engine.runs import lifecycle, queue, store, worker
-from engine.runs.paths import latest_preview
+from engine.runs.paths import latest_preview, weights_note
 from engine.tasks import METRIC_NOTES, auc_accuracy_note
 from pages import _auth as auth
 from pages import _widgets as w
@@ -105,6 +105,9 @@ def header(run: dict, actor: Actor | None = None) -> None:
         st.caption(f"`{run['id']}` · model **{run['arch']}** · dataset **{w.as_text(run['dataset_id'])}** · "
                    f"created {w.when(run['created_at'])}")
         w.status_badge(run["status"])
+        kept = weights_note(run["id"]) if (run.get("config") or {}).get("pretrained", "none") != "none" else None
+        if kept:
+            st.caption(w.as_text(kept))             # what it kept of the weights it started from
     cols[1].button("Stop", key="monitor_stop", on_click=stop, args=(run["id"], actor), width="stretch",
                    disabled=run["status"] not in store.ACTIVE or bool(run.get("cancel_requested")),
                    help="Stops at the next step; the last finished epoch is kept and can be resumed.")

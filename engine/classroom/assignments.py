@@ -216,9 +216,13 @@ def check_submission(actor: Actor | None, config: Any, count: int = 1, conn: Con
         if count == 1 or left == 0:
             raise UserError(f"You have used all {limit} runs that assignment '{name}' allows; "
                             "hand in one of your runs.")
-        advice = f"Set Folds to {left} or fewer." if left >= 2 else "Train a single run (Folds 1) instead."
-        raise UserError(f"Assignment '{name}' allows {limit} runs per student: cross-validation with {count} folds "
-                        f"needs {count} runs; you have {left} left. {advice}")
+        if (_setting(config, "folds") or 0) >= 2:
+            what = f"cross-validation with {count} folds"
+            advice = f"Set Folds to {left} or fewer." if left >= 2 else "Train a single run (Folds 1) instead."
+        else:                           # the other job of several runs: a learning curve
+            what, advice = f"a learning curve of {count} training-set sizes", "Train a single run instead."
+        raise UserError(f"Assignment '{name}' allows {limit} runs per student: {what} needs {count} runs; "
+                        f"you have {left} left. {advice}")
     if found["gpu_minutes"] is not None and seconds / 60 >= found["gpu_minutes"]:
         raise UserError(f"You have used your {found['gpu_minutes']:g} training minutes for assignment '{name}'; "
                         "hand in one of your runs.")

@@ -8,6 +8,7 @@ from typing import Any
 from engine.data.manifest import manifest_or_none
 from engine.diagnosis import diagnose
 from engine.runs import store
+from engine.runs.paths import weights_note
 
 
 class CommandFailed(Exception):
@@ -58,6 +59,9 @@ def run_summary(run: dict, metrics: list[dict] | None = None, manifest: dict | N
     if manifest is None:
         manifest = manifest_or_none(run.get("dataset_id"))
     out["diagnosis"] = diagnose(run, metrics, manifest)
+    note = weights_note(run["id"]) if (run.get("config") or {}).get("pretrained", "none") != "none" else None
+    if note:
+        out["weights"] = note                   # what it kept of the weights it started from
     if isinstance(out.get("best"), dict):
         out["best"] = {k: v for k, v in out["best"].items() if not isinstance(v, list)}
     return out

@@ -4,6 +4,7 @@ A run id is data, never a path fragment: run_dir refuses anything but a well-for
 checkpoint_path, which user-chosen ids reach (predict, export), also looks the run up in the store first."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from engine import workspace
@@ -15,6 +16,18 @@ def run_dir(run_id: str) -> Path:
     if not store.is_run_id(run_id):
         raise store.no_such_run(run_id)
     return workspace.runs_dir() / run_id
+
+
+WEIGHTS_NOTE = "weights.json"       # what the run kept of the weights it started from (written by the Trainer)
+
+
+def weights_note(run_id: str) -> str | None:
+    """What the run kept of the weights it started from, in one sentence ("Kept 52 of 54 tensors from run …");
+    None when it started from scratch or has not started yet. Torch-free: the CLI's run listings read it."""
+    try:
+        return json.loads((run_dir(run_id) / WEIGHTS_NOTE).read_text())["message"]
+    except (OSError, ValueError, KeyError, TypeError, UserError):
+        return None
 
 
 def worker_log(run_id: str) -> Path:

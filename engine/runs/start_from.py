@@ -3,14 +3,13 @@ offered, and what the new run kept. Loading is engine.models.weights.load_run; t
 same architecture and task) are engine.preflight.check_source_run."""
 from __future__ import annotations
 
-import json
 
 from engine.accounts import access
 from engine.accounts.actor import Actor
 from engine.models.weights import RUN_PREFIX, source_run_id
 from engine.runs import paths, store
 
-WEIGHTS_NOTE = "weights.json"           # written by the Trainer into the new run's folder
+WEIGHTS_NOTE = paths.WEIGHTS_NOTE       # written by the Trainer into the new run's folder
 ENCODER_PREFIX = "encoder:"             # engine.pretrain.library.PREFIX
 
 
@@ -41,9 +40,5 @@ def candidates(actor: Actor | None, task: str, arch: str | None = None) -> list[
 
 
 def start_note(run_id: str) -> str | None:
-    """What the run kept of the weights it started from, in one sentence ("Kept 52 of 54 tensors from run …");
-    None when it started from scratch or has not started yet."""
-    try:
-        return json.loads((paths.run_dir(run_id) / WEIGHTS_NOTE).read_text())["message"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    """What the run kept of the weights it started from (paths.weights_note); None from scratch."""
+    return paths.weights_note(run_id)

@@ -12,7 +12,7 @@ from engine.classroom.assignments import check_submission
 from engine.config import RunConfig
 from engine.models.registry import parameter_count
 from engine.preflight import check_config
-from engine.runs import queue, store
+from engine.runs import queue, start_from, store
 
 
 def create_runs(configs: list[RunConfig], status: str = "queued", study: str | None = None,
@@ -29,6 +29,7 @@ def create_runs(configs: list[RunConfig], status: str = "queued", study: str | N
         manifest = check_config(config)
         if student:
             access.check_dataset(actor, config.dataset_id, manifest)
+            start_from.check_start(actor, config.pretrained)            # only from their own runs and encoders
             check_submission(actor, config, count=len(configs))      # refused here without taking the lock
         params = parameter_count(config.arch, manifest["channels"], manifest["num_classes"],
                                  options=config.model_options, task=config.task)

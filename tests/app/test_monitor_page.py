@@ -96,6 +96,19 @@ def test_a_fold_waiting_for_train_folds_says_so_not_that_a_worker_is_missing(lb,
     assert "train --folds" in lb.texts(at, "info") and "Waiting for a worker" not in lb.texts(at, "warning")
 
 
+def test_a_run_started_from_another_says_what_it_kept(lb, seg_dataset):
+    import json as _json
+    run_id = lb.fake_run(seg_dataset, "segmentation")
+    config = {**store.get_run(run_id)["config"], "pretrained": "run:1130-000000-abcd"}
+    store.update_run(run_id, config=_json.dumps(config))
+    note = "Kept 90 of 92 tensors from run 1130-000000-abcd (U-Net, 2 classes); rebuilt the output layer for 3 classes."
+    run_dir(run_id).mkdir(parents=True, exist_ok=True)
+    (run_dir(run_id) / "weights.json").write_text(_json.dumps({"message": note}))
+    at = monitor(lb, run_id)
+    lb.no_exception(at)
+    assert "Kept 90 of 92 tensors from run 1130-000000-abcd" in lb.texts(at, "caption")
+
+
 def test_failed_run_shows_its_reason_and_resume_queues_it(lb, cls_dataset):
     run_id = lb.fake_run(cls_dataset, "classification", status="failed")
     store.set_status(run_id, "failed", "The loss became NaN; lower the learning rate.")

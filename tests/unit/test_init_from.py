@@ -68,6 +68,9 @@ def test_a_two_class_run_starts_a_three_class_run_body_kept_head_rebuilt(tiny_se
     from engine.runs.start_from import start_note
     assert start_note(run["id"]) == report.message
     assert start_note(source["id"]) is None                                       # trained from scratch
+    from engine.cli.common import run_summary
+    assert run_summary(store.get_run(run["id"]))["weights"] == report.message     # `runs` and `train` JSON say it
+    assert "weights" not in run_summary(store.get_run(source["id"]))
     new = torch.load(run_dir(run["id"]) / "best.pt", weights_only=True)["model"]
     old = torch.load(run_dir(source["id"]) / "best.pt", weights_only=True)["model"]
     assert torch.equal(new["normalize.mean"], old["normalize.mean"])              # inputs seen as the source saw them
@@ -118,6 +121,10 @@ def test_a_student_cannot_start_from_another_students_run(tiny_segmentation, cap
     with pytest.raises(AccessDenied, match="you can only start from your own runs"):
         config = RunConfig(dataset_id=tiny_segmentation, arch="unet", pretrained=f"run:{source['id']}", **TINY)
         learning_curve.create_curve(config, actor=bob)
+    from engine.runs.submit import submit
+    with pytest.raises(AccessDenied, match="you can only start from your own runs"):    # the engine's own check
+        submit(RunConfig(dataset_id=tiny_segmentation, arch="unet", pretrained=f"run:{source['id']}", **TINY),
+               actor=bob)
     before = len(store.list_runs())
     code = main(["--as", "bob", "submit", "--dataset", tiny_segmentation, "--arch", "unet", "--init-from",
                  source["id"], "--image-size", "32", "--epochs", "1"])

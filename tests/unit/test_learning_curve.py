@@ -151,7 +151,8 @@ def test_a_students_curve_past_the_assignments_run_limit_records_nothing(patient
     from engine.runs import learning_curve, store
     create_assignment(Actor("prof", "instructor"), patients_dataset, "lv", runs_per_student=3)
     config = RunConfig(dataset_id=patients_dataset, arch="unet", image_size=32, epochs=1)
-    with pytest.raises(UserError, match="allows 3 runs per student"):
+    with pytest.raises(UserError, match="allows 3 runs per student: a learning curve of 4 training-set sizes needs "
+                                        "4 runs; you have 3 left"):
         learning_curve.create_curve(config, actor=Actor("ana", "student"))
     assert store.list_runs() == []                                   # not 3 of the 4 runs
     _, run_ids = learning_curve.create_curve(config, actor=Actor("ana", "student"), fractions=(0.5, 1.0))

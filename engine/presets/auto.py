@@ -20,12 +20,13 @@ SIZES = (32, 48, 64, 96, 128, 160, 192, 256, 384, 512)
 SIZE_CAP = {"cpu": ((5, 64), (15, 96), (60, 128), (math.inf, 192)),
             "cuda": ((5, 128), (15, 256), (60, 256), (math.inf, 384))}
 MIN_STRUCTURE_PX = 6                # the smallest structure keeps at least this many pixels across
-MIN_EPOCHS = 8                      # fewer affordable passes than this: step the image size down
+MIN_EPOCHS = 8                      # fewer affordable passes than this: step the image size down ...
+SEGMENTATION_FLOOR = 64             # ... but outlines keep at least this many pixels (Dice fell at 48 px)
 AUGMENT_EPOCHS = 12                 # augmentation pays off only when the network sees the data many times
 SMALL_DATA = 2000                   # training images below which augmentation is on
 SMALL_FOREGROUND = 0.05             # foreground share below which the Dice part of the loss matters most
 TIME_SHARE = 0.85                   # of the budget planned for training; the rest is start-up and validation
-PROBE_STEPS = 2
+PROBE_STEPS = 3
 PROBE_BATCH = 8                     # the probe times at most this batch and scales: it must not eat a short budget
 SHORT_BUDGET = 15                   # minutes; up to this a CPU trains with batches of 8
 
@@ -180,7 +181,9 @@ def _epochs(fp: dict, kind: str, budget: float, values: dict, reasons: dict, tim
     seconds, augment_cost = measured if isinstance(measured, tuple) else (measured, 0.0)
     probe = {"seconds_per_step": seconds, "image_size": values["image_size"], "batch_size": values["batch_size"],
              "augment_seconds_per_image": augment_cost, "device": kind}
-    floor = max(_needed_size(fp), SIZES[0])
+    stored = int(fp["size"]["stored_side"]["median"])
+    least = min(SEGMENTATION_FLOOR, stored) if fp["task"] == "segmentation" else SIZES[0]
+    floor = max(_needed_size(fp), least)
     while True:
         epochs = int(TIME_SHARE * budget * 60 / _epoch_seconds(fp, values, seconds))
         smaller = [s for s in SIZES if floor <= s < values["image_size"]]
@@ -276,7 +279,7 @@ def _loss(fp: dict, values: dict, reasons: dict) -> None:
 
 def probe_step_seconds(values: dict, fp: dict, steps: int = PROBE_STEPS, device: str = "auto") -> tuple[float, float]:
     """(Seconds per training step, seconds of augmentation per image), from a few real steps of the chosen network
-    on random images of the chosen size on the device that will train: the median step of a batch of up to
+    on random images of the chosen size on the device that will train: the fastest step of a batch of up to
     PROBE_BATCH images, scaled to the chosen batch size; then one augmented batch (rotation and zoom)."""
     import torch
 
@@ -308,7 +311,9 @@ def probe_step_seconds(values: dict, fp: dict, steps: int = PROBE_STEPS, device:
             torch.cuda.synchronize()
         if i:
             times.append(time.perf_counter() - started)
-    step = float(sorted(times)[len(times) // 2]) * values["batch_size"] / batch     # time grows with the images
+    # The fastest step is the device's speed; on a shared machine the others include waits for the CPU (one
+    # step of the same batch measured 0.9-7.6 s under load 8 on the 2-core dev box), which would plan too few epochs
+    step = min(times) * values["batch_size"] / batch            # time grows with the images
     augment = build_pipeline(["rotate", "zoom"], None)         # what small data gets: its cost per image
     started = time.perf_counter()
     augment.batch(images, targets if fp["task"] == "segmentation" else None)

@@ -88,14 +88,19 @@ def test_small_grayscale_segmentation(small_gray_segmentation):
     _explained(preset)
 
 
-def test_a_slow_device_steps_the_size_down_but_keeps_the_smallest_structure_visible(small_gray_segmentation):
+def test_a_slow_device_keeps_segmentation_at_64_px_and_the_smallest_structure_visible(small_gray_segmentation):
+    from engine.data.fingerprint import fingerprint
     preset = auto_settings(small_gray_segmentation, device="cpu", budget_minutes=5, step_seconds=slow)
     v = preset.values
-    assert v["image_size"] == 48                      # 8-px structure at 64 px stored: 48 px keeps it 6 px across
-    assert v["model_options"]["depth"] == 3
+    assert v["image_size"] == 64 and "Stepped down" not in preset.reasons["image_size"]    # outlines need pixels
     assert v["augment"] == [] and "too few" in preset.reasons["augment"]
-    assert "Stepped down to 48 px" in preset.reasons["image_size"]
     _explained(preset)
+    big = copy.deepcopy(fingerprint(small_gray_segmentation))
+    big["size"]["stored_side"] = {"min": 256, "median": 256, "max": 256}
+    big["object_px"] = 256                            # 16 px across at 256 px: 96 px keeps it 6 px across
+    preset = auto_settings(big, device="cpu", budget_minutes=5, step_seconds=slow)
+    assert preset.values["image_size"] == 96 and preset.values["model_options"]["depth"] == 4
+    assert "smallest structure stays about 6 px across" in preset.reasons["image_size"]
 
 
 def test_large_rgb_classification(tmp_path, monkeypatch):

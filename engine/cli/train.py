@@ -12,7 +12,7 @@ from engine.cli.init_from import add_init_from, checks_start_from
 from engine.cli.options import add_run_settings, config_from_args
 from engine.cli.progress import TrainProgress
 from engine.errors import UserError
-from engine.runs import crossval, execute, worker
+from engine.runs import crossval, execute, ray_executor, worker
 from engine.runs.submit import create_run, submit
 
 
@@ -64,8 +64,6 @@ def cmd_run_job(args) -> dict:
 
 def cmd_worker(args) -> dict:
     if args.executor == "ray":
-        # Ray is an optional extra: its executor is imported only when asked for
-        from engine.runs import ray_executor
         return {"jobs_run": ray_executor.run_ray_worker(address=args.address, slots=args.slots,
                                                         until_idle=args.until_idle, poll=args.poll),
                 "executor": "ray"}

@@ -14,15 +14,11 @@ from the last checkpoint, which only the store knows about.
 Ray is an optional extra (requirements-ray.txt, `make ray`); this module imports it only when the worker starts."""
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import warnings
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import update
@@ -30,12 +26,12 @@ from sqlalchemy import update
 from engine import workspace
 from engine.errors import UserError, one_line, shown
 from engine.runs import queue, store
-from engine.runs.paths import run_dir
 from engine.runs.queue import Claim
+from engine.runs.ray_task import REPO_ROOT, run_job_process
 from engine.runs.store import runs
+from engine.runs.worker import _beat_worker, _register_worker
 
 MAX_LOST_RETRIES = 2
-REPO_ROOT = Path(__file__).resolve().parents[2]      # the folder holding the `engine` package
 NOT_INSTALLED = "Ray is not installed; `make ray` (or pip install -r requirements-ray.txt) adds it."
 
 
@@ -45,39 +41,6 @@ def import_ray():
     except ImportError:
         raise UserError(NOT_INSTALLED) from None
     return ray
-
-
-# ---- what runs on a cluster node ---------------------------------------------------------------------------
-
-def _die_with_parent_hook():
-    """The run's process must not outlive its Ray worker: a killed task means a stopped run, never an orphan.
-    libc is loaded before the fork, so the child only makes one system call before exec (a Ray worker has
-    threads: nothing that takes a lock may run between fork and exec)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-    return lambda: libc.prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG
-
-
-def run_job_process(run_id: str, resume: bool) -> dict:
-    """The body of a run's Ray task: `python -m engine run-job` in a child process on this node, its output in
-    the run's train.log (on the shared workspace). Returns the child's exit code and the node's name."""
-    folder = run_dir(run_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, "-m", "engine", "run-job", run_id] + (["--resume"] if resume else [])
-    hook = _die_with_parent_hook()
-    with open(folder / "train.log", "ab") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=os.environ.get("LIGHTBOX_CODE", str(REPO_ROOT)),
-                                preexec_fn=hook)  # noqa: PLW1509 - one prctl call, libc loaded before the fork
-    try:
-        code = proc.wait()
-    finally:
-        if proc.poll() is None:         # the task was interrupted (ray.cancel): its run's process goes with it
-            proc.kill()
-            proc.wait()
-    return {"exit_code": code, "node": socket.gethostname()}
 
 
 # ---- what the worker (the Ray driver) does -----------------------------------------------------------------
@@ -124,9 +87,9 @@ def _connect(ray, address: str | None, slots: int | None) -> bool:
         else:
             ray.init(num_cpus=max(1, slots or 1), include_dashboard=False, log_to_driver=False,
                      logging_level="ERROR")
-    except ConnectionError as exc:
-        raise UserError(f"No Ray cluster answered at '{shown(address or 'local')}' ({one_line(exc, 200)}); start "
-                        "one with `ray start --head` on the head node, or check --address.") from None
+    except ConnectionError:
+        raise UserError(f"No Ray cluster answered at '{shown(address or 'local')}'; start one with `ray start "
+                        "--head` on the head node, or check --address.") from None
     return True
 
 
@@ -261,7 +224,6 @@ class RayWorker:
         self.inflight.clear()
 
     def run(self, until_idle: bool) -> int:
-        from engine.runs.worker import _beat_worker, _register_worker
         _register_worker(self.worker_id, self.slots, self.device)
         stop = threading.Event()
         if threading.current_thread() is threading.main_thread():

@@ -309,14 +309,20 @@ def test_check_submission_counts_every_run_asked_for(tiny_classification):
     assignments.create_assignment(TEACHER, tiny_classification, "Week 1", runs_per_student=5)
     store.update_run(create_run(_config(tiny_classification)), owner="alice")
     assignments.check_submission(ALICE, _config(tiny_classification), count=4)          # 1 + 4 = 5: fits
+    from dataclasses import replace
+    fold = replace(_config(tiny_classification), folds=5, fold=1)
     with pytest.raises(UserError) as err:
-        assignments.check_submission(ALICE, _config(tiny_classification), count=5)
+        assignments.check_submission(ALICE, fold, count=5)
     assert _one_line(err) == ("Assignment 'Week 1' allows 5 runs per student: cross-validation with 5 folds "
                               "needs 5 runs; you have 4 left. Set Folds to 4 or fewer.")
+    with pytest.raises(UserError) as err:                   # the other job of several runs: a learning curve
+        assignments.check_submission(ALICE, replace(_config(tiny_classification), train_fraction=0.5), count=5)
+    assert _one_line(err) == ("Assignment 'Week 1' allows 5 runs per student: a learning curve of 5 training-set "
+                              "sizes needs 5 runs; you have 4 left. Train a single run instead.")
     for _ in range(3):
         store.update_run(create_run(_config(tiny_classification)), owner="alice")
     with pytest.raises(UserError) as err:
-        assignments.check_submission(ALICE, _config(tiny_classification), count=2)
+        assignments.check_submission(ALICE, replace(fold, folds=2), count=2)
     assert _one_line(err).endswith("needs 2 runs; you have 1 left. Train a single run (Folds 1) instead.")
     assignments.check_submission(ALICE, _config(tiny_classification))                   # the last place
     assignments.check_submission(TEACHER, _config(tiny_classification), count=50)

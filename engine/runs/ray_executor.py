@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import update
 
 from engine import workspace
+from engine.device import gpu_count
 from engine.errors import UserError, one_line, shown
 from engine.runs import queue, store
 from engine.runs.queue import Claim
@@ -85,7 +86,9 @@ def _connect(ray, address: str | None, slots: int | None) -> bool:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")
         else:
-            ray.init(num_cpus=max(1, slots or 1), include_dashboard=False, log_to_driver=False,
+            # as many CPUs as runs may train at once (each task asks for one, a GPU run too), and no more: Ray
+            # starts no worker processes it would not use
+            ray.init(num_cpus=max(1, slots or 1, gpu_count()), include_dashboard=False, log_to_driver=False,
                      logging_level="ERROR")
     except ConnectionError:
         raise UserError(f"No Ray cluster answered at '{shown(address or 'local')}'; start one with `ray start "
@@ -113,6 +116,7 @@ class RayWorker:
 
     def submit(self, claim: Claim) -> None:
         run = store.require_run(claim.run_id)
+        self.cluster = self.ray.cluster_resources()     # GPU nodes may have joined (or left) since the last run
         options = run_resources(run["config"] or {}, self.cluster)
         ref = self.remote.options(**options, runtime_env={"env_vars": task_env()}).remote(claim.run_id,
                                                                                             claim.resume)

@@ -1,12 +1,15 @@
-"""`engine worker --executor ray`: runs claimed from the store execute as Ray tasks on a local Ray instance (one
-per module, 2 CPUs): each run once in fair order, cancel of a pending run, a lost task's process resumed from its
-checkpoint, the bounded retries, the resources a run asks for, and the one-line refusal when Ray is missing.
+"""`engine worker --executor ray`: runs claimed from the store execute as Ray tasks on a one-node Ray cluster
+(`ray start --head` on loopback, 2 CPUs, one per module): each run once in fair order through `--address`,
+cancel of a queued and of a pending run, a lost task's process resumed from its checkpoint, the bounded retries,
+the resources a run asks for, and the one-line refusal when Ray is missing.
 
 Tests that need Ray skip without it (`make test` on the lean install); `make test-ray` and .ci/run install it."""
 from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -24,14 +27,32 @@ from engine.runs.paths import run_dir
 pytestmark = pytest.mark.slow
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
-def ray_local():
+def ray_head():
+    """A one-node Ray cluster on loopback (`ray start --head`, 2 CPUs), started and stopped here; this process
+    connects to it as a driver, and a `worker --executor ray --address` process can too."""
     ray = pytest.importorskip("ray")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    warnings.filterwarnings("ignore", message="Tip: In future versions of Ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield ray
-    ray.shutdown()
+    address = f"127.0.0.1:{_free_port()}"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    head = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+                             "--node-ip-address", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
+                             "--ray-client-server-port", str(_free_port()), "--num-cpus", "2",
+                             "--include-dashboard", "false", "--disable-usage-stats"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        warnings.filterwarnings("ignore", message="Tip: In future versions of Ray")
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        yield address
+    finally:
+        ray.shutdown()
+        head.terminate()                # --block: the head's processes end with it
+        head.wait(timeout=60)
 
 
 def _config(dataset_id: str, **overrides) -> RunConfig:
@@ -81,7 +102,7 @@ def _worker_thread(**kwargs) -> tuple[threading.Thread, dict]:
     return thread, result
 
 
-def test_two_users_runs_train_once_each_on_ray_in_fair_order(ray_local, tiny_classification, capsys):
+def test_two_users_runs_train_once_each_on_ray_in_fair_order(ray_head, tiny_classification):
     # User a already has a run going, so b's run (queued after a's) is claimed first: the fair order of the store.
     busy = _submit(tiny_classification, "a")
     assert queue.claim_next_job("elsewhere").run_id == busy
@@ -89,8 +110,11 @@ def test_two_users_runs_train_once_each_on_ray_in_fair_order(ray_local, tiny_cla
     store.update_run(busy, heartbeat_at=store.now())
     first_a, then_b = _submit(tiny_classification, "a", seed=1), _submit(tiny_classification, "b", seed=2)
 
-    assert main(["worker", "--json", "--executor", "ray", "--until-idle", "--poll", "0.2", "--slots", "2"]) == 0
-    assert '"executor": "ray"' in capsys.readouterr().out
+    done = subprocess.run([sys.executable, "-m", "engine", "worker", "--json", "--executor", "ray", "--address",
+                           ray_head, "--until-idle", "--poll", "0.2", "--slots", "2"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert '"executor": "ray"' in done.stdout
     assert _claim_order() == [busy, then_b, first_a]
     for run_id in (first_a, then_b):
         run = store.get_run(run_id)
@@ -103,7 +127,7 @@ def test_two_users_runs_train_once_each_on_ray_in_fair_order(ray_local, tiny_cla
     assert worker.device.startswith("Ray:") and worker.stopped
 
 
-def test_cancelled_queued_and_pending_runs_never_train(ray_local, tiny_classification, monkeypatch):
+def test_cancelled_queued_and_pending_runs_never_train(ray_head, tiny_classification, monkeypatch):
     queued = _submit(tiny_classification, None)
     assert lifecycle.cancel(queued) == "cancelled"
     # The other run's task asks for a resource no node has: it stays pending in Ray, as behind a busy GPU.
@@ -141,7 +165,7 @@ def _run_job_process_of(run_id: str) -> tuple[int, int] | None:
     return None
 
 
-def test_a_killed_task_process_is_resumed_from_its_checkpoint(ray_local, tiny_classification):
+def test_a_killed_task_process_is_resumed_from_its_checkpoint(ray_head, tiny_classification):
     run_id = _submit(tiny_classification, None, epochs=30)
     thread, result = _worker_thread(slots=1)
     _wait(lambda: (store.get_run(run_id)["epoch"] or 0) >= 1, 120, "a finished epoch")

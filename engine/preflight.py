@@ -12,6 +12,7 @@ from engine.data.folds import fold_view, group_count
 from engine.errors import UserError, shown
 from engine.models.registry import DEFAULT_ARCH, get_spec, resolve_options
 from engine.models.weights import imagenet_status, source_run_id
+from engine.runs import paths, store
 from engine.tasks import SMALL_SPLIT_IMAGES, SMALL_SPLIT_PER_CLASS, headline_metric
 
 
@@ -51,8 +52,6 @@ def check_config(config: RunConfig) -> dict:
 def check_source_run(run_id: str, spec, task: str) -> dict:
     """A run to start from ("run:ID") must exist, be finished with a best checkpoint, and have trained the same
     architecture for the same task (who may use it is engine.runs.start_from's check: it needs the actor)."""
-    # the store: only for runs started from a run
-    from engine.runs import paths, store
     run = store.get_run(run_id) if store.is_run_id(run_id) else None
     if run is None:
         raise UserError(f"There is no run '{shown(run_id)}' to start from; `python -m engine runs` lists the runs.")

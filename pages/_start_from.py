@@ -6,21 +6,15 @@ import streamlit as st
 
 from engine.accounts.actor import Actor
 from engine.models import get_spec
+from engine.pretrain import library as encoders
 from engine.runs import start_from
 from engine.tasks import METRIC_TITLES
-
-try:                       # pre-trained encoders (engine.pretrain) exist only where pre-training is installed
-    from engine.pretrain import library as encoders
-except ImportError:        # pragma: no cover - the module is part of this repository
-    encoders = None
 
 RUN, ENCODER = "run", "encoder"
 KINDS = (RUN, ENCODER)
 
 
 def _encoders(actor: Actor | None, arch: str) -> list[dict]:
-    if encoders is None:
-        return []
     return [e for e in encoders.list_encoders(actor) if e.get("arch") == arch]
 
 

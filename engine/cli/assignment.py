@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.classroom import assignments
+from engine.classroom import assignments, handins
 from engine.errors import UserError
 
 ACTIONS = ("create", "list", "handin", "leaderboard", "release")
@@ -52,7 +52,6 @@ def cmd_assignment(args) -> dict[str, Any]:
     if args.action == "handin":
         if not args.run:
             raise UserError("assignment handin needs --run RUN_ID; `python -m engine runs` lists your runs.")
-        from engine.classroom import handins      # scoring needs torch; list and leaderboard answer without it
         return handins.hand_in(actor, args.assignment, args.run)
     return _leaderboard(actor, args)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from engine.cli.common import CommandFailed
 from engine.cli.init_from import add_init_from, checks_start_from
 from engine.cli.options import add_run_settings, config_from_args
+from engine.cli.progress import TrainProgress
 from engine.errors import UserError
 from engine.runs import learning_curve
 
@@ -26,7 +27,6 @@ def cmd_learning_curve(args) -> dict:
     if args.submit:
         curve_id, run_ids = learning_curve.create_curve(config, fractions, actor=args.actor)
         return {"curve_id": curve_id, "run_ids": run_ids, "status": "queued"}
-    from engine.cli.progress import TrainProgress           # imports torch: only when training here
     result = learning_curve.run_curve_here(config, fractions, actor=args.actor,
                                            handlers=lambda: [TrainProgress(enabled=not args.quiet)])
     failed = [p for p in result["points"] if p["status"] != "done"]

@@ -6,6 +6,7 @@ import argparse
 import functools
 
 from engine.models.weights import RUN_PREFIX
+from engine.runs.start_from import check_start
 
 
 def add_init_from(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +21,6 @@ def checks_start_from(handler):
     """The command handler, preceded by the access check on a "run:ID" weights source."""
     @functools.wraps(handler)
     def checked(args):
-        from engine.runs.start_from import check_start
         check_start(args.actor, getattr(args, "pretrained", None))
         return handler(args)
     return checked

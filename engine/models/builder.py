@@ -8,6 +8,7 @@ from torch import nn
 from engine.errors import UserError
 from engine.models import weights
 from engine.models.registry import get_spec, resolve_options
+from engine.pretrain.library import resolve_encoder
 
 
 def build_model(
@@ -40,7 +41,6 @@ def build_model(
         model.weights_report = weights.load_run(model, spec, run_id, int(in_channels), int(num_classes))
     elif source.lower().startswith("encoder:"):
         # a pre-trained encoder: engine.pretrain resolves "encoder:ID" to its weights file
-        from engine.pretrain.library import resolve_encoder
         model.weights_report = weights.load_file(model, resolve_encoder(source))
     elif source.lower() != "none":
         model.weights_report = weights.load_file(model, source)

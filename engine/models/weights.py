@@ -18,6 +18,7 @@ from torch import nn
 from engine.errors import UserError, shown
 from engine.models.checkpoints import load_checkpoint, read_torch_file
 from engine.models.registry import MODELS, ModelSpec
+from engine.runs import paths, store
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,6 @@ def source_run_id(pretrained: object) -> str | None:
 def source_checkpoint(run_id: str) -> dict:
     """The best checkpoint of a finished run (kept in memory for the next call: preflight, normalisation and the
     model build of one run start all read it)."""
-    # the store: only for runs started from a run
-    from engine.runs import paths, store
     run = store.require_run(run_id)
     path = paths.run_dir(run["id"]) / "best.pt"
     if run["status"] != "done" or not path.is_file():

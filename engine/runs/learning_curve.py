@@ -20,7 +20,7 @@ from engine.data.dataset import split_index
 from engine.data.manifest import manifest_or_none
 from engine.errors import UserError
 from engine.preflight import check_config
-from engine.runs import queue, start_from, store
+from engine.runs import execute, queue, start_from, store
 from engine.runs.submit import create_runs
 from engine.tasks import LOWER_IS_BETTER, METRIC_TITLES
 
@@ -62,8 +62,6 @@ def create_curve(config: RunConfig, fractions=FRACTIONS, actor: Actor | None = N
 def run_curve_here(config: RunConfig, fractions=FRACTIONS, actor: Actor | None = None,
                    handlers=lambda: ()) -> dict:
     """`learning-curve` without --submit: the runs one after another in this process; the summary."""
-    # execute imports training: only where the runs train here
-    from engine.runs import execute
     curve_id, run_ids = create_curve(config, fractions, actor, status="starting")
     # The runs waiting their turn belong to this process: their heartbeats say it lives (else any `runs` listing
     # would take them for dead and mark them interrupted), and stop when it dies.

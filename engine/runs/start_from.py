@@ -3,10 +3,10 @@ offered, and what the new run kept. Loading is engine.models.weights.load_run; t
 same architecture and task) are engine.preflight.check_source_run."""
 from __future__ import annotations
 
-
 from engine.accounts import access
 from engine.accounts.actor import Actor
 from engine.models.weights import RUN_PREFIX, source_run_id
+from engine.pretrain import library
 from engine.runs import paths, store
 
 WEIGHTS_NOTE = paths.WEIGHTS_NOTE       # written by the Trainer into the new run's folder
@@ -20,8 +20,6 @@ def check_start(actor: Actor | None, pretrained: object) -> dict | None:
     run_id = source_run_id(pretrained)
     if run_id is None:
         if isinstance(pretrained, str) and pretrained.strip().lower().startswith(ENCODER_PREFIX):
-            # encoders follow the datasets' rule (engine.pretrain.library)
-            from engine.pretrain import library
             library.check_encoder(actor, pretrained.strip()[len(ENCODER_PREFIX):].strip())
         return None
     return access.check_run(actor, run_id, "start from")

@@ -83,11 +83,9 @@ def test_progress_into_a_pipe_is_a_few_plain_lines(tmp_path):
     assert 1 <= len(lines) <= 5 and lines[-1].startswith("Training: finished (epoch 3, accuracy"), trained.stderr
 
 
-@pytest.mark.parametrize("argv", [["runs", "--json"], ["assignment", "list", "--json"],
-                                  ["assignment", "leaderboard", "none", "--json"]])
+@pytest.mark.parametrize("argv", [["runs", "--json"], ["user", "list", "--json"]])
 def test_queue_commands_answer_without_loading_torch(tmp_path, argv):
-    """The queue, runs and classroom listings answer in a fraction of a second: they never import torch (a refusal
-    such as an unknown assignment included)."""
+    """The queue and account listings answer in a fraction of a second: they never import torch."""
     code = (f"import sys; from engine.cli.main import main\ntry: main({argv!r})\nexcept SystemExit: pass\n"
             "print('torch' in sys.modules, file=sys.stderr)")
     env = {**os.environ, "LIGHTBOX_HOME": str(tmp_path / "ws")}

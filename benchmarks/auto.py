@@ -1,0 +1,215 @@
+"""Auto preset vs the current defaults at equal wall-clock budget, on every dataset the project can generate.
+
+    .venv/bin/python benchmarks/auto.py [--budget-minutes 1] [--only NAME,...] [--out benchmarks/auto.json]
+
+Datasets: the two demos (engine/data/demo.py) and variants built here from the same generators — fewer images,
+smaller images, low contrast, two sources differing in brightness, small structures, classes 9 : 1. Each dataset
+is trained twice, interleaved (Auto then defaults, or the other way round on alternate datasets, since the machine
+is shared): each arm gets the same wall clock from the moment it starts (the Auto arm's timing probe included);
+a run still going at the budget is stopped and scored with its best checkpoint. Scores: the held-out test split
+with the best checkpoint (Dice for segmentation, balanced accuracy for classification: it equals accuracy on
+balanced data and does not reward the majority class on imbalanced data). `uptime`'s load is logged per arm."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("LIGHTBOX_HOME", tempfile.mkdtemp(prefix="lightbox-auto-bench-"))
+os.environ.setdefault("LIGHTBOX_NO_AUTOWORKER", "1")
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from engine.config import RunConfig
+from engine.data import demo
+from engine.data.ingest import ingest
+from engine.data.manifest import load_manifest
+from engine.presets import apply_preset, auto_settings
+from engine.runs import execute
+from engine.runs.submit import create_run
+from engine.training.events import Event
+
+# ---- datasets --------------------------------------------------------------------------------------------
+
+def _save(path: Path, pixels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def _u8(image: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def cardiac(out: Path, n: int, size: int, seed: int, change=None) -> None:
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        image, mask = demo.cardiac_slice(rng, size)
+        pixels = image / 255.0
+        if change:
+            pixels = change(pixels, i, rng)
+        _save(out / "images" / f"case_{i:03d}.png", _u8(pixels))
+        _save(out / "masks" / f"case_{i:03d}.png", mask * 255)
+
+
+def small_structures(out: Path, n: int, size: int, seed: int) -> None:
+    """1–3 small bright nodules (radius 2–4 px) on a textured background with dark distractor blobs."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size]
+    for i in range(n):
+        field = ndimage.gaussian_filter(rng.standard_normal((size, size)), 3)
+        image = 0.35 + 0.08 * field / (field.std() + 1e-8)
+        mask = np.zeros((size, size), np.uint8)
+        for _ in range(rng.integers(1, 4)):
+            cy, cx, r = rng.uniform(8, size - 8), rng.uniform(8, size - 8), rng.uniform(2.0, 4.0)
+            disk = (y - cy) ** 2 + (x - cx) ** 2 <= r * r
+            image[disk] += 0.22
+            mask[disk] = 1
+        for _ in range(rng.integers(2, 5)):
+            cy, cx, r = rng.uniform(8, size - 8), rng.uniform(8, size - 8), rng.uniform(3.0, 6.0)
+            image[(y - cy) ** 2 + (x - cx) ** 2 <= r * r] -= 0.15
+        image = ndimage.gaussian_filter(image, 0.7) + 0.03 * rng.standard_normal((size, size))
+        _save(out / "images" / f"case_{i:03d}.png", _u8(image))
+        _save(out / "masks" / f"case_{i:03d}.png", mask * 255)
+
+
+def xrays(out: Path, counts: dict[str, int], size: int, seed: int, change=None) -> None:
+    rng = np.random.default_rng(seed)
+    bodies = {"chest": demo._chest, "abdomen": demo._abdomen}
+    i = 0
+    for kind, count in counts.items():
+        for k in range(count):
+            pixels = demo.xray(rng, size, bodies[kind]) / 255.0
+            if change:
+                pixels = change(pixels, i, rng)
+            _save(out / kind / f"{kind}_{k:03d}.png", _u8(pixels))
+            i += 1
+
+
+def low_contrast(pixels, i, rng):
+    return 0.45 + 0.3 * (pixels - 0.45) + 0.03 * rng.standard_normal(pixels.shape)
+
+
+def two_sources(pixels, i, rng):
+    return pixels * 0.45 + 0.02 if i % 2 else pixels          # every other image from a dark scanner
+
+
+DATASETS = {   # name: (task, builder(out))
+    "seg-demo": ("segmentation", lambda o: demo.write_demo("segmentation", o, n=120, size=128, seed=1)),
+    "seg-few-images": ("segmentation", lambda o: cardiac(o, 40, 128, 2)),
+    "seg-64px": ("segmentation", lambda o: cardiac(o, 120, 64, 3)),
+    "seg-low-contrast": ("segmentation", lambda o: cardiac(o, 120, 128, 4, low_contrast)),
+    "seg-two-sources": ("segmentation", lambda o: cardiac(o, 120, 128, 5, two_sources)),
+    "seg-small-structures": ("segmentation", lambda o: small_structures(o, 120, 128, 6)),
+    "cls-demo": ("classification", lambda o: demo.write_demo("classification", o, n=120, size=128, seed=1)),
+    "cls-few-images": ("classification", lambda o: xrays(o, {"chest": 20, "abdomen": 20}, 128, 2)),
+    "cls-64px": ("classification", lambda o: xrays(o, {"chest": 60, "abdomen": 60}, 64, 3)),
+    "cls-low-contrast": ("classification", lambda o: xrays(o, {"chest": 60, "abdomen": 60}, 128, 4, low_contrast)),
+    "cls-two-sources": ("classification", lambda o: xrays(o, {"chest": 60, "abdomen": 60}, 128, 5, two_sources)),
+    "cls-imbalanced-9to1": ("classification", lambda o: xrays(o, {"chest": 162, "abdomen": 18}, 128, 6)),
+}
+
+
+def build(name: str, scratch: Path) -> str:
+    task, write = DATASETS[name]
+    folder = scratch / name
+    folder.mkdir(parents=True, exist_ok=True)
+    write(folder)
+    return ingest(folder, task, name=name).dataset_id
+
+
+# ---- one arm ---------------------------------------------------------------------------------------------
+
+class WallClock:
+    """Stops the run once the arm's wall-clock budget is spent (the best checkpoint is kept and scored)."""
+
+    def __init__(self, started: float, seconds: float) -> None:
+        self.started, self.seconds = started, seconds
+
+    def attach(self, events) -> None:
+        events.on(Event.STEP_END, self.check)
+
+    def check(self, trainer, **_) -> None:
+        if time.monotonic() - self.started > self.seconds:
+            trainer.state.should_stop = True
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+def arm(name: str, dataset_id: str, budget_minutes: float) -> dict:
+    started = time.monotonic()
+    load_before = load()
+    config_kw: dict = {"dataset_id": dataset_id}
+    if name == "auto":
+        preset = auto_settings(load_manifest(dataset_id), device="cpu", budget_minutes=budget_minutes)
+        config_kw = apply_preset(config_kw, preset)
+    config = RunConfig(**config_kw, device="cpu", name=name)
+    run_id = create_run(config, status="starting")
+    run = execute.run_job(run_id, handlers=[WallClock(started, budget_minutes * 60)])
+    seconds = time.monotonic() - started
+    task = run["config"]["task"]
+    metric = "dice" if task == "segmentation" else "balanced_accuracy"
+    test = run.get("test") or {}
+    best = run.get("best") or {}
+    return {"arm": name, "status": run["status"], "message": run.get("message"), "seconds": round(seconds, 1),
+            "epochs_done": run.get("epoch"), "epochs_planned": run["config"]["epochs"],
+            "image_size": run["config"]["image_size"], "batch_size": run["config"]["batch_size"],
+            "arch": run["config"]["arch"], "augment": run["config"]["augment"], "loss": run["config"]["loss"],
+            "schedule": run["config"]["schedule"], "class_weights": run["config"]["class_weights"],
+            "metric": metric, "test": test.get(metric), "test_n": test.get("n"), "val_best": best.get(metric),
+            "load_before": round(load_before, 2), "load_after": round(load(), 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-minutes", type=float, default=1.0)
+    parser.add_argument("--only", default="", help="comma-separated dataset names")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "auto.json"))
+    args = parser.parse_args()
+    names = [n for n in DATASETS if not args.only or n in args.only.split(",")]
+    results = {"budget_minutes": args.budget_minutes, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+               "cpus": os.cpu_count(), "rows": []}
+    with tempfile.TemporaryDirectory() as scratch:
+        for i, name in enumerate(names):
+            dataset_id = build(name, Path(scratch))
+            order = ("auto", "default") if i % 2 == 0 else ("default", "auto")
+            for which in order:
+                row = {"dataset": name, **arm(which, dataset_id, args.budget_minutes)}
+                results["rows"].append(row)
+                print(json.dumps(row), flush=True)
+                Path(args.out).write_text(json.dumps(results, indent=1))
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    Path(args.out).write_text(json.dumps(results, indent=1))
+    print(table(results))
+
+
+def table(results: dict) -> str:
+    rows = {}
+    for r in results["rows"]:
+        rows.setdefault(r["dataset"], {})[r["arm"]] = r
+    header = ("| dataset | metric (test) | Auto | defaults | Auto − defaults | Auto: size, epochs done/planned | "
+              "defaults: size, epochs done/planned | load (1-min avg) |")
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    for name, arms in rows.items():
+        a, d = arms.get("auto"), arms.get("default")
+        if not a or not d:
+            continue
+        diff = (a["test"] or 0) - (d["test"] or 0)
+        lines.append(f"| {name} | {a['metric']} (n={a['test_n']}) | {a['test']:.3f} | {d['test']:.3f} | "
+                     f"{diff:+.3f} | {a['image_size']} px, {a['epochs_done']}/{a['epochs_planned']} | "
+                     f"{d['image_size']} px, {d['epochs_done']}/{d['epochs_planned']} | "
+                     f"{a['load_before']:.1f} / {d['load_before']:.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,8 @@ from pathlib import Path
 from engine.cli.progress import Progress, file_progress
 from engine.errors import UserError, one_line
 from engine.pretrain import jobs, library
+from engine.pretrain.autoencoder import pretrain
+from engine.pretrain.unlabeled import ingest_unlabeled, load_unlabeled
 
 
 def _json_object(text: str) -> dict:
@@ -37,9 +39,6 @@ def cmd_pretrain(args) -> dict:
 
 
 def _pretrain(args, report) -> dict:
-    # torch only for this command
-    from engine.pretrain.autoencoder import pretrain
-    from engine.pretrain.unlabeled import ingest_unlabeled, load_unlabeled
     owner = args.actor.name if args.actor else None
     if bool(args.images) == bool(args.unlabeled):
         raise UserError("Give the unlabeled images with --images FOLDER_OR_ZIP, or an uploaded set with "

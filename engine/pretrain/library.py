@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from engine import workspace
+from engine.accounts import access
 from engine.data.manifest import DATASET_ID
 from engine.errors import UserError, shown
 
@@ -48,8 +49,6 @@ def load_encoder(encoder_id: str) -> dict:
 def can_see(actor, info: dict) -> bool:
     """Operator and instructors see every encoder; a student their own, their instructors' and ownerless ones
     (made before accounts existed), as for datasets."""
-    # imports the store: only when an actor is asked about
-    from engine.accounts import access
     return access.can_see_dataset(actor, info)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import workspace
+from engine.accounts import access
 from engine.data import io
 from engine.data.dataset import cap_image, match_channels, resize_image
 from engine.data.dicom import NotAnImage
@@ -65,8 +66,6 @@ def load_images(set_id: str, size: int) -> np.ndarray:
 
 def list_unlabeled(actor=None) -> list[dict]:
     """Manifests of the unlabeled sets the actor may use (a student: own, instructors' and ownerless), newest first."""
-    # the store behind it is only needed when listing
-    from engine.accounts import access
     found = []
     for path in unlabeled_root().glob("*/manifest.json"):
         manifest = json.loads(path.read_text())

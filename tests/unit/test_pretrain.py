@@ -189,3 +189,17 @@ def test_cli_pretrains_from_a_folder_and_lists_encoders(lightbox_env, capsys):
     assert code == 0 and [e["id"] for e in listed["encoders"]] == [out["encoder_id"]]
     code, err = _cli(capsys, "pretrain", "--images", str(folder), "--mode", "inpaint")
     assert code != 0 and err.startswith("error:") and "\n" not in err
+
+
+def test_a_student_cannot_pretrain_on_another_students_images(unlabeled, capsys):
+    for name, role in (("alice", "student"), ("bob", "student")):
+        users.add_user(name, role, f"password of {name}")
+    folder = _images(Path(unlabeled_dir(unlabeled)).parents[2] / "alice-src", n=3)
+    code, out = _cli(capsys, "pretrain", "--images", str(folder), "--epochs", "1", "--image-size", "32",
+                     "--batch-size", "3", "--model-options", json.dumps(SMALL_UNET), "--as", "alice")
+    assert code == 0, out
+    assert library.load_encoder(out["encoder_id"])["owner"] == "alice"
+    code, err = _cli(capsys, "pretrain", "--unlabeled", out["unlabeled_id"], "--as", "bob")
+    assert code != 0 and "belongs to another student" in err
+    code, listed = _cli(capsys, "encoders", "--as", "bob")
+    assert code == 0 and listed["encoders"] == []

@@ -12,6 +12,8 @@ from engine.data.folds import fold_view, group_count
 from engine.errors import UserError, shown
 from engine.models.registry import DEFAULT_ARCH, get_spec, resolve_options
 from engine.models.weights import imagenet_status, source_run_id
+from engine.pretrain.library import PREFIX as ENCODER_PREFIX
+from engine.pretrain.library import load_encoder, resolve_encoder
 from engine.runs import paths, store
 from engine.tasks import SMALL_SPLIT_IMAGES, SMALL_SPLIT_PER_CLASS, headline_metric
 
@@ -46,7 +48,19 @@ def check_config(config: RunConfig) -> dict:
         raise UserError(status.message)                    # before launch, not 20 s into the run
     if (run_id := source_run_id(config.pretrained)) is not None:
         check_source_run(run_id, spec, config.task)
+    if resolve_encoder(config.pretrained) is not None:       # an unknown "encoder:ID" is refused before queueing
+        check_source_encoder(config.pretrained.strip()[len(ENCODER_PREFIX):].strip(), spec)
     return manifest
+
+
+def check_source_encoder(encoder_id: str, spec) -> dict:
+    """A pre-trained encoder must have been made for this architecture, or none of its tensors would fit."""
+    info = load_encoder(encoder_id)
+    if info.get("arch") != spec.name:
+        arch = info.get("arch") or "another architecture"
+        raise UserError(f"Pre-trained encoder {encoder_id} was made for {arch}, and this run is a {spec.title}; "
+                        f"choose {arch} or pre-train an encoder for {spec.title}.")
+    return info
 
 
 def check_source_run(run_id: str, spec, task: str) -> dict:

@@ -139,6 +139,18 @@ def test_the_encoder_value_resolves_to_its_weights_file(unlabeled):
     assert not model.weights_report.skipped and model.weights_report.untouched == ["head.weight", "head.bias"]
 
 
+def test_a_run_from_an_unknown_or_mismatched_encoder_is_refused_before_it_is_queued(unlabeled, tiny_segmentation):
+    from engine.preflight import check_config
+    encoder = pretrain(unlabeled, "unet", image_size=32, epochs=1, device="cpu", batch_size=4,
+                       model_options=SMALL_UNET)
+    common = {"dataset_id": tiny_segmentation, "image_size": 64, "epochs": 1}
+    check_config(RunConfig(**common, arch="unet", pretrained=f"encoder:{encoder}"))
+    with pytest.raises(UserError, match="Pre-trained encoder 'nope' does not exist"):
+        check_config(RunConfig(**common, arch="unet", pretrained="encoder:nope"))
+    with pytest.raises(UserError, match=f"Pre-trained encoder {encoder} was made for unet, and this run is a "):
+        check_config(RunConfig(**common, arch="fcn_simple", pretrained=f"encoder:{encoder}"))
+
+
 def test_a_classification_backbone_keeps_its_trunk_only(unlabeled):
     encoder = pretrain(unlabeled, "resnet18", image_size=32, epochs=1, device="cpu", batch_size=4)
     saved = torch.load(library.encoder_path(encoder), weights_only=True)

@@ -230,9 +230,14 @@ def test_upload_train_monitor_compare_predict(server, browser_page: Page, demo_z
     with step("train: set up a 2-epoch U-Net and start it"):
         open_page(page, "train", "Train")
         choose(page, "Dataset", re.compile(r"^cardiac · segmentation"))
-        choose(page, "Architecture", "U-Net (2015)")
         # 120 images leave 18 for validation: the page warns that scores on so few images are shaky
         expect(page.get_by_text(re.compile(r"The validation split holds \d+ images")).first).to_be_visible()
+        # Auto fills the form from the dataset's fingerprint and explains each choice; everything stays editable
+        page.get_by_role("button", name=re.compile(r"Auto$")).click()
+        expect(page.get_by_text("Why these settings (Auto)")).to_be_visible(timeout=120_000)
+        expect(page.get_by_text(re.compile(r"flip", re.IGNORECASE)).first).to_be_visible()
+        shot(page, "02a_train_auto.png")
+        expect(page.get_by_role("combobox", name="Architecture", exact=True)).to_have_value("U-Net (2015)")  # Auto
         set_number(page, "Epochs", 2)
         set_number(page, "Batch size", 2)
         set_number(page, "Image size (px)", TRAIN_SIZE)

@@ -5,8 +5,11 @@ import argparse
 import json
 from typing import Any
 
+from engine.accounts import access
 from engine.config import SETTINGS, RunConfig, Setting, default
+from engine.data.manifest import load_manifest
 from engine.errors import UserError
+from engine.presets import apply_preset, auto_settings
 
 
 def _json_object(setting: Setting):
@@ -83,9 +86,6 @@ def _with_preset(args: argparse.Namespace, given: dict[str, Any]) -> dict[str, A
         if budget is not None:
             raise UserError("--budget-minutes goes with --preset auto; add --preset auto or leave it out.")
         return given
-    from engine.accounts import access
-    from engine.data.manifest import load_manifest
-    from engine.presets import apply_preset, auto_settings
     manifest = load_manifest(given.get("dataset_id", ""))
     if getattr(args, "actor", None) is not None:      # no fingerprint of a dataset the user may not see
         access.check_dataset(args.actor, manifest["id"], manifest)

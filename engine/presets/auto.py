@@ -10,9 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from engine.data.fingerprint import fingerprint
 from engine.errors import UserError
+from engine.models import build_model, get_spec
+from engine.models.weights import imagenet_status
 from engine.tasks import IMBALANCE_RATIO
+from engine.training.augment import build_pipeline
 
 BUDGETS = (5, 15, 60)               # minutes the Train page offers ("about 5 / 15 / 60 minutes")
 SIZES = (32, 48, 64, 96, 128, 160, 192, 256, 384, 512)
@@ -97,7 +102,6 @@ def auto_settings(source: dict, device: str = "auto", budget_minutes: float = 15
 def _device_kind(device: str) -> str:
     if device in ("cuda", "cpu"):
         return device
-    import torch
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -112,8 +116,6 @@ def _model(fp: dict, kind: str, values: dict, reasons: dict) -> None:
                            "trains well from few images.")
         reasons["pretrained"] = "U-Net has no ImageNet weights here, so it starts from random weights."
         return
-    from engine.models import get_spec
-    from engine.models.weights import imagenet_status
     spec = get_spec("resnet18", "classification")
     status = imagenet_status(spec)
     values["arch"] = "resnet18"
@@ -288,11 +290,6 @@ def probe_step_seconds(values: dict, fp: dict, steps: int = PROBE_STEPS, device:
     """(Seconds per training step, seconds of augmentation per image), from a few real steps of the chosen network
     on random images of the chosen size on the device that will train: the fastest step of a batch of up to
     PROBE_BATCH images, scaled to the chosen batch size; then one augmented batch (rotation and zoom)."""
-    import torch
-
-    from engine.models import build_model
-    from engine.training.augment import build_pipeline
-
     device = torch.device(_device_kind(device))
     classes = len(fp["classes"])
     model = build_model(values["arch"], fp["channels"], classes, task=fp["task"],

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from engine.errors import UserError
@@ -14,6 +17,19 @@ def home() -> Path:
     path = Path(os.environ.get("LIGHTBOX_HOME", "workspace")).resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextmanager
+def scratch(prefix: str) -> Iterator[Path]:
+    """A temporary folder inside the workspace (same disk, so a final rename into place is atomic), removed
+    afterwards whatever happens."""
+    root = home() / "tmp"
+    root.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def datasets_dir() -> Path:

@@ -7,15 +7,12 @@ import json
 import os
 import re
 import secrets
-import shutil
-import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -98,7 +95,7 @@ def ingest(src: Path, task: str, name: str | None = None, seed: int = 0,
     group_by = check_group_by(group_by)
     if not src.exists():
         raise UserError(f"{src} does not exist; check the path.")
-    with _scratch() as scratch:
+    with workspace.scratch("ingest-") as scratch:
         folder, skipped = src, []
         if src.is_file():
             folder = scratch / "upload"
@@ -112,7 +109,7 @@ def ingest_files(files: list[tuple[str, bytes]], task: str, name: str | None = N
     """Ingest loose uploaded files, given as (relative path, content); a single .zip is read as an archive."""
     if not files:
         raise UserError("No files were uploaded; add images or a ZIP and try again.")
-    with _scratch() as scratch:
+    with workspace.scratch("ingest-") as scratch:
         folder = scratch / "upload"
         skipped = write_files(files, folder)
         if len(files) == len(skipped):            # nothing could be written: say why, not 'nothing usable'
@@ -419,15 +416,3 @@ def _slug(name: str) -> str:
 
 def _stem(path: Path) -> str:
     return path.stem if path.suffix.lower() == ".zip" else path.name
-
-
-@contextmanager
-def _scratch() -> Iterator[Path]:
-    """A temporary folder inside the workspace (same disk, so the final rename is atomic), removed afterwards."""
-    root = workspace.home() / "tmp"
-    root.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="ingest-", dir=root))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)

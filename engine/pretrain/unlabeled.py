@@ -12,9 +12,7 @@ import json
 import re
 import secrets
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -81,7 +79,7 @@ def ingest_unlabeled(path: str | Path, name: str | None = None, owner: str | Non
     src = Path(path)
     if not src.exists():
         raise UserError(f"{src} does not exist; give a folder or a .zip file of images.")
-    with _scratch() as scratch:
+    with workspace.scratch("unlabeled-") as scratch:
         folder, skipped = src, []
         if src.is_file():
             if src.suffix.lower() != ".zip":
@@ -97,7 +95,7 @@ def ingest_unlabeled_files(files: list[tuple[str, bytes]], name: str | None = No
     """The same for loose uploaded files given as (relative path, content); a single .zip is read as an archive."""
     if not files:
         raise UserError("No files were uploaded; add images or a ZIP and try again.")
-    with _scratch() as scratch:
+    with workspace.scratch("unlabeled-") as scratch:
         folder = scratch / "upload"
         skipped = write_files(files, folder)
         if len(files) == 1 and files[0][0].lower().endswith(".zip"):
@@ -186,15 +184,3 @@ def delete_unlabeled(set_id: str) -> None:
 def _slug(name: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:24].strip("-")
     return slug or "unlabeled"
-
-
-@contextmanager
-def _scratch() -> Iterator[Path]:
-    """A temporary folder inside the workspace (same disk, so the final rename is atomic), removed afterwards."""
-    root = workspace.home() / "tmp"
-    root.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="unlabeled-", dir=root))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)

@@ -67,6 +67,16 @@ def run_summary(run: dict, metrics: list[dict] | None = None, manifest: dict | N
     return out
 
 
+def all_done(rows: list[dict], what: str, result: dict) -> dict:
+    """The result of a job of several runs (folds, a learning curve's points) when every run finished; otherwise
+    the command fails with how many did not and the first of them, the result still printed."""
+    failed = [row for row in rows if row["status"] != "done"]
+    if failed:
+        raise CommandFailed(f"{len(failed)} of {len(rows)} {what} did not finish (first: run {failed[0]['run_id']} "
+                            f"{failed[0]['status']})", result)
+    return result
+
+
 def run_summaries(runs: list[dict]) -> list[dict]:
     """run_summary for many runs: their metric histories in one query, each dataset's manifest read once."""
     histories = store.epoch_metrics_many([run["id"] for run in runs])

@@ -2,7 +2,7 @@
 validation split; prints each point and whether more labelled images would likely help."""
 from __future__ import annotations
 
-from engine.cli.common import CommandFailed
+from engine.cli.common import all_done
 from engine.cli.init_from import add_init_from, checks_start_from
 from engine.cli.options import add_run_settings, config_from_args
 from engine.cli.progress import TrainProgress
@@ -29,11 +29,7 @@ def cmd_learning_curve(args) -> dict:
         return {"curve_id": curve_id, "run_ids": run_ids, "status": "queued"}
     result = learning_curve.run_curve_here(config, fractions, actor=args.actor,
                                            handlers=lambda: [TrainProgress(enabled=not args.quiet)])
-    failed = [p for p in result["points"] if p["status"] != "done"]
-    if failed:
-        raise CommandFailed(f"{len(failed)} of {len(result['points'])} runs of the learning curve did not finish "
-                            f"(first: run {failed[0]['run_id']} {failed[0]['status']})", result)
-    return result
+    return all_done(result["points"], "runs of the learning curve", result)
 
 
 def register(add) -> None:

@@ -7,7 +7,7 @@ import sys
 import time
 
 from engine.bench import PRESETS, BenchLog, process_age, run_bench
-from engine.cli.common import CommandFailed, finite, run_summary
+from engine.cli.common import CommandFailed, all_done, finite, run_summary
 from engine.cli.init_from import add_init_from, checks_start_from
 from engine.cli.options import add_run_settings, config_from_args
 from engine.cli.progress import TrainProgress
@@ -33,11 +33,7 @@ def _train_folds(config, quiet: bool, actor=None) -> dict:
     mean ± sd."""
     result = crossval.run_folds_here(config, config.folds, handlers=lambda: [TrainProgress(enabled=not quiet)],
                                      actor=actor)
-    failed = [f for f in result["folds"] if f["status"] != "done"]
-    if failed:
-        raise CommandFailed(f"{len(failed)} of {config.folds} folds did not finish (first: run {failed[0]['run_id']} "
-                            f"{failed[0]['status']})", result)
-    return result
+    return all_done(result["folds"], "folds", result)
 
 
 def preset_shown(config) -> dict:

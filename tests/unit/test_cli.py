@@ -110,3 +110,12 @@ def test_segmentation_mlp_trains_and_reports_a_diagnosis(tmp_path):
     assert "small_validation" in kinds           # 24 images leave a handful for validation
     (row,) = _last_json(_cli("runs", "--json", home=home))["runs"]
     assert row["run_id"] == result["run_id"] and row["diagnosis"] == result["diagnosis"]
+
+
+def test_a_job_of_several_runs_fails_naming_how_many_did_not_finish():
+    from engine.cli.common import CommandFailed, all_done
+    rows = [{"run_id": "a", "status": "done"}, {"run_id": "b", "status": "failed"}, {"run_id": "c", "status": "cancelled"}]
+    result = {"points": rows}
+    assert all_done(rows[:1], "folds", result) is result
+    with pytest.raises(CommandFailed, match=r"^2 of 3 runs of the learning curve did not finish \(first: run b failed\)$"):
+        all_done(rows, "runs of the learning curve", result)

@@ -119,6 +119,12 @@ class RunConfig:
                                low=16, high=1024)
     early_stopping: int = _setting(0, "Early stopping patience", "Stop after this many epochs without improvement "
                                    "(0 = off).", "length", low=0, high=1000)
+    time_limit_minutes: float = _setting(0.0, "Time limit (minutes)", "Training stops after the last epoch that "
+                                         "fits in this much time (0 = no limit); the best epoch is kept.", "length",
+                                         low=0.0, high=10_000.0,
+                                         steps=(0.0, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 240.0, 480.0),
+                                         teach="Epochs set how long a run may train; a time limit makes sure it "
+                                               "ends on time on a busy machine.")
     monitor: str = _setting("", "Best epoch by", "The validation metric that picks the best epoch; empty = the "
                             "task's default.", "length", choices_from="metrics")
     folds: int = _setting(0, "Cross-validation folds", "0 = one train/validation split; K ≥ 2 trains K runs, "

@@ -138,11 +138,12 @@ def optimisation(task: str) -> dict:
 def length_and_hardware(arch: str, task: str, headline: str) -> dict:
     spec = get_spec(arch, task)
     out: dict = {}
-    cols = st.columns(4)
+    cols = st.columns(5)
     out["epochs"] = s.widget("epochs", FORM, where=cols[0])
     out["batch_size"] = s.widget("batch_size", FORM, where=cols[1])
     out["image_size"] = s.widget("image_size", FORM, value=spec.default_size, context=arch, where=cols[2])
     out["early_stopping"] = s.widget("early_stopping", FORM, where=cols[3])
+    out["time_limit_minutes"] = s.widget("time_limit_minutes", FORM, where=cols[4])
     cols = st.columns(4)
     out["monitor"] = s.widget("monitor", FORM, value=headline, context=task, where=cols[0],
                               options=monitor_choices(task), titles=lambda m: f"validation {METRIC_TITLES[m]}")
@@ -179,7 +180,8 @@ def fill_with_auto(dataset_id: str, budget: int) -> None:
     state[s.key_for(FORM, "loss", task)] = v["loss"]
     state[s.key_for(FORM, "monitor", task)] = v["monitor"]
     state[s.key_for(FORM, "image_size", arch)] = v["image_size"]
-    for name in ("class_weights", "optimizer", "lr", "schedule", "epochs", "batch_size", "early_stopping"):
+    for name in ("class_weights", "optimizer", "lr", "schedule", "epochs", "batch_size", "early_stopping",
+                 "time_limit_minutes"):
         state[s.key_for(FORM, name)] = v[name]
     state[AUTO] = {"dataset_id": dataset_id, "record": preset.record()}
 

@@ -96,6 +96,10 @@ def auto_settings(source: dict, device: str = "auto", budget_minutes: float = 15
     values["early_stopping"] = patience
     reasons["early_stopping"] = (f"Stop after {patience} epochs without improvement (about a quarter of the run): "
                                  "the best epoch is kept either way, and the rest of the budget is not wasted.")
+    values["time_limit_minutes"] = float(budget_minutes)
+    reasons["time_limit_minutes"] = (f"Training stops after the last epoch that fits in {budget_minutes:g} minutes, "
+                                     "so a busy machine cannot stretch the budget (the epochs come from a timing "
+                                     "probe, and a shared machine's speed changes).")
     return Preset("auto", budget_minutes, values, reasons, probe)
 
 

@@ -45,6 +45,7 @@ class TrainState:
     bad_epochs: int = 0               # epochs since the monitored metric last improved
     should_stop: bool = False
     stop_reason: str = ""
+    train_seconds: float = 0.0        # time spent in completed epochs (training and validation), over resumes too
 
 
 def seed_everything(seed: int) -> None:
@@ -198,8 +199,11 @@ class Trainer:
             self.state.epoch = epoch
             self.state.last_metrics = val_metrics
             self._track_best(val_metrics)
+            seconds = time.perf_counter() - started
+            self.state.train_seconds += seconds
+            self._check_time_limit(seconds)
             self.events.emit(Event.EPOCH_END, trainer=self, epoch=epoch, train=train_metrics, val=val_metrics,
-                             seconds=time.perf_counter() - started)
+                             seconds=seconds)
             if self.state.should_stop:
                 break
         self.events.emit(Event.FIT_END, trainer=self)
@@ -305,6 +309,18 @@ class Trainer:
             self.state.should_stop = True
             self.state.stop_reason = f"Early stopping: {name} did not improve for {patience} epochs."
 
+    def _check_time_limit(self, epoch_seconds: float) -> None:
+        """Stop when another epoch like the last one would pass the time limit (RunConfig.time_limit_minutes)."""
+        limit = self.config.time_limit_minutes * 60
+        if not limit or self.state.should_stop or self.state.epoch >= self.config.epochs:
+            return
+        if self.state.train_seconds + epoch_seconds > limit:
+            self.state.should_stop = True
+            self.state.stop_reason = (
+                f"Time limit: stopped after epoch {self.state.epoch} of {self.config.epochs} at "
+                f"{self.state.train_seconds / 60:.1f} of {self.config.time_limit_minutes:g} minutes (another epoch "
+                f"takes about {epoch_seconds:.0f} s); the best epoch is kept.")
+
     # ---- messages -------------------------------------------------------------------------------------
     def _nan_message(self) -> str:
         return (f"The loss became NaN/infinite at learning rate {self.config.lr:g}; lower the learning rate "
@@ -327,6 +343,7 @@ class Trainer:
             "best_epoch": self.state.best_epoch,
             "best_metrics": self.state.best_metrics,
             "bad_epochs": self.state.bad_epochs,
+            "train_seconds": self.state.train_seconds,
             "config": self.config.to_dict(),
             "dataset": self.info,
             "rng": torch.get_rng_state(),
@@ -351,5 +368,5 @@ class Trainer:
                 from err
         self.state = TrainState(epoch=ckpt["epoch"], step=ckpt["step"], best_value=ckpt["best_value"],
                                 best_epoch=ckpt["best_epoch"], best_metrics=ckpt["best_metrics"],
-                                bad_epochs=ckpt["bad_epochs"])
+                                bad_epochs=ckpt["bad_epochs"], train_seconds=float(ckpt.get("train_seconds") or 0.0))
         return ckpt["epoch"]

@@ -31,6 +31,7 @@ CLI_VALUES = {
     "amp": ("--no-amp", None, False), "preview_samples": ("--preview-samples", "2", 2),
     "folds": ("--folds", "5", 5), "fold": ("--fold", "2", 2),
     "train_fraction": ("--train-fraction", "0.25", 0.25),
+    "time_limit_minutes": ("--time-limit-minutes", "2.5", 2.5),
 }
 
 # Set by --preset NAME [--budget-minutes N], which reads an ingested dataset: tests/unit/test_auto_preset.py

@@ -71,6 +71,43 @@ def test_resume_continues_with_identical_history(tiny_segmentation):
     assert [v for _, v in a] == pytest.approx([v for _, v in b], abs=1e-4)
 
 
+def test_a_time_limit_stops_after_the_last_epoch_that_fits_and_counts_over_a_resume(tiny_segmentation,
+                                                                                    monkeypatch):
+    """Each epoch 'takes' 50 s on a fake clock: with a 2-minute limit, epochs 1-2 run (100 s) and a third would
+    pass 120 s, so the run ends done after epoch 2 saying why; a resume counts the time already spent."""
+    import engine.training.trainer as trainer_module
+
+    class Clock:
+        now = 0.0
+
+        @classmethod
+        def perf_counter(cls) -> float:
+            cls.now += 50.0             # called at an epoch's start and end: 50 s an epoch
+            return cls.now
+
+    monkeypatch.setattr(trainer_module, "time", Clock)
+    run_id = create_run(_config(tiny_segmentation, epochs=10, time_limit_minutes=2.0), status="running")
+    run = execute.run_job(run_id)
+    assert run["status"] == "done" and [e for e, _ in _val_history(run_id, "dice")] == [1, 2]
+    assert run["message"] == ("Time limit: stopped after epoch 2 of 10 at 1.7 of 2 minutes (another epoch takes "
+                              "about 50 s); the best epoch is kept.")
+    assert torch.load(run_dir(run_id) / "last.pt", weights_only=True)["train_seconds"] == pytest.approx(100.0)
+
+
+    class StopAfterOne:
+        def attach(self, events):
+            events.on(Event.EPOCH_END, lambda epoch, **_: (_ for _ in ()).throw(RunCancelled()) if epoch == 1 else None)
+
+    resumed = create_run(_config(tiny_segmentation, epochs=10, time_limit_minutes=2.0), status="running")
+    assert execute.run_job(resumed, handlers=[StopAfterOne()])["status"] == "cancelled"
+    store.set_status(resumed, "running")
+    assert execute.run_job(resumed, resume=True)["status"] == "done"
+    assert [e for e, _ in _val_history(resumed, "dice")] == [1, 2]      # 50 s before the resume still count
+    unlimited = create_run(_config(tiny_segmentation, epochs=3), status="running")
+    assert [e for e, _ in _val_history(unlimited, "dice")] == [] and execute.run_job(unlimited)["status"] == "done"
+    assert [e for e, _ in _val_history(unlimited, "dice")] == [1, 2, 3]                # 0 = no limit
+
+
 def test_nan_loss_stops_with_a_message(tiny_segmentation):
     class Poison:
         def attach(self, events):

@@ -131,7 +131,9 @@ def now() -> float:
 
 
 def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%m%d-%H%M%S-") + secrets.token_hex(2)
+    """Time-sortable and unique: 32 random bits after the second (16 bits collided about once in 40 when 60 runs
+    were queued within one second, as a class or a search does; now about once in ten million)."""
+    return datetime.now(timezone.utc).strftime("%m%d-%H%M%S-") + secrets.token_hex(4)
 
 
 # What an id may look like: new_run_id's alphabet (digits, hex, '-'; letters and '_' for ids made by hand or by

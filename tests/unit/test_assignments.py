@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from races import race, slow_usage
 
 from engine.accounts import users
 from engine.accounts.actor import Actor
@@ -333,32 +334,11 @@ def test_concurrent_submits_of_one_student_get_exactly_the_limit(tiny_classifica
     """Five tabs submit at once against runs_per_student=2: the check and the insert are one critical section
     per student, so exactly 2 runs are recorded (on SQLite and on PostgreSQL). The usage query is slowed down so
     that, without the critical section, every submit would read 'no run yet' before any inserts."""
-    import threading
-    import time
-
     assignments.create_assignment(TEACHER, tiny_classification, "Week 1", runs_per_student=2)
-    counted = assignments._student_usage
-
-    def slow_usage(*args, **kwargs):
-        found = counted(*args, **kwargs)
-        time.sleep(0.3)
-        return found
-
-    monkeypatch.setattr(assignments, "_student_usage", slow_usage)
-    start, made, refused = threading.Barrier(5), [], []
-
-    def one_tab() -> None:
-        start.wait()
-        try:
-            made.append(submit(_config(tiny_classification), actor=ALICE))
-        except UserError as err:
-            refused.append(str(err))
-
-    threads = [threading.Thread(target=one_tab) for _ in range(5)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    slow_usage(monkeypatch)
+    outcomes = race(5, lambda: submit(_config(tiny_classification), actor=ALICE))
+    made = [o for o in outcomes if not o.startswith("You have used")]
+    refused = [o for o in outcomes if o.startswith("You have used")]
     assert len(made) == 2 and len(refused) == 3, (made, refused)
     assert all("You have used all 2 runs" in line for line in refused)
     assert sorted(r["id"] for r in store.list_runs(owner="alice")) == sorted(made)

@@ -4,17 +4,15 @@ whole: all K places are checked before any fold is recorded."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import pytest
+from races import race, slow_usage
 
 from engine.accounts import users
 from engine.accounts.actor import Actor
 from engine.classroom import assignments
 from engine.cli.main import main
 from engine.config import RunConfig
-from engine.errors import UserError
 from engine.runs import crossval, lifecycle, store
 
 ALICE, BOB, PROF = Actor("alice", "student"), Actor("bob", "student"), Actor("prof", "instructor")
@@ -111,29 +109,9 @@ def test_two_cross_validations_racing_share_the_places_exactly(classroom, tiny_c
     """Two tabs queue a 3-fold cross-validation at once with 4 places left: one gets its 3 runs, the other none
     (the usage query is slowed down so that, without the critical section, both would read 'no run yet')."""
     assignments.create_assignment(PROF, tiny_classification, "hw1", runs_per_student=4)
-    counted = assignments._student_usage
-
-    def slow_usage(*args, **kwargs):
-        found = counted(*args, **kwargs)
-        time.sleep(0.3)
-        return found
-
-    monkeypatch.setattr(assignments, "_student_usage", slow_usage)
+    slow_usage(monkeypatch)
     config = RunConfig(dataset_id=tiny_classification, arch="lenet5", epochs=1, batch_size=8, image_size=32)
-    start, outcomes = threading.Barrier(2), []
-
-    def queue_folds() -> None:
-        start.wait()
-        try:
-            outcomes.append(len(crossval.create_folds(config, 3, actor=ALICE)[1]))
-        except UserError as err:
-            outcomes.append(str(err))
-
-    threads = [threading.Thread(target=queue_folds) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    outcomes = race(2, lambda: len(crossval.create_folds(config, 3, actor=ALICE)[1]))
     assert len(outcomes) == 2 and outcomes.count(3) == 1, outcomes
     (refusal,) = [o for o in outcomes if o != 3]
     assert "cross-validation with 3 folds needs 3 runs; you have 1 left" in refusal

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -101,27 +102,28 @@ def two_sources(pixels, i, rng):
     return pixels * 0.45 + 0.02 if i % 2 else pixels          # every other image from a dark scanner
 
 
-DATASETS = {   # name: (task, builder(out))
-    "seg-demo": ("segmentation", lambda o: demo.write_demo("segmentation", o, n=120, size=128, seed=1)),
-    "seg-few-images": ("segmentation", lambda o: cardiac(o, 40, 128, 2)),
-    "seg-64px": ("segmentation", lambda o: cardiac(o, 120, 64, 3)),
-    "seg-low-contrast": ("segmentation", lambda o: cardiac(o, 120, 128, 4, low_contrast)),
-    "seg-two-sources": ("segmentation", lambda o: cardiac(o, 120, 128, 5, two_sources)),
-    "seg-small-structures": ("segmentation", lambda o: small_structures(o, 120, 128, 6)),
-    "cls-demo": ("classification", lambda o: demo.write_demo("classification", o, n=120, size=128, seed=1)),
-    "cls-few-images": ("classification", lambda o: xrays(o, {"chest": 20, "abdomen": 20}, 128, 2)),
-    "cls-64px": ("classification", lambda o: xrays(o, {"chest": 60, "abdomen": 60}, 64, 3)),
-    "cls-low-contrast": ("classification", lambda o: xrays(o, {"chest": 60, "abdomen": 60}, 128, 4, low_contrast)),
-    "cls-two-sources": ("classification", lambda o: xrays(o, {"chest": 60, "abdomen": 60}, 128, 5, two_sources)),
-    "cls-imbalanced-9to1": ("classification", lambda o: xrays(o, {"chest": 162, "abdomen": 18}, 128, 6)),
+DATASETS = {   # name: (task, builder(out, seed offset))
+    "seg-demo": ("segmentation", lambda o, s: demo.write_demo("segmentation", o, n=120, size=128, seed=1 + s)),
+    "seg-few-images": ("segmentation", lambda o, s: cardiac(o, 40, 128, 2 + s)),
+    "seg-64px": ("segmentation", lambda o, s: cardiac(o, 120, 64, 3 + s)),
+    "seg-low-contrast": ("segmentation", lambda o, s: cardiac(o, 120, 128, 4 + s, low_contrast)),
+    "seg-two-sources": ("segmentation", lambda o, s: cardiac(o, 120, 128, 5 + s, two_sources)),
+    "seg-small-structures": ("segmentation", lambda o, s: small_structures(o, 120, 128, 6 + s)),
+    "cls-demo": ("classification", lambda o, s: demo.write_demo("classification", o, n=120, size=128, seed=1 + s)),
+    "cls-few-images": ("classification", lambda o, s: xrays(o, {"chest": 20, "abdomen": 20}, 128, 2 + s)),
+    "cls-64px": ("classification", lambda o, s: xrays(o, {"chest": 60, "abdomen": 60}, 64, 3 + s)),
+    "cls-low-contrast": ("classification",
+                         lambda o, s: xrays(o, {"chest": 60, "abdomen": 60}, 128, 4 + s, low_contrast)),
+    "cls-two-sources": ("classification", lambda o, s: xrays(o, {"chest": 60, "abdomen": 60}, 128, 5 + s, two_sources)),
+    "cls-imbalanced-9to1": ("classification", lambda o, s: xrays(o, {"chest": 162, "abdomen": 18}, 128, 6 + s)),
 }
 
 
-def build(name: str, scratch: Path) -> str:
+def build(name: str, scratch: Path, seed: int = 0) -> str:
     task, write = DATASETS[name]
     folder = scratch / name
     folder.mkdir(parents=True, exist_ok=True)
-    write(folder)
+    write(folder, seed)
     return ingest(folder, task, name=name).dataset_id
 
 
@@ -169,24 +171,58 @@ def arm(name: str, dataset_id: str, budget_minutes: float) -> dict:
             "load_before": round(load_before, 2), "load_after": round(load(), 2)}
 
 
+def run_pair(dataset_id: str, budget_minutes: float, threads: int) -> list[dict]:
+    """Both arms at once, each its own process limited to `threads` CPU threads: the same wall clock under the same
+    load (whatever else the machine does slows both alike), instead of one after the other."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    procs = {which: subprocess.Popen([sys.executable, __file__, "--arm", which, "--dataset-id", dataset_id,
+                                      "--budget-minutes", str(budget_minutes), "--threads", str(threads)],
+                                     env=env, stdout=subprocess.PIPE, text=True)
+             for which in ("auto", "default")}
+    rows = []
+    for which, proc in procs.items():
+        out, _ = proc.communicate()
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        if proc.returncode or not lines:
+            raise SystemExit(f"the {which} arm failed (exit {proc.returncode})")
+        rows.append(json.loads(lines[-1]))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-minutes", type=float, default=1.0)
     parser.add_argument("--only", default="", help="comma-separated dataset names")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "auto.json"))
+    parser.add_argument("--parallel", action="store_true",
+                        help="run the two arms of a dataset at the same time, one CPU thread each")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per arm with --parallel")
+    parser.add_argument("--seed", type=int, default=0, help="added to every dataset's generator seed")
+    parser.add_argument("--arm", choices=("auto", "default"), help=argparse.SUPPRESS)
+    parser.add_argument("--dataset-id", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.arm:                                   # one arm in its own process (--parallel)
+        import torch
+        torch.set_num_threads(args.threads)
+        print(json.dumps(arm(args.arm, args.dataset_id, args.budget_minutes)), flush=True)
+        return
     names = [n for n in DATASETS if not args.only or n in args.only.split(",")]
     results = {"budget_minutes": args.budget_minutes, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-               "cpus": os.cpu_count(), "rows": []}
+               "cpus": os.cpu_count(), "parallel": args.parallel,
+               "threads_per_arm": args.threads if args.parallel else None, "seed": args.seed, "rows": []}
     with tempfile.TemporaryDirectory() as scratch:
         for i, name in enumerate(names):
-            dataset_id = build(name, Path(scratch))
-            order = ("auto", "default") if i % 2 == 0 else ("default", "auto")
-            for which in order:
-                row = {"dataset": name, **arm(which, dataset_id, args.budget_minutes)}
+            dataset_id = build(name, Path(scratch), args.seed)
+            if args.parallel:
+                rows = run_pair(dataset_id, args.budget_minutes, args.threads)
+            else:
+                order = ("auto", "default") if i % 2 == 0 else ("default", "auto")
+                rows = [arm(which, dataset_id, args.budget_minutes) for which in order]
+            for row in rows:
+                row = {"dataset": name, **row}
                 results["rows"].append(row)
                 print(json.dumps(row), flush=True)
-                Path(args.out).write_text(json.dumps(results, indent=1))
+            Path(args.out).write_text(json.dumps(results, indent=1))
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(table(results))

@@ -7,6 +7,11 @@ Measured alternately in one process (windows of the same loop vary 10–25 % on 
 ratio and speedup are medians of per-round ratios (the loops of one round ran seconds apart, so a change in the
 machine's load cancels out), with their interquartile range and a 95 % bootstrap interval of the median.
 
+data_wait: the share of each training step spent preparing its batch (gather, augment, copy to the device) with
+a typical augmentation on, timed with the device synchronised (the step cannot start before its batch exists). On
+CUDA it is measured for both data paths: augmentation on the host before the copy, and on the device (the default
+there, engine.training.trainer's GPU data path).
+
 The default is time-boxed (a few minutes even on a busy 2-core CPU); PRESETS["long"] is the full measurement.
 """
 from __future__ import annotations
@@ -30,6 +35,7 @@ from engine.models.network import build_network
 from engine.runs.paths import run_dir
 from engine.runs.submit import create_run
 from engine.training.events import Events
+from engine.training.augment import build_pipeline
 from engine.training.handlers import StoreLogger
 from engine.training.trainer import Trainer
 
@@ -45,6 +51,7 @@ PRESETS = {
     "long": {"model": "all", "batch": None, "steps": 8, "rounds": 8, "budget": None},
 }
 CONTRACT_KEYS = ("engine_ips", "plain_ips", "ratio", "naive_ips", "speedup")
+BENCH_AUGMENT = ["hflip", "rotate", "zoom", "brightness", "contrast"]     # a typical augmentation for data_wait
 
 
 class BenchLog:
@@ -106,6 +113,47 @@ def _plain_loop(trainer, memory_format, amp_dtype):
     return epoch
 
 
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def data_wait_share(trainer, on_device: bool, repeats: int = 3) -> float:
+    """Share of each training step spent on its batch (gather, augment with BENCH_AUGMENT, copy), device synced."""
+    saved = trainer.augmenter, trainer.augment_on_device
+    trainer.augmenter, trainer.augment_on_device = build_pipeline(BENCH_AUGMENT), on_device
+    bs = trainer.config.batch_size
+    data = total = 0.0
+    try:
+        for _ in range(repeats):
+            order = torch.randperm(len(trainer.train_images))
+            for first in range(0, len(order) - bs + 1, bs):
+                _sync(trainer.device)
+                begin = time.perf_counter()
+                images, targets = trainer._batch(order[first:first + bs])
+                _sync(trainer.device)
+                ready = time.perf_counter()
+                trainer.step(images, targets)
+                _sync(trainer.device)
+                data, total = data + ready - begin, total + time.perf_counter() - begin
+    finally:
+        trainer.augmenter, trainer.augment_on_device = saved
+    return round(data / total, 3) if total else 0.0
+
+
+def data_wait(trainer, log: BenchLog, name: str) -> dict:
+    """data_wait_share on this device; on CUDA for both data paths (augmenting on the host, and on the GPU)."""
+    paths = {"host": False, "device": True} if trainer.device.type == "cuda" else {"host": False}
+    shares = {path: data_wait_share(trainer, on_device) for path, on_device in paths.items()}
+    if "device" in shares:
+        log.line(f"{name}: the GPU waits for data {shares['host']:.0%} of each step when batches are augmented on "
+                 f"the CPU, {shares['device']:.0%} when augmented on the GPU (the default)")
+    else:
+        log.line(f"{name}: each step spends {shares['host']:.0%} of its time preparing its augmented batch "
+                 f"({trainer.device.type})")
+    return {"augment": BENCH_AUGMENT, **shares}
+
+
 def _timed(fn, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -158,6 +206,7 @@ def bench_case(name: str, rounds: int | None, steps: int, device: str, batch: in
         durations, r = durations + [time.monotonic() - begin], r + 1
         log.detail(f"{name}: round {r}: ratio {samples['engine'][-1] / samples['plain'][-1]:.3f}, "
                    f"engine {samples['engine'][-1]:.1f} img/s")
+    waits = data_wait(trainer, log, name)
     ips = {k: statistics.median(v) for k, v in samples.items()}
     ratio = spread([e / p for e, p in zip(samples["engine"], samples["plain"])])
     speedup = spread([e / n for e, n in zip(samples["engine"], samples["naive"])])
@@ -172,6 +221,7 @@ def bench_case(name: str, rounds: int | None, steps: int, device: str, batch: in
         "ratio_iqr": ratio["iqr"], "ratio_ci95": ratio["ci95"],
         "speedup_iqr": speedup["iqr"], "speedup_ci95": speedup["ci95"],
         "samples": {k: [round(x, 2) for x in v] for k, v in samples.items()},
+        "data_wait": waits,
     }
 
 
@@ -235,4 +285,4 @@ def run_bench(model: str = "unet", rounds: int | None = None, steps: int = 1, de
     return {**{k: headline[k] for k in CONTRACT_KEYS}, "model": headline["model"], "rounds": headline["rounds"],
             "ratio_iqr": headline["ratio_iqr"], "ratio_ci95": headline["ratio_ci95"],
             "speedup_ci95": headline["speedup_ci95"], "seconds": seconds, "budget_seconds": budget,
-            "over_budget": over, "cases": cases}
+            "over_budget": over, "data_wait": headline["data_wait"], "cases": cases}

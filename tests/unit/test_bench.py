@@ -79,6 +79,9 @@ def test_tiny_bench_keeps_the_contract_keys_states_its_precision_and_logs_a_few_
     assert out["ratio_ci95"][0] <= out["ratio"] <= out["ratio_ci95"][1]
     assert out["ratio_iqr"][0] <= out["ratio"] <= out["ratio_iqr"][1]
     assert out["over_budget"] is True and out["seconds"] > 0 and out["budget_seconds"] == 0.0
+    assert out["data_wait"]["augment"] == bench.BENCH_AUGMENT and 0 < out["data_wait"]["host"] < 1
+    assert "device" not in out["data_wait"]                       # both data paths are measured on CUDA only
     lines = stream.getvalue().splitlines()
-    assert 3 <= len(lines) <= 5 and all(line.startswith("bench: ") for line in lines)   # no per-round lines
+    assert 4 <= len(lines) <= 6 and all(line.startswith("bench: ") for line in lines)   # no per-round lines
+    assert any("preparing its augmented batch (cpu)" in line for line in lines)
     assert "95 % interval" in lines[-2] and "3 rounds" in lines[-2] and "s over: at least 3 rounds" in lines[-1]

@@ -11,6 +11,7 @@ from dataclasses import replace
 import streamlit as st
 
 from engine.accounts import access
+from engine.classroom.assignments import preset_limits
 from engine.config import SCHEDULE_TITLES, RunConfig
 from engine.data.folds import group_count
 from engine.data.manifest import list_datasets, load_manifest
@@ -158,13 +159,15 @@ def length_and_hardware(arch: str, task: str, headline: str) -> dict:
 AUTO = "train_auto_preset"      # session key: the last Auto preset, and the dataset it was chosen for
 
 
-def fill_with_auto(dataset_id: str, budget: int) -> None:
+def fill_with_auto(dataset_id: str, budget: int, actor) -> None:
     """The Auto button's callback: choose the preset and put its values into the form's widgets (before they are
     drawn, so the user sees them and can still change any of them)."""
     state = st.session_state
     full = load_manifest(dataset_id)
     try:
-        preset = auto_settings(full, device=state.get(s.key_for(FORM, "device"), "auto"), budget_minutes=budget)
+        with st.spinner("Timing a few training steps on this device to choose the settings…"):
+            preset = auto_settings(full, device=state.get(s.key_for(FORM, "device"), "auto"), budget_minutes=budget,
+                                   limits=preset_limits(actor, dataset_id))
     except UserError as err:
         state[AUTO] = {"dataset_id": dataset_id, "error": str(err)}
         return
@@ -196,7 +199,7 @@ def auto_button(manifest: dict):
                                     "image size, epochs, augmentation, loss and schedule. You can change any of "
                                     "them afterwards.")
         cols[1].button("Auto", key="train_auto", icon=":material/auto_awesome:", on_click=fill_with_auto,
-                       args=(manifest["id"], budget))
+                       args=(manifest["id"], budget, ACTOR))
         return st.container()
 
 

@@ -188,6 +188,17 @@ def _setting(config: Any, key: str) -> Any:
     return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
 
 
+def preset_limits(actor: Actor | None, dataset_id: str) -> dict | None:
+    """The limits a preset (engine.presets.auto_settings) keeps a student's settings within, so that Auto fills
+    a form the assignment accepts: {"assignment", "max_epochs", "max_image_size"}; None for anyone else."""
+    if actor is None or actor.is_instructor:
+        return None
+    found = assignment_for_dataset(dataset_id)
+    if found is None:
+        return None
+    return {"assignment": found["name"], "max_epochs": found["max_epochs"], "max_image_size": found["max_image_size"]}
+
+
 def check_submission(actor: Actor | None, config: Any, count: int = 1, conn: Connection | None = None) -> None:
     """Refuse, in one sentence, a student's run that breaks a limit of the assignment on its dataset.
 

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from engine.accounts import access
+from engine.classroom.assignments import preset_limits
 from engine.config import SETTINGS, RunConfig, Setting, default
 from engine.data.manifest import load_manifest
 from engine.errors import UserError
@@ -90,5 +91,6 @@ def _with_preset(args: argparse.Namespace, given: dict[str, Any]) -> dict[str, A
     if getattr(args, "actor", None) is not None:      # no fingerprint of a dataset the user may not see
         access.check_dataset(args.actor, manifest["id"], manifest)
     preset = auto_settings(manifest, device=given.get("device", "auto"),
-                           budget_minutes=15 if budget is None else budget)
+                           budget_minutes=15 if budget is None else budget,
+                           limits=preset_limits(getattr(args, "actor", None), manifest["id"]))
     return apply_preset(given, preset)

@@ -71,7 +71,7 @@ def apply_preset(given: dict[str, Any], preset: Preset) -> dict[str, Any]:
 
 
 def auto_settings(source: dict, device: str = "auto", budget_minutes: float = 15,
-                  step_seconds: StepTimer | None = None) -> Preset:
+                  step_seconds: StepTimer | None = None, limits: dict | None = None) -> Preset:
     """The Auto preset for a dataset (its manifest, or its fingerprint) on `device` within `budget_minutes`.
 
     `step_seconds` replaces the timing probe (tests, or a caller that already measured)."""
@@ -83,10 +83,12 @@ def auto_settings(source: dict, device: str = "auto", budget_minutes: float = 15
     reasons: dict[str, str] = {}
     _model(fp, kind, values, reasons)
     _image_size(fp, kind, budget_minutes, values, reasons)
+    _within_size_limit(fp, kind, limits, values, reasons)
     _batch(fp, kind, budget_minutes, values, reasons)
     timer = step_seconds or (lambda v, f: probe_step_seconds(v, f, device=kind))
     probe = _epochs(fp, kind, budget_minutes, values, reasons, timer)
     _augment(fp, budget_minutes, probe, values, reasons)
+    _within_epoch_limit(limits, values, reasons)
     _loss(fp, values, reasons)
     reasons["optimizer"] = "Adam adapts the step size per weight, so it needs no tuning to start well."
     reasons["lr"] = "0.001 is Adam's well-tried starting rate; the schedule lowers it as training goes on."
@@ -162,13 +164,39 @@ def _image_size(fp: dict, kind: str, budget: float, values: dict, reasons: dict)
         side = math.sqrt(fp["object_px"]) * size / stored
         why.append(f"the smallest structure stays about {side:.0f} px across (at least {MIN_STRUCTURE_PX} needed)")
     reasons["image_size"] = f"{size} px: " + "; ".join(why) + "."
-    if fp["task"] == "segmentation":
-        depth = 4 if size >= 96 else 3 if size >= 48 else 2
-        base = 32 if kind == "cuda" else 16
-        values["model_options"] = {"depth": depth, "base": base}
-        reasons["model_options"] = (f"Depth {depth}: at {size} px, {depth - 1} halvings leave a "
-                                    f"{size // 2 ** (depth - 1)}-px map deep down, wide enough context without "
-                                    f"losing small parts; width {base} suits the {kind.upper()}.")
+    _unet_shape(fp, kind, values, reasons)
+
+
+def _unet_shape(fp: dict, kind: str, values: dict, reasons: dict) -> None:
+    if fp["task"] != "segmentation":
+        return
+    size = values["image_size"]
+    depth = 4 if size >= 96 else 3 if size >= 48 else 2
+    base = 32 if kind == "cuda" else 16
+    values["model_options"] = {"depth": depth, "base": base}
+    reasons["model_options"] = (f"Depth {depth}: at {size} px, {depth - 1} halvings leave a "
+                                f"{size // 2 ** (depth - 1)}-px map deep down, wide enough context without "
+                                f"losing small parts; width {base} suits the {kind.upper()}.")
+
+
+def _within_size_limit(fp: dict, kind: str, limits: dict | None, values: dict, reasons: dict) -> None:
+    """An assignment's image-size limit (a student's run) caps the chosen size instead of refusing the run."""
+    most = (limits or {}).get("max_image_size")
+    if not most or values["image_size"] <= most:
+        return
+    values["image_size"] = max([s for s in SIZES if s <= most] or [most])
+    reasons["image_size"] += (f" Capped at {values['image_size']} px: assignment '{limits.get('assignment')}' "
+                              f"allows images up to {most} px.")
+    _unet_shape(fp, kind, values, reasons)
+
+
+def _within_epoch_limit(limits: dict | None, values: dict, reasons: dict) -> None:
+    """An assignment's epoch limit caps the planned epochs (the run then ends early, inside the budget)."""
+    most = (limits or {}).get("max_epochs")
+    if not most or values["epochs"] <= most:
+        return
+    values["epochs"] = most
+    reasons["epochs"] += f" Capped at {most}: assignment '{limits.get('assignment')}' allows no more epochs."
 
 
 def _batch(fp: dict, kind: str, budget: float, values: dict, reasons: dict) -> None:

@@ -14,9 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine.accounts import users
+from engine.accounts.actor import Actor
+from engine.classroom import assignments
+from engine.cli.main import main
 from engine.data.ingest import ingest
 from engine.data.manifest import load_manifest
 from engine.errors import UserError
+from engine.presets import auto
 from engine.presets.auto import auto_settings, probe_step_seconds
 
 
@@ -195,3 +200,31 @@ def test_cli_budget_without_a_preset_is_one_sentence(tiny_segmentation, lightbox
     proc = _cli("train", "--dataset", tiny_segmentation, "--budget-minutes", "5", home=lightbox_env)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "--budget-minutes goes with --preset auto" in proc.stderr
+
+
+def test_a_students_auto_preset_stays_within_the_assignments_limits(small_gray_segmentation, monkeypatch, capsys):
+    """Auto for a student fills settings the assignment accepts (capped, and said so) instead of ones it refuses."""
+    limits = {"assignment": "hw1", "max_epochs": 12, "max_image_size": 48}
+    free = auto_settings(small_gray_segmentation, device="cpu", budget_minutes=5, step_seconds=fast)
+    capped = auto_settings(small_gray_segmentation, device="cpu", budget_minutes=5, step_seconds=fast, limits=limits)
+    assert free.values["epochs"] > 12 and free.values["image_size"] > 48          # the limits bind here
+    assert (capped.values["epochs"], capped.values["image_size"]) == (12, 48)
+    assert capped.values["model_options"]["depth"] == 3                         # the U-Net fits the smaller size
+    assert "assignment 'hw1' allows no more epochs" in capped.reasons["epochs"]
+    assert "assignment 'hw1' allows images up to 48 px" in capped.reasons["image_size"]
+    _explained(capped)
+
+    prof, ana = Actor("prof", "instructor"), Actor("ana", "student")
+    users.add_user("prof", "instructor", "pw-prof-123")
+    users.add_user("ana", "student", "pw-ana-1234")
+    dataset_id = small_gray_segmentation["id"]
+    assignments.create_assignment(prof, dataset_id, "hw1", max_epochs=12, max_image_size=48)
+    assert assignments.preset_limits(ana, dataset_id) == limits
+    assert assignments.preset_limits(prof, dataset_id) is None and assignments.preset_limits(None, dataset_id) is None
+    monkeypatch.setattr(auto, "probe_step_seconds", lambda values, fp, **where: 0.05)
+    code = main(["submit", "--dataset", dataset_id, "--preset", "auto", "--budget-minutes", "5", "--as", "ana",
+                 "--json", "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 0, err                                   # queued, not refused by the limits it was given
+    preset = json.loads(out.strip().splitlines()[-1])["preset"]
+    assert (preset["values"]["epochs"], preset["values"]["image_size"]) == (12, 48)

@@ -142,6 +142,9 @@ class RunConfig:
     seed: int = _setting(0, "Random seed", "The same seed and settings give the same run.", "hardware",
                          low=0, high=2**31 - 1)
     device: str = _setting("auto", "Device", "Where to train.", "hardware", choices=DEVICES, titles=DEVICE_TITLES)
+    devices: int = _setting(1, "Devices", "Train one run on N devices at once (data-parallel: each takes a share of "
+                            "every batch). GPUs when the machine has several; on a CPU, N processes share the cores "
+                            "— for testing, rarely faster.", "hardware", low=1, high=8)
     amp: bool = _setting(True, "Mixed precision on GPU", "Faster GPU training in 16-bit floats (GPU only).",
                          "hardware")
     preview_samples: int = _setting(4, "Preview images", "Validation images drawn with predictions each epoch.",
@@ -159,6 +162,10 @@ class RunConfig:
             check_value(setting, getattr(self, setting.name))
         if self.task not in TASKS:
             raise UserError(f"Task must be one of {', '.join(TASKS)}, not '{self.task}'.")
+        if self.devices > 1 and self.batch_size < 2 * self.devices:     # BatchNorm: two images per device and step
+            raise UserError(f"Batch size {self.batch_size} is too small for {self.devices} devices: each takes a "
+                            f"share of every batch and needs at least 2 images; raise the batch size to at least "
+                            f"{2 * self.devices} or use fewer devices.")
         if self.monitor not in monitor_choices(self.task):
             raise UserError(f"'{self.monitor}' is not measured for {self.task}; "
                             f"choose one of {', '.join(monitor_choices(self.task))}.")

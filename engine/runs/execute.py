@@ -20,6 +20,7 @@ from engine.errors import UserError, one_line, shown
 from engine.models.checkpoints import load_checkpoint, write_failure
 from engine.runs import store
 from engine.runs.paths import run_dir
+from engine.training.distributed import new_trainer, release
 from engine.training.events import Events, Handler
 from engine.training.handlers import Checkpointer, PreviewRenderer, StoreLogger
 from engine.training.stops import RunCancelled, RunPruned, TrainingStopped
@@ -58,9 +59,10 @@ def execute_run(run_id: str, resume: bool = False, handlers: Sequence[Handler] =
     config = RunConfig.from_dict(run["config"])
     folder = run_dir(run["id"])
     store.update_run(run_id, cancel_requested=False, attempts=(run["attempts"] or 0) + 1)
+    trainer = None
     try:
         events = Events()
-        trainer = Trainer(config, folder, events)
+        trainer = new_trainer(config, folder, events, resume=resume)   # config.devices > 1: rank 0 of N processes
         start = 0
         last = folder / "last.pt"
         if resume and last.exists():
@@ -87,6 +89,8 @@ def execute_run(run_id: str, resume: bool = False, handlers: Sequence[Handler] =
         traceback.print_exc(file=sys.stderr)
         store.set_status(run_id, "failed", f"Unexpected error: {type(exc).__name__}: {one_line(exc, 300)}",
                          only_if=store.STARTED)
+    finally:
+        release(trainer)        # a run on several devices: its other processes end with it
     return store.get_run(run_id)
 
 

@@ -213,23 +213,33 @@ class Trainer:
         for epoch in range(start_epoch + 1, self.config.epochs + 1):
             started = time.perf_counter()
             train_metrics = self.train_epoch(epoch)
-            val_metrics = self.evaluate(self.val_images, self.val_targets)
-            self.state.epoch = epoch
-            self.state.last_metrics = val_metrics
-            self._track_best(val_metrics)
-            seconds = time.perf_counter() - started
-            self.state.train_seconds += seconds
-            self._check_time_limit(seconds)
-            self.events.emit(Event.EPOCH_END, trainer=self, epoch=epoch, train=train_metrics, val=val_metrics,
-                             seconds=seconds)
+            self.end_epoch(epoch, train_metrics, started)
             if self.state.should_stop:
                 break
         self.events.emit(Event.FIT_END, trainer=self)
         return self.state
 
+    def end_epoch(self, epoch: int, train_metrics: dict[str, float], started: float) -> None:
+        """Validation, the best epoch, the time limit, then EPOCH_END (a distributed run: on rank 0 only)."""
+        val_metrics = self.evaluate(self.val_images, self.val_targets)
+        self.state.epoch = epoch
+        self.state.last_metrics = val_metrics
+        self._track_best(val_metrics)
+        seconds = time.perf_counter() - started
+        self.state.train_seconds += seconds
+        self._check_time_limit(seconds)
+        self.events.emit(Event.EPOCH_END, trainer=self, epoch=epoch, train=train_metrics, val=val_metrics,
+                         seconds=seconds)
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The training images' order in an epoch, drawn from (seed, epoch) alone: every rank of a distributed run
+        draws the same one (each takes its share of every batch), and a resumed run the same as an unbroken one."""
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.train_images), generator=generator)
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
-        order = torch.randperm(len(self.train_images))
+        order = self.epoch_order(epoch)
         bs = self.config.batch_size
         meter = self.new_meter()
         losses: list[torch.Tensor] = []

@@ -28,6 +28,7 @@ CLI_VALUES = {
     "gamma": ("--gamma", "0.5", 0.5), "epochs": ("--epochs", "3", 3), "batch_size": ("--batch-size", "4", 4),
     "image_size": ("--image-size", "64", 64), "early_stopping": ("--early-stopping", "2", 2),
     "monitor": ("--monitor", "iou", "iou"), "seed": ("--seed", "7", 7), "device": ("--device", "cpu", "cpu"),
+    "devices": ("--devices", "2", 2),
     "amp": ("--no-amp", None, False), "preview_samples": ("--preview-samples", "2", 2),
     "folds": ("--folds", "5", 5), "fold": ("--fold", "2", 2),
     "train_fraction": ("--train-fraction", "0.25", 0.25),

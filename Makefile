@@ -42,7 +42,7 @@ $(VENV)/.ray-installed: $(VENV)/.installed requirements-ray.txt
 ray: $(VENV)/.ray-installed
 
 test-ray: $(VENV)/.dev-installed $(VENV)/.ray-installed
-	$(PY) -m pytest tests/unit/test_ray_executor.py -q
+	$(PY) -m pytest tests/unit/test_ray_executor.py tests/unit/test_ray_search.py -q
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache

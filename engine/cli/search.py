@@ -1,12 +1,16 @@
 """CLI for hyperparameter search: `python -m engine search --dataset ID --trials N [--timeout S]`;
 `search --study NAME` continues a study, `search --study NAME --stop` stops it (it stays resumable),
 `search --study NAME --show` prints its summary and trials, `search --list` the searches one may see.
-With `--as USER` the search is that user's: a student sees and acts on their own searches only."""
+With `--as USER` the search is that user's: a student sees and acts on their own searches only.
+With `--executor ray [--address ADDR] [--parallel K]` the trials run as Ray tasks, K at once across the cluster."""
 from __future__ import annotations
+
+import argparse
 
 from engine.data.manifest import load_manifest
 from engine.errors import UserError
 from engine.models.registry import DEFAULT_ARCH
+from engine.search import ray_search
 from engine.search import study as search
 
 
@@ -37,6 +41,14 @@ def register(add) -> None:
     p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: trials one after another in this process; ray: as Ray tasks across a cluster")
+    p.add_argument("--address", default=None, help="with --executor ray: the cluster (auto, or ray://HEAD:10001); "
+                   "without it a local Ray instance is started")
+    p.add_argument("--parallel", type=int, default=None,
+                   help="with --executor ray: trials at once (default: one per GPU, else one per CPU)")
+    p.add_argument("--at-most", type=int, default=None, help="run at most this many trials in this process")
+    p.add_argument("--since", type=float, default=None, help=argparse.SUPPRESS)   # a Ray search's start time
 
     p.set_defaults(handler=cmd_search)
 
@@ -54,8 +66,13 @@ def cmd_search(args) -> dict:
         return search.stop_search(args.study, actor=actor)
     if args.show:
         return {**search.summary(args.study, actor=actor), "trial_rows": search.trials_table(args.study, actor=actor)}
+    if args.executor != "ray" and (args.address or args.parallel is not None):
+        raise UserError(f"--{'address' if args.address else 'parallel'} is for a search on Ray; add --executor ray, "
+                        "or leave it out.")
+    if args.executor == "ray" and args.at_most is not None:
+        raise UserError("--at-most is for one search process; with --executor ray use --parallel for trials at once.")
     if args.study:
-        return search.run_search(args.study, n_trials=args.trials, timeout=args.timeout, joining=True, actor=actor)
+        return _run(args, args.study, joining=True)
     if not args.dataset:
         raise UserError("Give --dataset ID for a new search, or --study NAME to continue one.")
     archs = _csv(args.arch)
@@ -71,7 +88,15 @@ def cmd_search(args) -> dict:
                             n_trials=args.trials or 20, timeout=args.timeout, sampler=args.sampler,
                             pruner=args.pruner, seed=args.seed, name=args.name)
     name = search.create_study(spec, actor=actor)
-    return search.run_search(name, actor=actor)
+    return _run(args, name, joining=False)
+
+
+def _run(args, name: str, joining: bool) -> dict:
+    if args.executor == "ray":
+        return ray_search.run_search_on_ray(name, parallel=args.parallel, address=args.address, actor=args.actor,
+                                            n_trials=args.trials, timeout=args.timeout)
+    return search.run_search(name, n_trials=args.trials, timeout=args.timeout, joining=joining, actor=args.actor,
+                             at_most=args.at_most, since=args.since)
 
 
 def _default_arch(dataset_id: str) -> str:

@@ -73,9 +73,10 @@ def default_slots(cluster: dict, nodes: int) -> int:
     return max(1, int(cluster.get("GPU", 0)) or nodes)
 
 
-def _connect(ray, address: str | None, slots: int | None) -> bool:
-    """Connect to the cluster at `address`, or start a local Ray instance. Returns True when this call started or
-    connected Ray (and the worker shuts it down at its end); False when this process was already connected."""
+def connect(ray, address: str | None, slots: int | None) -> bool:
+    """Connect to the cluster at `address`, or start a local Ray instance with CPUs for `slots` tasks at once (the
+    worker's runs, a search's trials). Returns True when this call started or connected Ray (and the caller shuts
+    it down at its end); False when this process was already connected."""
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -257,7 +258,7 @@ def run_ray_worker(address: str | None = None, slots: int | None = None, until_i
     ray = import_ray()
     if slots is not None and slots < 1:
         raise UserError("--slots must be at least 1; leave it out for one run per GPU (or per node).")
-    owned = _connect(ray, address, slots)
+    owned = connect(ray, address, slots)
     try:
         return RayWorker(ray, slots, poll).run(until_idle)
     finally:

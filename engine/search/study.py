@@ -322,10 +322,13 @@ def run_trial(study: optuna.Study, spec: StudySpec) -> TrialState:
 
 
 def run_search(name: str, n_trials: int | None = None, timeout: float | None = None,
-               joining: bool = False, actor: Actor | None = None) -> dict[str, Any]:
+               joining: bool = False, actor: Actor | None = None, at_most: int | None = None,
+               since: float | None = None) -> dict[str, Any]:
     """Run trials of a study in this process until it has n_trials (counting other processes' too), the time
-    is up, the user stops the study (stop_search), or an assignment's limit refuses the owner's next run."""
-    since = time.time()
+    is up, the user stops the study (stop_search), or an assignment's limit refuses the owner's next run.
+    `at_most` bounds the trials this process runs (a Ray search's task runs one, engine.search.ray_search);
+    a stop after `since` (default: now) ends it, so a task started just after its search was stopped runs none."""
+    since = since or time.time()
     spec = check_access(actor, name, load_spec(name), "run")
     owner = _owner_actor(name, spec)
     study = load_study(name, spec, joining=joining)
@@ -333,8 +336,8 @@ def run_search(name: str, n_trials: int | None = None, timeout: float | None = N
         study.set_user_attr(LIMIT_REACHED, None)       # continued: the limit may have been raised since
     n_trials = n_trials or spec.n_trials
     timeout = timeout if timeout is not None else spec.timeout
-    started = time.monotonic()
-    while _active_count(study) < n_trials and not _stop_requested(study, since):
+    started, ran = time.monotonic(), 0
+    while _active_count(study) < n_trials and not _stop_requested(study, since) and ran != at_most:
         if timeout and time.monotonic() - started > timeout:
             break
         reason = _limit_reached(owner, spec)
@@ -345,6 +348,7 @@ def run_search(name: str, n_trials: int | None = None, timeout: float | None = N
             break
         fail_stale_trials(study)
         run_trial(study, spec)
+        ran += 1
     return summary(name, actor=actor)
 
 

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import pytest
+import ray_cluster
 from sqlalchemy import select
 
 from engine.cli.main import main
@@ -27,32 +26,11 @@ from engine.runs.paths import run_dir
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_head():
-    """A one-node Ray cluster on loopback (`ray start --head`, 2 CPUs), started and stopped here; this process
-    connects to it as a driver, and a `worker --executor ray --address` process can too."""
-    ray = pytest.importorskip("ray")
-    address = f"127.0.0.1:{_free_port()}"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    head = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-                             "--node-ip-address", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
-                             "--ray-client-server-port", str(_free_port()), "--num-cpus", "2",
-                             "--include-dashboard", "false", "--disable-usage-stats"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        warnings.filterwarnings("ignore", message="Tip: In future versions of Ray")
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    """A one-node Ray cluster on loopback with 2 CPUs (ray_cluster.ray_head), for this module's tests."""
+    with ray_cluster.ray_head(num_cpus=2) as address:
         yield address
-    finally:
-        ray.shutdown()
-        head.terminate()                # --block: the head's processes end with it
-        head.wait(timeout=60)
 
 
 def _config(dataset_id: str, **overrides) -> RunConfig:

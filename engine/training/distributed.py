@@ -62,8 +62,8 @@ def check_devices(config: RunConfig) -> torch.device:
     device = pick_device(config.device)
     if device.type == "cuda" and config.devices > torch.cuda.device_count():
         n = torch.cuda.device_count()
-        raise UserError(f"This run asks for {config.devices} GPUs and this machine has {n}; set Devices to at most "
-                        f"{n}.")
+        raise UserError(f"This run asks for {config.devices} GPUs and {n} {'is' if n == 1 else 'are'} available to "
+                        f"it here; set Devices to at most {n}.")
     return device
 
 

@@ -88,9 +88,11 @@ def connect(ray, address: str | None, slots: int | None) -> bool:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")
         else:
             # as many CPUs as runs may train at once (each task asks for one, a GPU run too), and no more: Ray
-            # starts no worker processes it would not use
-            ray.init(num_cpus=max(1, slots or 1, gpu_count()), include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR")
+            # starts no worker processes it would not use. address="local": a new instance, even where a `ray
+            # start` left its address file behind (plain init would try that cluster, dead or not, and refuse
+            # num_cpus).
+            ray.init(address="local", num_cpus=max(1, slots or 1, gpu_count()), include_dashboard=False,
+                     log_to_driver=False, logging_level="ERROR")
     except ConnectionError:
         raise UserError(f"No Ray cluster answered at '{shown(address or 'local')}'; start one with `ray start "
                         "--head` on the head node, or check --address.") from None

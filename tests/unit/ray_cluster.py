@@ -10,6 +10,7 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,7 @@ def free_port() -> int:
 def ray_head(num_cpus: int) -> Iterator[str]:
     """The cluster's address while it runs; the test process is connected to it as a driver meanwhile."""
     ray = pytest.importorskip("ray")
+    from ray._common.utils import get_ray_address_file
     address = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     head = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
@@ -39,3 +41,7 @@ def ray_head(num_cpus: int) -> Iterator[str]:
         ray.shutdown()
         head.terminate()                # --block: the head's processes end with it
         head.wait(timeout=60)
+        # `ray start` wrote its address for later plain ray.init() calls on this machine: gone with the head.
+        current = Path(get_ray_address_file(None))
+        if current.is_file() and current.read_text().strip() == address:
+            current.unlink()

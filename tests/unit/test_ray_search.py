@@ -157,6 +157,20 @@ def test_a_lost_task_fails_its_trial_and_the_search_runs_it_again(ray_head, tiny
     assert result["summary"]["states"]["complete"] == 2
 
 
+def test_without_an_address_a_search_starts_its_own_ray(tiny_classification, one_thread):
+    """A local instance even where this machine names another cluster (RAY_ADDRESS, or the address file a
+    `ray start` leaves behind): here a dead one, which a plain ray.init() would try and fail on."""
+    pytest.importorskip("ray")
+    name = _study(tiny_classification, n_trials=1, epochs=1)
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{ray_cluster.free_port()}"}
+    done = subprocess.run([sys.executable, "-m", "engine", "search", "--study", name, "--executor", "ray",
+                           "--quiet", "--json"], capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["parallel"] == 1 and result["states"]["complete"] == 1       # one trial left: one at once
+    assert [r["status"] for r in store.list_runs(study=name)] == ["done"]
+
+
 def test_ray_options_without_the_ray_executor_are_refused_in_one_line(lightbox_env, capsys):
     assert main(["search", "--study", "any", "--parallel", "2"]) == 2
     assert capsys.readouterr().err.strip() == ("error: --parallel is for a search on Ray; add --executor ray, or "

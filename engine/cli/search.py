@@ -6,7 +6,11 @@ With `--executor ray [--address ADDR] [--parallel K]` the trials run as Ray task
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
 
+from engine.cli.common import finite
 from engine.data.manifest import load_manifest
 from engine.errors import UserError
 from engine.models.registry import DEFAULT_ARCH
@@ -95,8 +99,15 @@ def _run(args, name: str, joining: bool) -> dict:
     if args.executor == "ray":
         return ray_search.run_search_on_ray(name, parallel=args.parallel, address=args.address, actor=args.actor,
                                             n_trials=args.trials, timeout=args.timeout)
-    return search.run_search(name, n_trials=args.trials, timeout=args.timeout, joining=joining, actor=args.actor,
-                             at_most=args.at_most, since=args.since)
+    result = search.run_search(name, n_trials=args.trials, timeout=args.timeout, joining=joining, actor=args.actor,
+                               at_most=args.at_most, since=args.since)
+    if args.since is not None:
+        # A Ray search's trial process (engine.search.ray_trial), as `run-job`: its trial is in the store and the
+        # study already; skipping interpreter teardown (seconds with torch loaded on a busy node) frees its task.
+        print(json.dumps(finite(result), default=str), flush=True)
+        sys.stderr.flush()
+        os._exit(0)
+    return result
 
 
 def _default_arch(dataset_id: str) -> str:

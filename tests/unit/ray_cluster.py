@@ -41,7 +41,8 @@ def ray_head(num_cpus: int) -> Iterator[str]:
         ray.shutdown()
         head.terminate()                # --block: the head's processes end with it
         head.wait(timeout=60)
-        # `ray start` wrote its address for later plain ray.init() calls on this machine: gone with the head.
+        # `ray start` wrote its address (this machine's IP, our port) for later plain ray.init() calls on this
+        # machine: gone with the head.
         current = Path(get_ray_address_file(None))
-        if current.is_file() and current.read_text().strip() == address:
+        if current.is_file() and current.read_text().strip().endswith(address[address.rindex(":"):]):
             current.unlink()

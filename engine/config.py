@@ -125,8 +125,8 @@ class RunConfig:
                                          steps=(0.0, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 240.0, 480.0),
                                          teach="Epochs set how long a run may train; a time limit makes sure it "
                                                "ends on time on a busy machine.")
-    monitor: str = _setting("", "Best epoch by", "The validation metric that picks the best epoch; empty = the "
-                            "task's default.", "length", choices_from="metrics")
+    monitor: str = _setting("", "Best epoch by", "The validation metric that picks the best epoch (on a tie, the "
+                            "epoch with the lower validation loss); empty = the task's default.", "length", choices_from="metrics")
     folds: int = _setting(0, "Cross-validation folds", "0 = one train/validation split; K ≥ 2 trains K runs, "
                           "each validating on a different K-th of the patients.", "validation", low=0, high=20,
                           teach="With few patients one validation split is a lottery; K folds give a mean and a "

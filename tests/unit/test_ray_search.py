@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +21,10 @@ import pytest
 import ray_cluster
 from optuna.trial import TrialState
 
+from engine.accounts import users
+from engine.classroom import assignments
 from engine.cli.main import main
+from engine.errors import UserError
 from engine.runs import store
 from engine.search import ray_search
 from engine.search import study as search
@@ -155,6 +159,39 @@ def test_a_lost_task_fails_its_trial_and_the_search_runs_it_again(ray_head, tiny
     retry = next(t for t in trials if t.user_attrs.get("retry_of") == 0)
     assert retry.params == trials[0].params                   # run again with the lost trial's point
     assert result["summary"]["states"]["complete"] == 2
+
+
+def test_a_students_search_on_ray_stops_at_the_assignments_limit(ray_head, tiny_classification, one_thread):
+    for name, role in (("alice", "student"), ("prof", "instructor")):
+        users.add_user(name, role, f"{name} has a long password")
+    alice, prof = users.get_actor("alice"), users.get_actor("prof")
+    assignments.create_assignment(prof, tiny_classification, "Week 1", runs_per_student=2)
+    spec = search.StudySpec(dataset_id=tiny_classification, base=BASE | {"epochs": 1}, n_trials=4, sampler="random",
+                            pruner="none", space=search.SearchSpace(lr=(1e-3, 1e-2), batch_sizes=[8]))
+    name = search.create_study(spec, actor=alice)
+    result = ray_search.run_search_on_ray(name, parallel=2, actor=alice, poll=0.2)
+    runs = store.list_runs(study=name)
+    assert len(runs) == 2 and {r["owner"] for r in runs} == {"alice"}
+    assert result["trials"] == 2 and result["states"]["complete"] == 2
+    reason = "You have used all 2 runs that assignment 'Week 1' allows; hand in one of your runs."
+    assert result[search.LIMIT_REACHED] == reason == search.summary(name)[search.LIMIT_REACHED]
+    # Each trial process appends its summary to the search's log: the driver started no more once refused
+    # (two with trials, then at most one refused per slot).
+    summaries = [line for line in search.process_files(name)[0].read_text().splitlines() if line.startswith("{")]
+    assert 3 <= len(summaries) <= 4
+
+
+def test_a_trial_process_refused_ends_the_search_in_one_sentence(ray_head, tiny_classification):
+    users.add_user("alice", "student", "alice has a long password")
+    spec = search.StudySpec(dataset_id=tiny_classification, base=dict(BASE), n_trials=2, name="old sweep")
+    name = search.create_study(spec, actor=users.get_actor("alice"))
+    users.remove_user("alice")
+    with pytest.raises(UserError) as refused:
+        ray_search.run_search_on_ray(name, parallel=2, poll=0.2)
+    assert str(refused.value) == (
+        "A trial of search 'old sweep' on node " + socket.gethostname() + " failed: Search 'old sweep' belongs to "
+        "'alice', who no longer has an account, so it runs no more trials; start a new search instead.")
+    assert store.list_runs(study=name) == []
 
 
 def test_without_an_address_a_search_starts_its_own_ray(tiny_classification, one_thread):

@@ -60,25 +60,41 @@ def cardiac(out: Path, n: int, size: int, seed: int, change=None) -> None:
         _save(out / "masks" / f"case_{i:03d}.png", mask * 255)
 
 
+def nodule_image(rng, size: int, nodules: int | None, radius: tuple[float, float] = (2.0, 4.0)):
+    """Small bright nodules (None: 1–3) on a textured background with dark distractor blobs; (image, mask)."""
+    y, x = np.mgrid[0:size, 0:size]
+    field = ndimage.gaussian_filter(rng.standard_normal((size, size)), 3)
+    image = 0.35 + 0.08 * field / (field.std() + 1e-8)
+    mask = np.zeros((size, size), np.uint8)
+    for _ in range(rng.integers(1, 4) if nodules is None else nodules):
+        cy, cx, r = rng.uniform(8, size - 8), rng.uniform(8, size - 8), rng.uniform(*radius)
+        disk = (y - cy) ** 2 + (x - cx) ** 2 <= r * r
+        image[disk] += 0.22
+        mask[disk] = 1
+    for _ in range(rng.integers(2, 5)):
+        cy, cx, r = rng.uniform(8, size - 8), rng.uniform(8, size - 8), rng.uniform(3.0, 6.0)
+        image[(y - cy) ** 2 + (x - cx) ** 2 <= r * r] -= 0.15
+    image = ndimage.gaussian_filter(image, 0.7) + 0.03 * rng.standard_normal((size, size))
+    return image, mask
+
+
 def small_structures(out: Path, n: int, size: int, seed: int) -> None:
     """1–3 small bright nodules (radius 2–4 px) on a textured background with dark distractor blobs."""
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size]
     for i in range(n):
-        field = ndimage.gaussian_filter(rng.standard_normal((size, size)), 3)
-        image = 0.35 + 0.08 * field / (field.std() + 1e-8)
-        mask = np.zeros((size, size), np.uint8)
-        for _ in range(rng.integers(1, 4)):
-            cy, cx, r = rng.uniform(8, size - 8), rng.uniform(8, size - 8), rng.uniform(2.0, 4.0)
-            disk = (y - cy) ** 2 + (x - cx) ** 2 <= r * r
-            image[disk] += 0.22
-            mask[disk] = 1
-        for _ in range(rng.integers(2, 5)):
-            cy, cx, r = rng.uniform(8, size - 8), rng.uniform(8, size - 8), rng.uniform(3.0, 6.0)
-            image[(y - cy) ** 2 + (x - cx) ** 2 <= r * r] -= 0.15
-        image = ndimage.gaussian_filter(image, 0.7) + 0.03 * rng.standard_normal((size, size))
+        image, mask = nodule_image(rng, size, None)
         _save(out / "images" / f"case_{i:03d}.png", _u8(image))
         _save(out / "masks" / f"case_{i:03d}.png", mask * 255)
+
+
+def small_lesions(out: Path, counts: dict[str, int], size: int, seed: int) -> None:
+    """Classification decided by a small object: 'nodule' images hold one or two bright nodules of radius 3–5 px,
+    'normal' ones none; both have the same texture and dark distractors."""
+    rng = np.random.default_rng(seed)
+    for kind, count in counts.items():
+        for k in range(count):
+            image, _ = nodule_image(rng, size, int(rng.integers(1, 3)) if kind == "nodule" else 0, (3.0, 5.0))
+            _save(out / kind / f"{kind}_{k:03d}.png", _u8(image))
 
 
 def xrays(out: Path, counts: dict[str, int], size: int, seed: int, change=None) -> None:
@@ -116,6 +132,8 @@ DATASETS = {   # name: (task, builder(out, seed offset))
                          lambda o, s: xrays(o, {"chest": 60, "abdomen": 60}, 128, 4 + s, low_contrast)),
     "cls-two-sources": ("classification", lambda o, s: xrays(o, {"chest": 60, "abdomen": 60}, 128, 5 + s, two_sources)),
     "cls-imbalanced-9to1": ("classification", lambda o, s: xrays(o, {"chest": 162, "abdomen": 18}, 128, 6 + s)),
+    "cls-small-lesion-2to1": ("classification",
+                              lambda o, s: small_lesions(o, {"normal": 120, "nodule": 60}, 128, 7 + s)),
 }
 
 

@@ -93,18 +93,17 @@ class DistributedTrainer(Trainer):
             check_config(config)            # a refused run starts no process
         kind = check_devices(config).type
         self.backend = "nccl" if kind == "cuda" else "gloo"
-        if kind == "cuda":
-            torch.cuda.set_device(rank)
-        else:
-            torch.set_num_threads(max(1, self.threads // self.world))      # N processes share the cores
-            if sys.platform == "linux":
-                os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")           # all ranks are on this machine
-        if rank == 0:
-            group_store = dist.TCPStore(HOST, 0, self.world, is_master=True, wait_for_workers=False,
-                                        timeout=timedelta(seconds=READY_SECONDS))
         self.group_store = group_store
         try:
+            if kind == "cuda":
+                torch.cuda.set_device(rank)
+            else:
+                torch.set_num_threads(max(1, self.threads // self.world))      # N processes share the cores
+                if sys.platform == "linux":
+                    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")           # all ranks are on this machine
             if rank == 0:
+                self.group_store = dist.TCPStore(HOST, 0, self.world, is_master=True, wait_for_workers=False,
+                                                 timeout=timedelta(seconds=READY_SECONDS))
                 self._start_helpers(config, Path(run_dir), resume)
             super().__init__(config, run_dir, events)
             if rank == 0:

@@ -153,6 +153,7 @@ def length_and_hardware(arch: str, task: str, headline: str) -> dict:
     out["amp"] = s.widget("amp", FORM, where=cols[3])
     with st.expander("More"):
         out["preview_samples"] = s.widget("preview_samples", FORM)
+        out["devices"] = s.widget("devices", FORM)     # N GPUs, or N CPU processes (for testing)
     return out
 
 

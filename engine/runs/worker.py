@@ -64,10 +64,20 @@ def _die_with_parent() -> None:
         pass
 
 
-def _spawn(claim: Claim, gpu: int | None) -> subprocess.Popen:
+def visible_gpus(run_id: str, slot: int, gpus: int) -> str | None:
+    """CUDA_VISIBLE_DEVICES for a run's process: its slot's GPU; a run on N devices (RunConfig.devices) sees N,
+    starting at its slot's (other slots may share them: the worker counts runs, not GPUs)."""
+    if not gpus:
+        return None
+    config = (store.get_run(run_id) or {}).get("config") or {}
+    wanted = min(gpus, max(1, int(config.get("devices") or 1)))
+    return ",".join(str((slot + i) % gpus) for i in range(wanted))
+
+
+def _spawn(claim: Claim, gpus: str | None) -> subprocess.Popen:
     env = os.environ.copy()
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpus
     folder = run_dir(claim.run_id)
     folder.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "engine", "run-job", claim.run_id] + (["--resume"] if claim.resume else [])
@@ -104,7 +114,7 @@ def run_worker(slots: int | None = None, until_idle: bool = False, poll: float =
                 if claim is None:
                     break
                 try:
-                    children[slot] = (_spawn(claim, slot % gpus if gpus else None), claim)
+                    children[slot] = (_spawn(claim, visible_gpus(claim.run_id, slot, gpus)), claim)
                 except OSError as exc:      # its folder cannot be written: that run fails, the worker goes on
                     _spawn_failed(claim, exc)
             if until_idle and not children and not queue.queued_jobs():

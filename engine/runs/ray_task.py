@@ -34,8 +34,11 @@ def run_job_process(run_id: str, resume: bool) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "engine", "run-job", run_id] + (["--resume"] if resume else [])
     hook = _die_with_parent_hook()
+    # Ray pins a task that asks for one CPU to one OpenMP thread; the run trains like the embedded worker's
+    # children, with every core of its node (the worker keeps one CPU run per node unless --slots says more)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     with open(folder / "train.log", "ab") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 cwd=os.environ.get("LIGHTBOX_CODE", str(REPO_ROOT)),
                                 preexec_fn=hook)  # noqa: PLW1509 - one prctl call, libc loaded before the fork
     try:

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from engine.cli.main import main
 from engine.config import RunConfig
-from engine.runs import lifecycle, queue, ray_executor, store, submit
+from engine.runs import lifecycle, queue, ray_executor, ray_task, store, submit
 from engine.runs.paths import run_dir
 
 pytestmark = pytest.mark.slow
@@ -201,3 +201,24 @@ def test_without_ray_the_worker_says_how_to_add_it_in_one_line(lightbox_env, mon
 def test_address_without_the_ray_executor_is_refused(lightbox_env, capsys):
     assert main(["worker", "--address", "auto", "--until-idle"]) == 2
     assert "--executor ray" in capsys.readouterr().err
+
+
+def test_a_runs_process_on_ray_trains_with_every_core_of_its_node(lightbox_env, monkeypatch):
+    """Ray pins a one-CPU task to one OpenMP thread; the run's own process must not inherit that (it trained on one
+    thread of the node, while the embedded worker's children use them all)."""
+    seen = {}
+
+    class Finished:
+        def __init__(self, args, env=None, **_):
+            seen["env"] = env
+
+        def wait(self):
+            return 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(ray_task.subprocess, "Popen", Finished)
+    assert ray_task.run_job_process("1130-000000-00000000", resume=False)["exit_code"] == 0
+    assert "OMP_NUM_THREADS" not in seen["env"] and seen["env"]["LIGHTBOX_HOME"] == os.environ["LIGHTBOX_HOME"]

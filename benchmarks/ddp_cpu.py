@@ -22,9 +22,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("LIGHTBOX_HOME", tempfile.mkdtemp(prefix="lightbox-ddp-bench-"))
 os.environ.setdefault("LIGHTBOX_NO_AUTOWORKER", "1")
 
-from engine.data import demo                 # noqa: E402
-from engine.data.ingest import ingest        # noqa: E402
-from engine.runs import store                # noqa: E402
+from engine.data import demo
+from engine.data.ingest import ingest
+from engine.runs import store
 
 SETTINGS = ["--arch", "unet", "--image-size", "64", "--batch-size", "16", "--epochs", "3", "--seed", "0",
             "--preview-samples", "0", "--device", "cpu"]
@@ -34,7 +34,7 @@ def arm(dataset_id: str, devices: int, threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     started = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "engine", "train", "--dataset", dataset_id, *SETTINGS,
-                          "--devices", str(devices), "--json", "--quiet"], env=env, capture_output=True, text=True)
+                          "--devices", str(devices), "--json", "--quiet"], env=env, capture_output=True, text=True, check=True)
     wall = time.monotonic() - started
     result = json.loads(out.stdout.strip().splitlines()[-1])
     metrics = store.get_metrics(result["run_id"])

@@ -27,6 +27,7 @@ SIZE_CAP = {"cpu": ((5, 64), (15, 96), (60, 128), (math.inf, 192)),
 MIN_STRUCTURE_PX = 6                # the smallest structure keeps at least this many pixels across
 MIN_EPOCHS = 8                      # fewer affordable passes than this: step the image size down ...
 SEGMENTATION_FLOOR = 64             # ... but outlines keep at least this many pixels (Dice fell at 48 px)
+CLASSIFICATION_FLOOR = 128          # ... and a class decided by a small finding keeps it (benchmarks/auto.md)
 AUGMENT_EPOCHS = 12                 # augmentation pays off only when the network sees the data many times
 SMALL_DATA = 2000                   # training images below which augmentation is on
 SMALL_FOREGROUND = 0.05             # foreground share below which the Dice part of the loss matters most
@@ -89,6 +90,7 @@ def auto_settings(source: dict, device: str = "auto", budget_minutes: float = 15
     probe = _epochs(fp, kind, budget_minutes, values, reasons, timer)
     _augment(fp, budget_minutes, probe, values, reasons)
     _within_epoch_limit(limits, values, reasons)
+    probe["most_epochs"] = min(300, (limits or {}).get("max_epochs") or 300)   # what a re-plan may extend to
     _loss(fp, values, reasons)
     reasons["optimizer"] = "Adam adapts the step size per weight, so it needs no tuning to start well."
     reasons["lr"] = "0.001 is Adam's well-tried starting rate; the schedule lowers it as training goes on."
@@ -100,6 +102,8 @@ def auto_settings(source: dict, device: str = "auto", budget_minutes: float = 15
                                  "never fewer than 10: a small validation set's score moves by chance, and with "
                                  "the cosine schedule the best epochs tend to come late). The best epoch is kept "
                                  "either way.")
+    reasons["epochs"] += (" After its second epoch the run times itself and takes more epochs if the probe "
+                          "was pessimistic (a busy machine), so the budget is not left unused.")
     values["time_limit_minutes"] = float(budget_minutes)
     reasons["time_limit_minutes"] = (f"Training stops after the last epoch that fits in {budget_minutes:g} minutes, "
                                      "so a busy machine cannot stretch the budget (the epochs come from a timing "
@@ -152,6 +156,9 @@ def _image_size(fp: dict, kind: str, budget: float, values: dict, reasons: dict)
     cap = next(px for minutes, px in SIZE_CAP[kind] if budget <= minutes)
     native = max([s for s in SIZES if s <= stored] or [SIZES[0]])
     need = _needed_size(fp)
+    afforded = cap
+    if fp["task"] == "classification":
+        cap = max(cap, CLASSIFICATION_FLOOR)
     size = min(cap, native)
     if need > size:
         size = min([s for s in SIZES if s >= need] or [SIZES[-1]])
@@ -163,6 +170,10 @@ def _image_size(fp: dict, kind: str, budget: float, values: dict, reasons: dict)
     if need:
         side = math.sqrt(fp["object_px"]) * size / stored
         why.append(f"the smallest structure stays about {side:.0f} px across (at least {MIN_STRUCTURE_PX} needed)")
+    if afforded < size:
+        why.append(f"a {budget:g}-minute budget alone would give {afforded} px on the {kind.upper()}, but a class is "
+                   f"never shrunk below {CLASSIFICATION_FLOOR} px: what decides a medical image's class is often "
+                   "small (a nodule, a fracture line), and a smaller image erases it")
     reasons["image_size"] = f"{size} px: " + "; ".join(why) + "."
     _unet_shape(fp, kind, values, reasons)
 
@@ -220,7 +231,7 @@ def _epochs(fp: dict, kind: str, budget: float, values: dict, reasons: dict, tim
     probe = {"seconds_per_step": seconds, "image_size": values["image_size"], "batch_size": values["batch_size"],
              "augment_seconds_per_image": augment_cost, "device": kind}
     stored = int(fp["size"]["stored_side"]["median"])
-    least = min(SEGMENTATION_FLOOR, stored) if fp["task"] == "segmentation" else SIZES[0]
+    least = min(SEGMENTATION_FLOOR if fp["task"] == "segmentation" else CLASSIFICATION_FLOOR, stored)
     floor = max(_needed_size(fp), least)
     while True:
         epochs = int(TIME_SHARE * budget * 60 / _epoch_seconds(fp, values, seconds))

@@ -22,7 +22,7 @@ from engine.runs import store
 from engine.runs.paths import run_dir
 from engine.training.distributed import new_trainer, release
 from engine.training.events import Events, Handler
-from engine.training.handlers import Checkpointer, PreviewRenderer, StoreLogger
+from engine.training.handlers import Checkpointer, EpochReplanner, PreviewRenderer, StoreLogger
 from engine.training.stops import RunCancelled, RunPruned, TrainingStopped
 from engine.training.trainer import Trainer
 
@@ -68,7 +68,9 @@ def execute_run(run_id: str, resume: bool = False, handlers: Sequence[Handler] =
         if resume and last.exists():
             start = trainer.restore(last)
         store.delete_metrics_after(run_id, start)
-        for handler in (StoreLogger(run_id), Checkpointer(), PreviewRenderer(config.preview_samples), *handlers):
+        replanner = EpochReplanner(lambda epochs, note: store.replan_epochs(run_id, epochs, note))
+        for handler in (StoreLogger(run_id), replanner, Checkpointer(), PreviewRenderer(config.preview_samples),
+                        *handlers):
             handler.attach(events)
         store.update_run(run_id, epoch=start)
         state = trainer.fit(start_epoch=start)

@@ -306,6 +306,18 @@ def list_runs(status: Iterable[str] | None = None, limit: int = 500, study: str 
         return [_row(r) for r in conn.execute(query)]
 
 
+def replan_epochs(run_id: str, epochs: int, note: dict) -> None:
+    """An Auto run re-planned its epochs (engine.training.handlers.replan): the stored settings say so, so the
+    Monitor's progress, a resume and the run's record use the new length."""
+    config = require_run(run_id)["config"]
+    config["epochs"] = epochs
+    preset = config.get("preset") or {}
+    if preset:
+        preset.setdefault("values", {})["epochs"] = epochs
+        preset["replanned"] = note
+    update_run(run_id, epochs=epochs, config=json.dumps(config))
+
+
 def update_run(run_id: str, **values: Any) -> None:
     for key in ("best", "test"):
         if key in values and not isinstance(values[key], (str, type(None))):

@@ -210,7 +210,9 @@ class Trainer:
     # ---- loop -----------------------------------------------------------------------------------------
     def fit(self, start_epoch: int = 0) -> TrainState:
         self.events.emit(Event.FIT_START, trainer=self)
-        for epoch in range(start_epoch + 1, self.config.epochs + 1):
+        epoch = start_epoch
+        while epoch < self.config.epochs:           # a re-plan (extend_epochs) may lengthen the run on the way
+            epoch += 1
             started = time.perf_counter()
             train_metrics = self.train_epoch(epoch)
             self.end_epoch(epoch, train_metrics, started)
@@ -218,6 +220,14 @@ class Trainer:
                 break
         self.events.emit(Event.FIT_END, trainer=self)
         return self.state
+
+    def extend_epochs(self, epochs: int) -> None:
+        """Train to `epochs` instead (handlers/replan.py): the schedule is rebuilt for the new length and moved to
+        the current step, so a cosine schedule still reaches zero on the last epoch."""
+        self.config.epochs = epochs
+        self.scheduler = build_scheduler(self.config, self.optimizer, self.steps_per_epoch)
+        self.scheduler.last_epoch = self.state.step - 1
+        self.scheduler.step()
 
     def end_epoch(self, epoch: int, train_metrics: dict[str, float], started: float) -> None:
         """Validation, the best epoch, the time limit, then EPOCH_END (a distributed run: on rank 0 only)."""

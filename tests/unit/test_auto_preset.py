@@ -121,7 +121,8 @@ def test_large_rgb_classification(tmp_path, monkeypatch):
     _explained(cpu)
     short = auto_settings(copy.deepcopy(LARGE_RGB), device="cpu", budget_minutes=15, step_seconds=fast)
     assert short.values["batch_size"] == 8                      # more updates in a short budget on a CPU
-    assert short.values["image_size"] == 64 and "Stepped down to 64 px" in short.reasons["image_size"]
+    assert short.values["image_size"] == 128 and "Stepped down" not in short.reasons["image_size"]
+    assert "never shrunk below 128 px" in short.reasons["image_size"]      # a small finding must stay visible
     gpu = auto_settings(copy.deepcopy(LARGE_RGB), device="cuda", budget_minutes=15, step_seconds=fast)
     assert (gpu.values["image_size"], gpu.values["batch_size"]) == (256, 32)
     cache = tmp_path / "torch" / "hub" / "checkpoints"

@@ -1,0 +1,55 @@
+"""An Auto run re-plans its epochs after the second one when the timing probe was pessimistic: it takes the epochs
+that fill its time limit (within the preset's cap), the cosine schedule still ends at zero on the new last epoch,
+and the stored run says so. Runs without the Auto preset, or whose plan already fills the budget, are unchanged."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from engine.config import RunConfig
+from engine.runs import execute, store
+from engine.runs.paths import run_dir
+from engine.runs.submit import create_run
+
+
+def _auto(dataset_id: str, epochs: int = 3, most: int = 7, minutes: float = 10.0, **overrides) -> RunConfig:
+    preset = {"name": "auto", "budget_minutes": minutes, "values": {"epochs": epochs}, "reasons": {},
+              "probe": {"most_epochs": most}, "overridden": []}
+    base = {"dataset_id": dataset_id, "arch": "lenet5", "epochs": epochs, "batch_size": 8, "image_size": 32,
+            "preview_samples": 0, "schedule": "cosine", "time_limit_minutes": minutes, "preset": preset}
+    return RunConfig(**{**base, **overrides})
+
+
+def test_a_pessimistic_plan_is_extended_to_fill_the_budget(tiny_classification):
+    run_id = create_run(_auto(tiny_classification), status="starting")
+    run = execute.run_job(run_id)
+    assert run["status"] == "done" and run["epoch"] == 7 and run["epochs"] == 7      # 3 planned; the cap is 7
+    assert run["config"]["epochs"] == 7 and run["config"]["preset"]["values"]["epochs"] == 7
+    note = run["config"]["preset"]["replanned"]
+    assert (note["after_epoch"], note["from_epochs"], note["to_epochs"]) == (2, 3, 7) and note["epoch_seconds"] > 0
+    lrs = [m["value"] for m in store.get_metrics(run_id) if m["name"] == "lr"]
+    assert len(lrs) == 7 and lrs[-1] == pytest.approx(0.0, abs=1e-9)                # cosine ends on the new last
+    assert lrs[2] > 0.5 * run["config"]["lr"]          # stretched: epoch 3 of 7 is not epoch 3 of 3's near-zero
+    last = torch.load(run_dir(run_id) / "last.pt", weights_only=False)
+    assert last["config"]["epochs"] == 7                                           # a resume trains to 7
+
+
+@pytest.mark.parametrize("change", [{"preset": {}}, {"time_limit_minutes": 0.0}, {"schedule": "onecycle"}])
+def test_runs_without_the_auto_preset_or_a_time_limit_keep_their_epochs(tiny_classification, change):
+    run = execute.run_job(create_run(_auto(tiny_classification, **change), status="starting"))
+    assert run["status"] == "done" and run["epoch"] == 3 and run["epochs"] == 3
+    assert "replanned" not in (run["config"]["preset"] or {})
+
+
+def test_a_plan_that_fills_the_budget_is_left_alone(tiny_classification):
+    # 3 epochs of ~0.1-1 s in a 0.001-minute (0.06 s) budget: the time limit, not the re-plan, decides
+    run = execute.run_job(create_run(_auto(tiny_classification, minutes=0.001), status="starting"))
+    assert run["epochs"] == 3 and "replanned" not in run["config"]["preset"]
+
+
+def test_the_cap_is_the_assignments_when_auto_was_capped(tiny_classification):
+    run = execute.run_job(create_run(_auto(tiny_classification, most=4), status="starting"))
+    assert run["epoch"] == 4 and run["config"]["preset"]["replanned"]["to_epochs"] == 4
+    assert not math.isnan(run["best_value"])

@@ -36,8 +36,15 @@ def test_a_pessimistic_plan_is_extended_to_fill_the_budget(tiny_classification):
     assert last["config"]["epochs"] == 7                                           # a resume trains to 7
 
 
-@pytest.mark.parametrize("change", [{"preset": {}}, {"time_limit_minutes": 0.0}, {"schedule": "onecycle"}])
+def _user_set_epochs(dataset_id: str) -> dict:
+    preset = _auto(dataset_id).preset
+    return {"preset": {**preset, "overridden": ["epochs"]}}
+
+
+@pytest.mark.parametrize("change", [{"preset": {}}, {"time_limit_minutes": 0.0}, {"schedule": "onecycle"}, "user"])
 def test_runs_without_the_auto_preset_or_a_time_limit_keep_their_epochs(tiny_classification, change):
+    if change == "user":                  # Auto, then the user typed the epochs: 3 means 3
+        change = _user_set_epochs(tiny_classification)
     run = execute.run_job(create_run(_auto(tiny_classification, **change), status="starting"))
     assert run["status"] == "done" and run["epoch"] == 3 and run["epochs"] == 3
     assert "replanned" not in (run["config"]["preset"] or {})

@@ -21,10 +21,12 @@ Persist = Callable[[int, dict], None]      # (new epochs, what was measured) -> 
 
 
 def replans(config) -> bool:
-    """Only a single-device Auto run with a time limit and a schedule that can be stretched."""
+    """Only a single-device Auto run with a time limit and a schedule that can be stretched, whose epochs (and
+    time limit) are still the preset's: epochs the user set are the user's."""
     preset = config.preset or {}
-    return (preset.get("name") == "auto" and config.time_limit_minutes > 0 and config.devices == 1
-            and config.schedule != "onecycle")
+    chosen_by_user = set(preset.get("overridden") or ()) & {"epochs", "time_limit_minutes", "schedule"}
+    return (preset.get("name") == "auto" and not chosen_by_user and config.time_limit_minutes > 0
+            and config.devices == 1 and config.schedule != "onecycle")
 
 
 class EpochReplanner:

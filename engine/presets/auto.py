@@ -96,12 +96,11 @@ def auto_settings(source: dict, device: str = "auto", budget_minutes: float = 15
     reasons["lr"] = "0.001 is Adam's well-tried starting rate; the schedule lowers it as training goes on."
     reasons["schedule"] = ("Cosine annealing lowers the rate smoothly to zero by the last planned epoch, so the "
                            "final epochs polish instead of jumping around.")
-    patience = max(10, values["epochs"] // 3)
-    values["early_stopping"] = patience
-    reasons["early_stopping"] = (f"Stop after {patience} epochs without improvement (about a third of the run, and "
-                                 "never fewer than 10: a small validation set's score moves by chance, and with "
-                                 "the cosine schedule the best epochs tend to come late). The best epoch is kept "
-                                 "either way.")
+    values["early_stopping"] = 0
+    reasons["early_stopping"] = ("Off: the time limit ends the run, the best epoch is kept whatever comes after it, "
+                                 "and with the cosine schedule the last, slow epochs are often the best — on a "
+                                 "small validation set the score wanders, and stopping on it left most of the "
+                                 "budget unused.")
     reasons["epochs"] += (" After its second epoch the run times itself and takes more epochs if the probe "
                           "was pessimistic (a busy machine), so the budget is not left unused.")
     values["time_limit_minutes"] = float(budget_minutes)

@@ -105,6 +105,43 @@ def test_two_users_runs_train_once_each_on_ray_in_fair_order(ray_head, tiny_clas
     assert worker.device.startswith("Ray:") and worker.stopped
 
 
+SUBMITTER = """import sys
+from engine.config import RunConfig
+from engine.runs import submit
+for seed in range(3):
+    print(submit.submit(RunConfig(dataset_id=sys.argv[1], arch="lenet5", epochs=1, batch_size=8, image_size=32,
+                                  preview_samples=0, seed=seed, name=sys.argv[2])), flush=True)
+"""
+
+
+def test_six_runs_from_two_submitting_processes_train_once_each_on_ray(ray_head, tiny_classification):
+    """Two processes queue three runs each at the same time while a Ray worker drains the queue: six runs, each
+    claimed once and trained once (one epoch each, one finished job each), none lost or doubled."""
+    worker = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--json", "--executor", "ray",
+                               "--address", ray_head, "--poll", "0.2", "--slots", "2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        submitters = [subprocess.Popen([sys.executable, "-c", SUBMITTER, tiny_classification, f"p{i}"],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (1, 2)]
+        made = []
+        for proc in submitters:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err[-2000:]
+            made += out.split()
+        assert len(made) == len(set(made)) == 6
+        _wait(lambda: all(store.get_run(r)["status"] in ("done", "failed") for r in made), 240, "six runs to end")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=60)
+    for run_id in made:
+        run = store.get_run(run_id)
+        assert run["status"] == "done" and run["attempts"] == 1, run["message"]
+        assert [m["epoch"] for m in store.get_metrics(run_id) if (m["split"], m["name"]) == ("val", "accuracy")] == [1]
+        assert [j.status for j in _jobs(run_id)] == ["finished"]
+    assert sorted(_claim_order()) == sorted(made)                     # each claimed exactly once
+    assert {store.get_run(r)["name"] for r in made} == {"p1", "p2"}
+
+
 def test_cancelled_queued_and_pending_runs_never_train(ray_head, tiny_classification, monkeypatch):
     queued = _submit(tiny_classification, None)
     assert lifecycle.cancel(queued) == "cancelled"

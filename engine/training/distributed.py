@@ -41,7 +41,7 @@ from engine.config import RunConfig
 from engine.device import pick_device
 from engine.errors import UserError, one_line
 from engine.preflight import check_config
-from engine.training.events import Event, Events
+from engine.training.events import Events
 from engine.training.stops import RunCancelled, RunPruned, TrainingStopped
 from engine.training.trainer import Trainer, TrainState, seed_everything
 
@@ -240,36 +240,18 @@ class DistributedTrainer(Trainer):
                 return TrainingStopped(message)
         return exc
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        """Trainer.train_epoch with rank r on its share of each batch. Train metrics other than the loss are
-        measured on rank 0's share (a 1/N sample of the epoch); the loss is the mean over all ranks."""
-        self._agree()       # rank 0 may have been cancelled at FIT_START
-        self.model.train()
+    def epoch_batches(self, epoch: int):
+        """Rank r's share of every batch of the epoch's order (the same order on every rank). Train metrics other
+        than the loss are therefore measured on rank 0's share (a 1/N sample of the epoch); the loss is the mean
+        over all ranks (_batch_loss), the same value on every rank, so a NaN stops them all at once."""
         order = self.epoch_order(epoch)
         bs = self.config.batch_size
-        meter = self.new_meter()
-        losses: list[torch.Tensor] = []
         for first in range(0, len(order), bs):
             index = order[first:first + bs]
             if len(index) < 2 * self.world:
                 continue    # every rank needs 2 images (BatchNorm); skipping loses < 2N samples per epoch
             mine = index.tensor_split(self.world)[self.rank]
-            images, targets = self._batch(mine)
-            loss, logits = self.step(images, targets)
-            loss = self._batch_loss(loss, len(mine) / len(index))
-            losses.append(loss)
-            meter.update(logits.detach(), targets)
-            self.state.step += 1
-            self.events.emit(Event.STEP_END, trainer=self, epoch=epoch, step=self.state.step, loss=loss)
-            self._agree()
-            if self.state.should_stop:
-                break
-        values = torch.stack(losses).float() if losses else torch.zeros(1)
-        if not torch.isfinite(values).all():        # the same values on every rank: all stop here
-            raise TrainingStopped(self._nan_message())
-        metrics = meter.compute()
-        metrics["loss"] = float(values.mean())
-        return metrics
+            yield mine, len(mine) / len(index)
 
     def _batch_loss(self, loss: torch.Tensor, share: float) -> torch.Tensor:
         """The loss over the whole batch: each rank's mean weighted by its share of the images."""

@@ -248,21 +248,19 @@ class Trainer:
         return torch.randperm(len(self.train_images), generator=generator)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
+        self._agree()                   # a distributed run: rank 0 may have been cancelled at FIT_START
         self.model.train()
-        order = self.epoch_order(epoch)
-        bs = self.config.batch_size
         meter = self.new_meter()
         losses: list[torch.Tensor] = []
-        for first in range(0, len(order), bs):
-            index = order[first:first + bs]
-            if len(index) < 2 and len(order) > 1:
-                continue    # a batch of one breaks BatchNorm; skipping it loses < 1 sample per epoch
+        for index, share in self.epoch_batches(epoch):
             images, targets = self._batch(index)
             loss, logits = self.step(images, targets)
+            loss = self._batch_loss(loss, share)
             losses.append(loss)
             meter.update(logits.detach(), targets)
             self.state.step += 1
             self.events.emit(Event.STEP_END, trainer=self, epoch=epoch, step=self.state.step, loss=loss)
+            self._agree()
             if self.state.should_stop:
                 break
         values = torch.stack(losses).float() if losses else torch.zeros(1)
@@ -271,6 +269,24 @@ class Trainer:
         metrics = meter.compute()
         metrics["loss"] = float(values.mean())
         return metrics
+
+    def epoch_batches(self, epoch: int):
+        """(the images this process trains on in each step, their share of the step's batch), in the epoch's
+        order. A batch of one breaks BatchNorm: it is skipped, which loses < 1 sample per epoch."""
+        order = self.epoch_order(epoch)
+        bs = self.config.batch_size
+        for first in range(0, len(order), bs):
+            index = order[first:first + bs]
+            if len(index) < 2 and len(order) > 1:
+                continue
+            yield index, 1.0
+
+    def _batch_loss(self, loss: torch.Tensor, share: float) -> torch.Tensor:
+        """The step's loss over its whole batch (one process: its own)."""
+        return loss
+
+    def _agree(self) -> None:
+        """A point where the processes of a distributed run agree to go on (one process: nothing to agree)."""
 
     def _batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One training batch on the device: gathered where the training set lives, augmented on the device

@@ -10,6 +10,7 @@ from collections import Counter
 
 import pytest
 from sqlalchemy import select
+from waiting import wait_for
 
 from engine.config import RunConfig
 from engine.errors import UserError
@@ -31,13 +32,7 @@ def _worker(*args: str, env_extra: dict | None = None) -> subprocess.Popen:
 
 
 def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(predicate, timeout, what, poll=0.2)
 
 
 def test_claim_is_exclusive(tiny_classification):

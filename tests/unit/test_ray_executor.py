@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import ray_cluster
 from sqlalchemy import select
+from waiting import wait_for
 
 from engine.cli.main import main
 from engine.config import RunConfig
@@ -58,13 +59,7 @@ def _jobs(run_id: str) -> list:
 
 
 def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(predicate, timeout, what, poll=0.05)
 
 
 def _worker_thread(**kwargs) -> tuple[threading.Thread, dict]:

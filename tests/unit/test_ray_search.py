@@ -14,12 +14,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import ray_cluster
 from optuna.trial import TrialState
+from waiting import wait_for
 
 from engine.accounts import users
 from engine.classroom import assignments
@@ -67,13 +67,7 @@ def _trial_processes(name: str) -> list[int]:
 
 
 def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(predicate, timeout, what, poll=0.1)
 
 
 def _driver_thread(name: str, **kwargs) -> tuple[threading.Thread, dict]:

@@ -25,6 +25,7 @@ SIZES = (32, 48, 64, 96, 128, 160, 192, 256, 384, 512)
 SIZE_CAP = {"cpu": ((5, 64), (15, 96), (60, 128), (math.inf, 192)),
             "cuda": ((5, 128), (15, 256), (60, 256), (math.inf, 384))}
 MIN_STRUCTURE_PX = 6                # the smallest structure keeps at least this many pixels across
+MAX_EPOCHS = 300                    # the most epochs the preset plans (and a re-plan may extend to)
 MIN_EPOCHS = 8                      # fewer affordable passes than this: step the image size down ...
 SEGMENTATION_FLOOR = 64             # ... but outlines keep at least this many pixels (Dice fell at 48 px)
 CLASSIFICATION_FLOOR = 128          # ... and a class decided by a small finding keeps it (benchmarks/auto.md)
@@ -90,7 +91,7 @@ def auto_settings(source: dict, device: str = "auto", budget_minutes: float = 15
     probe = _epochs(fp, kind, budget_minutes, values, reasons, timer)
     _augment(fp, budget_minutes, probe, values, reasons)
     _within_epoch_limit(limits, values, reasons)
-    probe["most_epochs"] = min(300, (limits or {}).get("max_epochs") or 300)   # what a re-plan may extend to
+    probe["most_epochs"] = min(MAX_EPOCHS, (limits or {}).get("max_epochs") or MAX_EPOCHS)   # for a re-plan
     _loss(fp, values, reasons)
     reasons["optimizer"] = "Adam adapts the step size per weight, so it needs no tuning to start well."
     reasons["lr"] = "0.001 is Adam's well-tried starting rate; the schedule lowers it as training goes on."
@@ -243,7 +244,7 @@ def _epochs(fp: dict, kind: str, budget: float, values: dict, reasons: dict, tim
         reasons["image_size"] += f" Stepped down to {new} px so that enough epochs fit in the budget."
         if "model_options" in values:
             values["model_options"]["depth"] = 4 if new >= 96 else 3 if new >= 48 else 2
-    epochs = max(2, min(300, epochs))
+    epochs = max(2, min(MAX_EPOCHS, epochs))
     values["epochs"] = epochs
     reasons["epochs"] = (f"{epochs} epochs fill about {budget:g} minutes: a timing probe of a few training steps "
                          f"on this {kind.upper()} puts one step of {probe['batch_size']} images at "
@@ -290,7 +291,7 @@ def _augment(fp: dict, budget: float, probe: dict, values: dict, reasons: dict) 
     cost = probe.get("augment_seconds_per_image", 0.0) * (probe["image_size"] / values["image_size"]) ** -2
     if names and cost:          # augmenting costs time per image on the CPU: fewer epochs fit
         per_epoch = _epoch_seconds(fp, values, step) + 1.1 * n * cost
-        values["epochs"] = max(2, min(300, int(TIME_SHARE * budget * 60 / per_epoch)))
+        values["epochs"] = max(2, min(MAX_EPOCHS, int(TIME_SHARE * budget * 60 / per_epoch)))
         reasons["epochs"] = (f"{values['epochs']}" + reasons["epochs"][len(str(epochs)):] +
                              f" Augmenting adds about {1000 * cost:.1f} ms per image, counted in.")
     reasons["augment"] = geometry + " " + flips

@@ -15,7 +15,7 @@ from engine.training.events import Event
 REPLAN_AFTER = 2            # epochs measured before re-planning (the first includes warm-up)
 UNUSED_SHARE = 1 / 3        # re-plan when the plan would leave more than this share of the time left unused
 FILL = 0.9                  # of the time left that the new plan fills (validation time varies too)
-MOST_EPOCHS = 300           # the preset's own cap, when it recorded none
+MOST_EPOCHS = 300           # engine.presets.auto.MAX_EPOCHS, for a preset record without "most_epochs"
 
 Persist = Callable[[int, dict], None]      # (new epochs, what was measured) -> the run's stored settings
 

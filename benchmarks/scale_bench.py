@@ -71,16 +71,22 @@ def run_times(run_ids: list[str]) -> list[dict]:
     return out
 
 
-def one_repeat(executor: str, dataset_id: str, n: int, slots: int, tag: str) -> dict:
-    run_ids = queue_runs(dataset_id, n, tag)
-    cmd = [sys.executable, "-m", "engine", "worker", "--until-idle", "--slots", str(slots), "--poll", "0.2",
-           "--json"] + (["--executor", "ray"] if executor == "ray" else [])
+def timed_command(cmd: list[str], what: str) -> tuple[subprocess.CompletedProcess, float, float, float]:
+    """Run `cmd` in the checkout: (its result, start time, wall seconds, load before); a failure ends the bench."""
     before = load()
     started = time.time()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
     wall = time.time() - started
     if done.returncode != 0:
-        raise SystemExit(f"{executor} worker failed: {done.stderr[-1500:]}")
+        raise SystemExit(f"{what} failed: {done.stderr[-1500:]}")
+    return done, started, wall, before
+
+
+def one_repeat(executor: str, dataset_id: str, n: int, slots: int, tag: str) -> dict:
+    run_ids = queue_runs(dataset_id, n, tag)
+    cmd = [sys.executable, "-m", "engine", "worker", "--until-idle", "--slots", str(slots), "--poll", "0.2",
+           "--json"] + (["--executor", "ray"] if executor == "ray" else [])
+    _, started, wall, before = timed_command(cmd, f"{executor} worker")
     times = run_times(run_ids)
     assert all(t["status"] == "done" for t in times), [t["status"] for t in times]
     first_queued = min(t["queued"] for t in times)
@@ -103,12 +109,7 @@ def one_search(executor: str, dataset_id: str, trials: int, slots: int, tag: str
            "--pruner", "none", "--name", tag, "--quiet", "--json"]
     if executor == "ray":
         cmd += ["--executor", "ray", "--parallel", str(slots)]
-    before = load()
-    started = time.time()
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False)
-    wall = time.time() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{executor} search failed: {done.stderr[-1500:]}")
+    done, _, wall, before = timed_command(cmd, f"{executor} search")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["states"]["complete"] == trials, result["states"]
     return {"executor": executor, "wall_s": wall, "trials_per_min": 60 * trials / wall, "load_before": before,

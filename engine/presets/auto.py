@@ -102,8 +102,9 @@ def auto_settings(source: dict, device: str = "auto", budget_minutes: float = 15
                                  "and with the cosine schedule the last, slow epochs are often the best — on a "
                                  "small validation set the score wanders, and stopping on it left most of the "
                                  "budget unused.")
-    reasons["epochs"] += (" After its second epoch the run times itself and takes more epochs if the probe "
-                          "was pessimistic (a busy machine), so the budget is not left unused.")
+    reasons["epochs"] += (" From its second epoch on, the run times its own epochs and re-plans their number "
+                          "when the machine turns out faster or slower than the probe (a shared machine's speed "
+                          "changes), so the budget is neither left unused nor cut short mid-schedule.")
     values["time_limit_minutes"] = float(budget_minutes)
     reasons["time_limit_minutes"] = (f"Training stops after the last epoch that fits in {budget_minutes:g} minutes, "
                                      "so a busy machine cannot stretch the budget (the epochs come from a timing "

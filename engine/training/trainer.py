@@ -211,7 +211,7 @@ class Trainer:
     def fit(self, start_epoch: int = 0) -> TrainState:
         self.events.emit(Event.FIT_START, trainer=self)
         epoch = start_epoch
-        while epoch < self.config.epochs:           # a re-plan (extend_epochs) may lengthen the run on the way
+        while epoch < self.config.epochs:           # a re-plan (change_epochs) may change the length on the way
             epoch += 1
             started = time.perf_counter()
             train_metrics = self.train_epoch(epoch)
@@ -221,9 +221,9 @@ class Trainer:
         self.events.emit(Event.FIT_END, trainer=self)
         return self.state
 
-    def extend_epochs(self, epochs: int) -> None:
-        """Train to `epochs` instead (handlers/replan.py): the schedule is rebuilt for the new length and moved to
-        the current step, so a cosine schedule still reaches zero on the last epoch."""
+    def change_epochs(self, epochs: int) -> None:
+        """Train to `epochs` instead, more or fewer (handlers/replan.py): the schedule is rebuilt for the new length
+        and moved to the current step, so a cosine schedule still reaches zero on the last epoch."""
         self.config.epochs = epochs
         self.scheduler = build_scheduler(self.config, self.optimizer, self.steps_per_epoch)
         self.scheduler.last_epoch = self.state.step - 1

@@ -1,6 +1,6 @@
-"""An Auto run re-plans its epochs after the second one when the timing probe was pessimistic: it takes the epochs
-that fill its time limit (within the preset's cap), the cosine schedule still ends at zero on the new last epoch,
-and the stored run says so. Runs without the Auto preset, or whose plan already fills the budget, are unchanged."""
+"""An Auto run re-plans its epochs whenever its own epoch times say the plan no longer fits the time left: more
+epochs to fill the time limit (within the preset's cap), fewer when the machine slows down; the cosine schedule
+still ends at zero on the new last epoch, and the stored run says so. Runs without the Auto preset, or whose plan already fills the budget, are unchanged."""
 from __future__ import annotations
 
 import math
@@ -14,6 +14,7 @@ from engine.runs import execute, store
 from engine.runs.paths import run_dir
 from engine.runs.submit import create_run
 from engine.training.handlers import EpochReplanner
+from engine.training.handlers.replan import replanned_epochs
 
 
 def _auto(dataset_id: str, epochs: int = 3, most: int = 7, minutes: float = 10.0, **overrides) -> RunConfig:
@@ -52,19 +53,54 @@ def test_runs_without_the_auto_preset_or_a_time_limit_keep_their_epochs(tiny_cla
     assert "replanned" not in (run["config"]["preset"] or {})
 
 
-def test_a_plan_that_fills_the_budget_is_left_alone(tiny_classification):
-    # Timed epochs of this tiny set take 0.01-1 s depending on the machine's load, so the epoch time is given here:
-    # 20 s per epoch, 1 of 3 epochs left after epoch 2, 60 s of a 1-minute limit spent: the plan fills what is left
-    config = _auto(tiny_classification, minutes=1.0)
-    trainer = SimpleNamespace(config=config, state=SimpleNamespace(should_stop=False, train_seconds=40.0),
-                              extend_epochs=lambda epochs: pytest.fail("extended a plan that fills the budget"))
-    saved = []
-    EpochReplanner(lambda epochs, note: saved.append(epochs)).on_epoch(trainer, epoch=2, seconds=20.0)
-    assert config.epochs == 3 and saved == [] and "replanned" not in config.preset
-    trainer.state.train_seconds = 4.0             # the same epochs after 4 s of 60: far too few, so it extends
-    trainer.extend_epochs = lambda epochs: setattr(config, "epochs", epochs)
-    EpochReplanner(lambda epochs, note: saved.append(epochs)).on_epoch(trainer, epoch=2, seconds=2.0)
-    assert config.epochs == saved[0] == 7         # the preset's cap of 7 in _auto
+def test_a_plan_that_fits_the_time_left_is_left_alone_and_one_that_does_not_is_replanned():
+    # (epoch, planned, epoch seconds, seconds left, cap) -> epochs
+    assert replanned_epochs(2, 3, 20.0, 20.0, 7) == 3          # 1 epoch of 20 s left, 20 s left: it fits
+    assert replanned_epochs(2, 12, 5.0, 52.0, 300) == 12       # 50 s of 52: within the jitter band
+    assert replanned_epochs(2, 3, 2.0, 56.0, 7) == 7           # far too few: extended, up to the cap
+    assert replanned_epochs(2, 3, 2.0, 56.0, 300) == 2 + 25    # 90 % of 56 s in 2-s epochs
+    assert replanned_epochs(5, 20, 10.0, 60.0, 300) == 10      # 150 s needed, 60 left: shortened to 90 % of 60 s
+    assert replanned_epochs(5, 20, 100.0, 60.0, 300) == 6      # never below one more epoch (the time limit decides)
+    assert replanned_epochs(17, 17, 4.0, 2.0, 300) == 17       # 2 s left, 4-s epochs: no epoch added that cannot fit
+
+
+def _simulate(epoch_seconds, planned: int, minutes: float = 1.0, most: int = 300, replan: bool = True):
+    """An Auto run whose epochs take epoch_seconds(epoch), with the trainer's time-limit rule; returns the
+    epochs trained, the plan at the end, the seconds used and the re-plans recorded."""
+    config = _auto("unused", epochs=planned, most=most, minutes=minutes)
+    if not replan:
+        config.preset["overridden"] = ["epochs"]
+    state = SimpleNamespace(should_stop=False, train_seconds=0.0)
+    trainer = SimpleNamespace(config=config, state=state,
+                              change_epochs=lambda epochs: setattr(config, "epochs", epochs))
+    saved: list[dict] = []
+    replanner = EpochReplanner(lambda epochs, note: saved.append(note))
+    epoch = 0
+    while epoch < config.epochs and not state.should_stop:
+        epoch += 1
+        seconds = epoch_seconds(epoch)
+        state.train_seconds += seconds
+        if epoch < config.epochs and state.train_seconds + seconds > minutes * 60:     # Trainer._check_time_limit
+            state.should_stop = True
+        replanner.on_epoch(trainer, epoch=epoch, seconds=seconds)
+    return epoch, config.epochs, state.train_seconds, saved
+
+
+def test_a_machine_that_speeds_up_later_gets_more_epochs_again():
+    # the probe planned 6 epochs of a 60-s budget; epoch 1 (warm-up) is slow, the machine doubles speed after epoch 3
+    done, planned, used, notes = _simulate(lambda e: 10.0 if e == 1 else 4.0 if e <= 3 else 2.0, planned=6)
+    assert len(notes) >= 2 and notes[0]["after_epoch"] == 2            # once from the probe, again after speeding up
+    assert [n["to_epochs"] for n in notes] == sorted(n["to_epochs"] for n in notes)
+    assert done == planned > 6 and used >= 0.8 * 60                    # the run ended on its plan, budget used
+
+
+def test_a_machine_that_slows_down_gets_fewer_epochs_so_the_schedule_still_ends():
+    # 25 epochs of 2 s planned for 60 s; the machine halves its speed after epoch 5
+    done, planned, used, notes = _simulate(lambda e: 2.0 if e <= 5 else 4.0, planned=25)
+    assert notes and notes[-1]["to_epochs"] < 25
+    assert done == planned and used <= 60             # ended on the (shortened) plan, not cut off by the limit
+    done, planned, _, notes = _simulate(lambda e: 2.0 if e <= 5 else 4.0, planned=25, replan=False)
+    assert not notes and done < planned == 25         # without re-planning the limit cuts the schedule short
 
 
 def test_the_cap_is_the_assignments_when_auto_was_capped(tiny_classification):

@@ -182,6 +182,8 @@ def arm(name: str, dataset_id: str, budget_minutes: float) -> dict:
     best = run.get("best") or {}
     return {"arm": name, "status": run["status"], "message": run.get("message"), "seconds": round(seconds, 1),
             "epochs_done": run.get("epoch"), "epochs_planned": run["config"]["epochs"],
+            "epochs_probe": config_kw.get("epochs", 10) if name == "auto" else None,
+            "replans": ((run["config"].get("preset") or {}).get("replanned") or {}).get("times", 0),
             "image_size": run["config"]["image_size"], "batch_size": run["config"]["batch_size"],
             "arch": run["config"]["arch"], "augment": run["config"]["augment"], "loss": run["config"]["loss"],
             "schedule": run["config"]["schedule"], "class_weights": run["config"]["class_weights"],

@@ -141,6 +141,22 @@ def progress(run: dict, columns: dict[str, list]) -> None:
         if run.get("cancel_requested"):
             text += " · stopping…"
     st.progress(min(1.0, max(0.0, float(run["progress"] or (epoch / epochs if epochs else 0)))), text=text)
+    if (note := replan_note(run)):
+        st.caption(note)
+
+
+def replan_note(run: dict) -> str | None:
+    """Why an Auto run's number of epochs changed while it trained (engine.training.handlers.replan)."""
+    preset = (run.get("config") or {}).get("preset") or {}
+    last = preset.get("replanned")
+    if not last:
+        return None
+    times = int(last.get("times") or 1)
+    return (f"Auto re-planned this run's length {'once' if times == 1 else f'{times} times'} to fit its "
+            f"{preset.get('budget_minutes', 0):g}-minute budget: its timing probe planned "
+            f"{last.get('first_epochs', last.get('from_epochs'))} epochs; after epoch {last.get('after_epoch')} an "
+            f"epoch took about {float(last.get('epoch_seconds') or 0):.1f} s, so it trains {last.get('to_epochs')}. "
+            "The learning-rate schedule follows the new end.")
 
 
 def eta(columns: dict[str, list], epochs_left: int) -> str:

@@ -314,7 +314,8 @@ def replan_epochs(run_id: str, epochs: int, note: dict) -> None:
     preset = config.get("preset") or {}
     if preset:
         preset.setdefault("values", {})["epochs"] = epochs
-        preset["replanned"] = note
+        first = (preset.get("replanned") or {}).get("first_epochs", note.get("from_epochs"))
+        preset["replanned"] = {**note, "first_epochs": first}       # the latest re-plan, and the probe's plan
     update_run(run_id, epochs=epochs, config=json.dumps(config))
 
 

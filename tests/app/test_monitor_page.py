@@ -1,6 +1,8 @@
 """Monitor page: run selection (session, ?run=), status and messages, progress, curves, previews, Stop/Resume."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import plotly.graph_objects as go
 import pytest
@@ -75,6 +77,25 @@ def test_running_run_has_eta_and_stop_requests_a_cancel(lb, seg_dataset):
     assert "Stopping at the next training step" in lb.texts(at, "info")
     assert at.button(key="monitor_stop").disabled
     assert "stopping…" in progress_text(at)
+
+
+def test_an_auto_run_that_re_planned_says_why_its_epochs_changed(lb, seg_dataset):
+    run_id = lb.fake_run(seg_dataset, "segmentation", status="running", epochs=5)
+    plain = monitor(lb, run_id)
+    assert "re-planned" not in lb.texts(plain, "caption")                        # not an Auto run: nothing said
+    config = store.get_run(run_id)["config"]
+    config["preset"] = {"name": "auto", "budget_minutes": 5, "values": {"epochs": 5}, "reasons": {}, "probe": {}}
+    store.update_run(run_id, config=json.dumps(config))
+    store.replan_epochs(run_id, 9, {"after_epoch": 2, "epoch_seconds": 6.0, "from_epochs": 5, "to_epochs": 9,
+                                    "times": 1})
+    store.replan_epochs(run_id, 12, {"after_epoch": 4, "epoch_seconds": 4.04, "from_epochs": 9, "to_epochs": 12,
+                                     "times": 2})
+    at = monitor(lb, run_id)
+    lb.no_exception(at)
+    assert progress_text(at).startswith("Epoch 4/12")
+    assert ("Auto re-planned this run's length 2 times to fit its 5-minute budget: its timing probe planned 5 "
+            "epochs; after epoch 4 an epoch took about 4.0 s, so it trains 12. The learning-rate schedule follows "
+            "the new end.") in lb.texts(at, "caption")
 
 
 def test_stop_cancels_a_queued_run_at_once(lb, seg_dataset):

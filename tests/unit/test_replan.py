@@ -32,6 +32,7 @@ def test_a_pessimistic_plan_is_extended_to_fill_the_budget(tiny_classification):
     assert run["config"]["epochs"] == 7 and run["config"]["preset"]["values"]["epochs"] == 7
     note = run["config"]["preset"]["replanned"]
     assert (note["after_epoch"], note["from_epochs"], note["to_epochs"]) == (2, 3, 7) and note["epoch_seconds"] > 0
+    assert note["first_epochs"] == 3 and note["times"] == 1                       # the probe's plan is kept
     lrs = [m["value"] for m in store.get_metrics(run_id) if m["name"] == "lr"]
     assert len(lrs) == 7 and lrs[-1] == pytest.approx(0.0, abs=1e-9)                # cosine ends on the new last
     assert lrs[2] > 0.5 * run["config"]["lr"]          # stretched: epoch 3 of 7 is not epoch 3 of 3's near-zero

@@ -248,12 +248,18 @@ def main() -> None:
     print(table(results))
 
 
+def _replans(row: dict) -> str:
+    if row.get("epochs_probe") is None:             # a row from before the re-plan was recorded
+        return ""
+    return f" ({row['epochs_probe']}, {row.get('replans', 0)})"
+
+
 def table(results: dict) -> str:
     rows = {}
     for r in results["rows"]:
         rows.setdefault(r["dataset"], {})[r["arm"]] = r
-    header = ("| dataset | metric (test) | Auto | defaults | Auto − defaults | Auto: size, epochs done/planned | "
-              "defaults: size, epochs done/planned | load (1-min avg) |")
+    header = ("| dataset | metric (test) | Auto | defaults | Auto − defaults | Auto: size, epochs done/planned "
+              "(probe's plan, re-plans), s | defaults: size, epochs done/planned, s | load (1-min avg) |")
     lines = [header, "|---|---|---|---|---|---|---|---|"]
     for name, arms in rows.items():
         a, d = arms.get("auto"), arms.get("default")
@@ -261,8 +267,9 @@ def table(results: dict) -> str:
             continue
         diff = (a["test"] or 0) - (d["test"] or 0)
         lines.append(f"| {name} | {a['metric']} (n={a['test_n']}) | {a['test']:.3f} | {d['test']:.3f} | "
-                     f"{diff:+.3f} | {a['image_size']} px, {a['epochs_done']}/{a['epochs_planned']} | "
-                     f"{d['image_size']} px, {d['epochs_done']}/{d['epochs_planned']} | "
+                     f"{diff:+.3f} | {a['image_size']} px, {a['epochs_done']}/{a['epochs_planned']}"
+                     f"{_replans(a)}, {a['seconds']:.0f} | "
+                     f"{d['image_size']} px, {d['epochs_done']}/{d['epochs_planned']}, {d['seconds']:.0f} | "
                      f"{a['load_before']:.1f} / {d['load_before']:.1f} |")
     return "\n".join(lines)
 

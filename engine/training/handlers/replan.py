@@ -2,13 +2,15 @@
 on a shared machine the probe, or the epochs after it, fall into other work's bursts of load (benchmarks/auto.md:
 9 epochs in 222 s of 300; 14 epochs in 221 s of 300 when the only re-plan looked once, after epoch 2, and the
 machine sped up later). So after every epoch but the first one of a process (it includes warm-up), the run times
-its recent epochs and, when the plan no longer fits the time left, takes the epochs that fill 90 % of it:
-- more epochs when the plan would leave over a fifth of the time left unused (never more than the preset allowed:
-  300, or an assignment's cap);
-- fewer when the plan would overrun the time left by over a tenth: the time limit would cut the run before its
-  cosine schedule reaches the low rates of the last epochs, which are often the best.
-The gap between the two thresholds keeps ordinary jitter from re-planning every epoch; the learning-rate schedule is
-stretched (or shortened) to the new end each time."""
+its recent epochs and, when its plan no longer fits the time left, takes the epochs that end it a little before
+the limit (RESERVE, for the variation of epoch times):
+- more epochs when the plan would leave over UNUSED of the whole time limit unused (never more than the preset
+  allowed: 300, or an assignment's cap);
+- fewer when the plan would overrun the limit at all: the limit would cut the run before its cosine schedule
+  reaches the low rates of the last epochs, which are often the best.
+Measured against the whole limit, not the time left: a plan that keeps its reserve stays inside the band to the end
+(a band relative to the time left re-planned 24-28 times in a 5-minute run as the time left shrank). The
+learning-rate schedule is stretched (or shortened) to the new end each time."""
 from __future__ import annotations
 
 import sys
@@ -16,10 +18,9 @@ from collections.abc import Callable
 
 from engine.training.events import Event
 
-RECENT = 3                  # epochs whose mean time predicts the next ones (the machine's speed changes)
-EXTEND_BELOW = 0.8          # re-plan when the plan would use less than this share of the time left ...
-SHRINK_ABOVE = 1.1          # ... or more than this share of it
-FILL = 0.9                  # of the time left that the new plan fills (validation time varies too)
+RECENT = 5                  # epochs whose mean time predicts the next ones (the machine's speed changes)
+RESERVE = 0.05              # of the time limit left over at the planned end: epoch times vary
+UNUSED = 0.12               # re-plan when the plan would leave more than this share of the limit unused (or overrun it)
 MOST_EPOCHS = 300           # engine.presets.auto.MAX_EPOCHS, for a preset record without "most_epochs"
 
 Persist = Callable[[int, dict], None]      # (new epochs, what was measured) -> the run's stored settings
@@ -34,16 +35,17 @@ def replans(config) -> bool:
             and config.devices == 1 and config.schedule != "onecycle")
 
 
-def replanned_epochs(epoch: int, planned: int, epoch_seconds: float, seconds_left: float, most: int) -> int:
+def replanned_epochs(epoch: int, planned: int, epoch_seconds: float, seconds_left: float, limit: float,
+                     most: int) -> int:
     """The epochs an Auto run should train to, after `epoch` of `planned`, when an epoch takes `epoch_seconds` and
-    `seconds_left` remain of its time limit: `planned` itself while the plan fits the time left."""
+    `seconds_left` remain of its `limit` (seconds): `planned` itself while the plan fits the time left."""
     if epoch_seconds <= 0 or seconds_left <= 0:
         return planned
-    needed = (planned - epoch) * epoch_seconds
-    if EXTEND_BELOW * seconds_left <= needed <= SHRINK_ABOVE * seconds_left:
+    unused = seconds_left - (planned - epoch) * epoch_seconds          # negative: the plan overruns the limit
+    if 0 <= unused <= UNUSED * limit:
         return planned
-    fitting = epoch + int(FILL * seconds_left / epoch_seconds)
-    if needed < EXTEND_BELOW * seconds_left:
+    fitting = epoch + int((seconds_left - RESERVE * limit) / epoch_seconds)
+    if unused > 0:
         return max(planned, min(most, fitting))
     return min(planned, max(epoch + 1, fitting))     # the time limit, not the plan, ends a run with no epoch left
 
@@ -64,9 +66,10 @@ class EpochReplanner:
             return
         recent = self.seconds[1:][-RECENT:]
         epoch_seconds = sum(recent) / len(recent)
-        left = config.time_limit_minutes * 60 - trainer.state.train_seconds
+        limit = config.time_limit_minutes * 60
         most = int(((config.preset or {}).get("probe") or {}).get("most_epochs") or MOST_EPOCHS)
-        epochs = replanned_epochs(epoch, config.epochs, epoch_seconds, left, most)
+        epochs = replanned_epochs(epoch, config.epochs, epoch_seconds, limit - trainer.state.train_seconds, limit,
+                                  most)
         if epochs == config.epochs:
             return
         self.replans += 1

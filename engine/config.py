@@ -113,7 +113,8 @@ class RunConfig:
     gamma: float = _setting(0.1, "Factor per drop", "Step schedule: the rate is multiplied by this at each drop.",
                             "optimisation", low=0.01, high=0.99, shown_when=("schedule", ("step",)))
     epochs: int = _setting(10, "Epochs", "Passes over the training images.", "length", low=1, high=1000)
-    batch_size: int = _setting(16, "Batch size", "Images per optimizer step.", "length", low=1, high=1024,
+    batch_size: int = _setting(16, "Batch size", "Images per optimizer step (at least 2: batch normalisation "
+                               "compares the images of each step).", "length", low=2, high=1024,
                                teach="Bigger batches give smoother gradients but fewer steps per epoch.")
     image_size: int = _setting(128, "Image size (px)", "Images are resized to a square of this side.", "length",
                                low=16, high=1024)
@@ -158,6 +159,9 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         """Raise UserError with a readable sentence for any value that cannot work."""
+        if self.batch_size == 1:            # before the range check: say why, not only what
+            raise UserError("Batch size must be at least 2: batch normalisation, in every network here, compares "
+                            "the images of each step, so a step of one image cannot train; use 2 or more.")
         for setting in SETTINGS:
             check_value(setting, getattr(self, setting.name))
         if self.task not in TASKS:

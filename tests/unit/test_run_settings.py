@@ -83,6 +83,13 @@ def test_validation_comes_from_the_table(name, value, message):
         RunConfig(dataset_id="d", task="classification", **{name: value}).validate()
 
 
+def test_a_batch_of_one_is_refused_with_the_reason():
+    # a step of one image cannot train a network with batch normalisation: the Trainer skipped every batch
+    with pytest.raises(UserError, match="at least 2: batch normalisation"):
+        RunConfig(dataset_id="d", task="classification", batch_size=1).validate()
+    RunConfig(dataset_id="d", task="classification", batch_size=2).validate()
+
+
 def test_monitor_must_be_measured_for_the_task():
     with pytest.raises(UserError, match="not measured for classification"):
         RunConfig(dataset_id="d", task="classification", monitor="dice").validate()

@@ -49,7 +49,7 @@ def test_a_search_space_outside_the_run_settings_is_refused(tiny_segmentation):
     before = len(search.list_studies())
     with pytest.raises(UserError, match="Learning rate must be between 1e-06 and 1, not 1e-07"):
         search.create_study(_spec(tiny_segmentation, space=search.SearchSpace(lr=(1e-7, 1e-2))))
-    with pytest.raises(UserError, match="Batch size must be between 1 and 1024, not 0"):
+    with pytest.raises(UserError, match="Batch size must be between 2 and 1024, not 0"):
         search.create_study(_spec(tiny_segmentation, space=search.SearchSpace(batch_sizes=[0, 8])))
     assert len(search.list_studies()) == before
 

@@ -234,8 +234,8 @@ class Trainer:
 
         An epoch's time runs from the previous epoch's end to this one's, so it includes what the previous epoch's
         handlers did (checkpoints, previews): the time limit and an Auto re-plan count the run's wall clock, not
-        only its steps (benchmarks/auto.md: counting steps alone, a 5-minute run of 1.3-s epochs planned 119
-        epochs and had time for 98)."""
+        only its steps (benchmarks/auto.md: counting steps alone, a 5-minute run of 2.1-3.3-s epochs planned
+        119 epochs and had time for 98)."""
         val_metrics = self.evaluate(self.val_images, self.val_targets)
         self.state.epoch = epoch
         self.state.last_metrics = val_metrics

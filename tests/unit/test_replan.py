@@ -1,6 +1,7 @@
 """An Auto run re-plans its epochs whenever its own epoch times say the plan no longer fits the time left: more
 epochs to fill the time limit (within the preset's cap), fewer when the machine slows down; the cosine schedule
-still ends at zero on the new last epoch, and the stored run says so. Runs without the Auto preset, or whose plan already fills the budget, are unchanged."""
+still ends at zero on the new last epoch, and the stored run says so. Runs without the Auto preset, or whose plan
+already fills the budget, are unchanged."""
 from __future__ import annotations
 
 import math

@@ -314,8 +314,10 @@ def replan_epochs(run_id: str, epochs: int, note: dict) -> None:
     preset = config.get("preset") or {}
     if preset:
         preset.setdefault("values", {})["epochs"] = epochs
-        first = (preset.get("replanned") or {}).get("first_epochs", note.get("from_epochs"))
-        preset["replanned"] = {**note, "first_epochs": first}       # the latest re-plan, and the probe's plan
+        earlier = preset.get("replanned") or {}
+        # the latest re-plan, the probe's plan and the count so far: a resumed process carries them on
+        preset["replanned"] = {**note, "first_epochs": earlier.get("first_epochs", note.get("from_epochs")),
+                               "times": int(earlier.get("times") or 0) + 1}
     update_run(run_id, epochs=epochs, config=json.dumps(config))
 
 

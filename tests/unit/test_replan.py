@@ -138,3 +138,13 @@ def test_the_cap_is_the_assignments_when_auto_was_capped(tiny_classification):
     run = execute.run_job(create_run(_auto(tiny_classification, most=4), status="starting"))
     assert run["epoch"] == 4 and run["config"]["preset"]["replanned"]["to_epochs"] == 4
     assert not math.isnan(run["best_value"])
+
+
+def test_the_stored_count_of_re_plans_carries_on_across_processes(tiny_classification):
+    """The count lives in the store, not in the process: a resumed run's next re-plan is number 2, not 1 again."""
+    run_id = create_run(_auto(tiny_classification), status="starting")
+    store.replan_epochs(run_id, 5, {"after_epoch": 2, "epoch_seconds": 1.0, "from_epochs": 3, "to_epochs": 5})
+    # a new process (a resume) has a fresh EpochReplanner: its note knows nothing of the first re-plan
+    store.replan_epochs(run_id, 6, {"after_epoch": 4, "epoch_seconds": 0.9, "from_epochs": 5, "to_epochs": 6})
+    note = store.get_run(run_id)["config"]["preset"]["replanned"]
+    assert (note["times"], note["first_epochs"], note["from_epochs"], note["to_epochs"]) == (2, 3, 5, 6)

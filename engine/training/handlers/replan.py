@@ -54,7 +54,6 @@ class EpochReplanner:
     def __init__(self, persist: Persist | None = None) -> None:
         self.persist = persist
         self.seconds: list[float] = []          # epochs timed in this process; the first (warm-up) is left out
-        self.replans = 0
 
     def attach(self, events) -> None:
         events.on(Event.EPOCH_END, self.on_epoch)
@@ -72,9 +71,8 @@ class EpochReplanner:
                                   most)
         if epochs == config.epochs:
             return
-        self.replans += 1
         note = {"after_epoch": epoch, "epoch_seconds": round(epoch_seconds, 2), "from_epochs": config.epochs,
-                "to_epochs": epochs, "times": self.replans}
+                "to_epochs": epochs}
         trainer.change_epochs(epochs)
         print(f"Re-planned after epoch {epoch}: an epoch now takes {epoch_seconds:.1f} s, so {epochs} epochs (not "
               f"{note['from_epochs']}) fit the {config.time_limit_minutes:g}-minute budget.", file=sys.stderr,

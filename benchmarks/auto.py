@@ -6,9 +6,14 @@ Datasets: the two demos (engine/data/demo.py) and variants built here from the s
 smaller images, low contrast, two sources differing in brightness, small structures, classes 9 : 1. Each dataset
 is trained twice, interleaved (Auto then defaults, or the other way round on alternate datasets, since the machine
 is shared): each arm gets the same wall clock from the moment it starts (the Auto arm's timing probe included);
-a run still going at the budget is stopped and scored with its best checkpoint. Scores: the held-out test split
-with the best checkpoint (Dice for segmentation, balanced accuracy for classification: it equals accuracy on
-balanced data and does not reward the majority class on imbalanced data). `uptime`'s load is logged per arm."""
+a run still going at the budget is stopped and scored with its best checkpoint. Scores: Dice for segmentation,
+balanced accuracy for classification (it equals accuracy on balanced data and does not reward the majority class
+on imbalanced data), with the best checkpoint, on the dataset's held-out test split (6-27 images) and on a fresh
+test set of at least 300 images from the same generator with other seeds (never ingested, never seen in
+training). The verdict per dataset comes from the fresh set: Auto is ahead or behind only when the 95 % paired
+bootstrap interval of the difference leaves out zero, otherwise level. `uptime`'s load is logged per arm.
+
+    .venv/bin/python benchmarks/auto.py --table RESULTS.json      # the table of a finished run again"""
 from __future__ import annotations
 
 import argparse
@@ -145,6 +150,68 @@ def build(name: str, scratch: Path, seed: int = 0) -> str:
     return ingest(folder, task, name=name).dataset_id
 
 
+FRESH_SEED = 1000       # a fresh test set's generator seeds start here: no image of it is in the dataset
+FRESH_AT_LEAST = 300    # images: a difference of one image is then 0.3 % of accuracy, not the split's 4-17 %
+
+
+def build_fresh(name: str, scratch: Path, seed: int = 0) -> Path:
+    """A second, larger test set from the same generator with other seeds, never ingested or seen in training:
+    the dataset's own test split holds 6-27 images, too few to tell two arms apart (one image of 18 is 0.056)."""
+    _, write = DATASETS[name]
+    out = scratch / f"{name}-fresh"
+    k = 0
+    while len(list(out.rglob("*.png"))) // (2 if DATASETS[name][0] == "segmentation" else 1) < FRESH_AT_LEAST:
+        write(out / f"batch{k}", FRESH_SEED + 100 * k + seed)
+        k += 1
+    return out
+
+
+def fresh_score(run_id: str, task: str, folder: Path) -> tuple[float, list]:
+    """The run's best model on a fresh test set: mean Dice over the images that hold a structure, or balanced
+    accuracy (mean recall of the classes); and what each image scored, in file order (for a paired comparison:
+    each Dice, or each (true class, predicted class))."""
+    from engine.inference.predict import load_predictor, read_frames
+    predictor = load_predictor(run_id, device="cpu")
+    if task == "segmentation":
+        images = sorted(folder.rglob("images/*.png"))
+        dice: list[float] = []
+        for chunk in range(0, len(images), 32):
+            paths = images[chunk:chunk + 32]
+            masks = [np.asarray(Image.open(p.parent.parent / "masks" / p.name)) for p in paths]
+            preds = predictor.predict_arrays([read_frames(p)[0] for p in paths], masks=masks,
+                                             names=[p.name for p in paths])
+            dice += [pred.scores["dice_mean"] for pred in preds if pred.truth.any()]   # as the trainer counts
+        return float(np.mean(dice)), dice
+    files = sorted(folder.rglob("*.png"))
+    said: list[str] = []
+    for chunk in range(0, len(files), 32):
+        paths = files[chunk:chunk + 32]
+        said += [pred.label for pred in predictor.predict_arrays([read_frames(p)[0] for p in paths])]
+    pairs = [(p.parent.name, s) for p, s in zip(files, said)]
+    return balanced_accuracy(pairs), pairs
+
+
+def balanced_accuracy(pairs: list) -> float:
+    truth = [t for t, _ in pairs]
+    return float(np.mean([np.mean([s == c for t, s in pairs if t == c]) for c in sorted(set(truth))]))
+
+
+def paired_interval(task: str, a: list, d: list, draws: int = 2000) -> tuple[float, float]:
+    """95 % interval of Auto − defaults on the fresh test set by a paired bootstrap: the same resampled images
+    scored for both arms (what one test set can tell apart; a new training seed varies more)."""
+    rng = np.random.default_rng(0)
+    n = len(a)
+    diffs = []
+    for _ in range(draws):
+        pick = rng.integers(0, n, n)
+        if task == "segmentation":
+            diffs.append(float(np.mean([a[i] for i in pick]) - np.mean([d[i] for i in pick])))
+        else:
+            diffs.append(balanced_accuracy([a[i] for i in pick]) - balanced_accuracy([d[i] for i in pick]))
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return float(low), float(high)
+
+
 # ---- one arm ---------------------------------------------------------------------------------------------
 
 class WallClock:
@@ -165,7 +232,7 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
-def arm(name: str, dataset_id: str, budget_minutes: float) -> dict:
+def arm(name: str, dataset_id: str, budget_minutes: float, fresh: Path | None = None) -> dict:
     started = time.monotonic()
     load_before = load()
     config_kw: dict = {"dataset_id": dataset_id}
@@ -180,6 +247,7 @@ def arm(name: str, dataset_id: str, budget_minutes: float) -> dict:
     metric = "dice" if task == "segmentation" else "balanced_accuracy"
     test = run.get("test") or {}
     best = run.get("best") or {}
+    fresh_test, per_image = fresh_score(run_id, task, fresh) if fresh and run.get("best") else (None, [])
     return {"arm": name, "status": run["status"], "message": run.get("message"), "seconds": round(seconds, 1),
             "epochs_done": run.get("epoch"), "epochs_planned": run["config"]["epochs"],
             "epochs_probe": config_kw.get("epochs", 10) if name == "auto" else None,
@@ -188,15 +256,17 @@ def arm(name: str, dataset_id: str, budget_minutes: float) -> dict:
             "arch": run["config"]["arch"], "augment": run["config"]["augment"], "loss": run["config"]["loss"],
             "schedule": run["config"]["schedule"], "class_weights": run["config"]["class_weights"],
             "metric": metric, "test": test.get(metric), "test_n": test.get("n"), "val_best": best.get(metric),
+            "fresh_test": fresh_test, "fresh_n": len(per_image), "fresh_per_image": per_image,
             "load_before": round(load_before, 2), "load_after": round(load(), 2)}
 
 
-def run_pair(dataset_id: str, budget_minutes: float, threads: int) -> list[dict]:
+def run_pair(dataset_id: str, budget_minutes: float, threads: int, fresh: Path) -> list[dict]:
     """Both arms at once, each its own process limited to `threads` CPU threads: the same wall clock under the same
     load (whatever else the machine does slows both alike), instead of one after the other."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     procs = {which: subprocess.Popen([sys.executable, __file__, "--arm", which, "--dataset-id", dataset_id,
-                                      "--budget-minutes", str(budget_minutes), "--threads", str(threads)],
+                                      "--budget-minutes", str(budget_minutes), "--threads", str(threads),
+                                      "--fresh", str(fresh)],
                                      env=env, stdout=subprocess.PIPE, text=True)
              for which in ("auto", "default")}
     rows = []
@@ -218,13 +288,18 @@ def main() -> None:
                         help="run the two arms of a dataset at the same time, one CPU thread each")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per arm with --parallel")
     parser.add_argument("--seed", type=int, default=0, help="added to every dataset's generator seed")
+    parser.add_argument("--table", help="print the table of a results JSON and stop")
     parser.add_argument("--arm", choices=("auto", "default"), help=argparse.SUPPRESS)
     parser.add_argument("--dataset-id", help=argparse.SUPPRESS)
+    parser.add_argument("--fresh", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return
     if args.arm:                                   # one arm in its own process (--parallel)
         import torch
         torch.set_num_threads(args.threads)
-        print(json.dumps(arm(args.arm, args.dataset_id, args.budget_minutes)), flush=True)
+        print(json.dumps(arm(args.arm, args.dataset_id, args.budget_minutes, Path(args.fresh))), flush=True)
         return
     names = [n for n in DATASETS if not args.only or n in args.only.split(",")]
     results = {"budget_minutes": args.budget_minutes, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -233,11 +308,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for i, name in enumerate(names):
             dataset_id = build(name, Path(scratch), args.seed)
+            fresh = build_fresh(name, Path(scratch), args.seed)
             if args.parallel:
-                rows = run_pair(dataset_id, args.budget_minutes, args.threads)
+                rows = run_pair(dataset_id, args.budget_minutes, args.threads, fresh)
             else:
                 order = ("auto", "default") if i % 2 == 0 else ("default", "auto")
-                rows = [arm(which, dataset_id, args.budget_minutes) for which in order]
+                rows = [arm(which, dataset_id, args.budget_minutes, fresh) for which in order]
             for row in rows:
                 row = {"dataset": name, **row}
                 results["rows"].append(row)
@@ -254,23 +330,46 @@ def _replans(row: dict) -> str:
     return f" ({row['epochs_probe']}, {row.get('replans', 0)})"
 
 
+def _score(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def verdict(a: dict, d: dict) -> tuple[str, str]:
+    """("ahead" | "level" | "behind", "+0.012 [−0.004, +0.027]"): ahead or behind only when the fresh test set's
+    95 % interval of the difference leaves out zero; rows from before the fresh test set compare the split's."""
+    if not a.get("fresh_per_image") or not d.get("fresh_per_image"):
+        diff = (a["test"] or 0) - (d["test"] or 0)
+        return ("ahead" if diff > 0 else "behind" if diff < 0 else "level"), f"{diff:+.3f} (split's test)"
+    diff = a["fresh_test"] - d["fresh_test"]
+    low, high = paired_interval(a["metric"] == "dice" and "segmentation" or "classification",
+                                a["fresh_per_image"], d["fresh_per_image"])
+    word = "ahead" if low > 0 else "behind" if high < 0 else "level"
+    return word, f"{diff:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def table(results: dict) -> str:
     rows = {}
     for r in results["rows"]:
         rows.setdefault(r["dataset"], {})[r["arm"]] = r
-    header = ("| dataset | metric (test) | Auto | defaults | Auto − defaults | Auto: size, epochs done/planned "
-              "(probe's plan, re-plans), s | defaults: size, epochs done/planned, s | load (1-min avg) |")
-    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    header = ("| dataset | metric | fresh test: Auto | defaults | Auto − defaults [95 % interval] | verdict | "
+              "split's test (n): Auto | defaults | Auto: px, epochs done/planned (probe's plan, re-plans), s | "
+              "defaults: px, epochs done/planned, s | load |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, arms in rows.items():
         a, d = arms.get("auto"), arms.get("default")
         if not a or not d:
             continue
-        diff = (a["test"] or 0) - (d["test"] or 0)
-        lines.append(f"| {name} | {a['metric']} (n={a['test_n']}) | {a['test']:.3f} | {d['test']:.3f} | "
-                     f"{diff:+.3f} | {a['image_size']} px, {a['epochs_done']}/{a['epochs_planned']}"
+        word, diff = verdict(a, d)
+        lines.append(f"| {name} | {a['metric']} (n={a.get('fresh_n')}) | {_score(a.get('fresh_test'))} | "
+                     f"{_score(d.get('fresh_test'))} | {diff} | {word} | {_score(a['test'])} ({a['test_n']}) | "
+                     f"{_score(d['test'])} | {a['image_size']}, {a['epochs_done']}/{a['epochs_planned']}"
                      f"{_replans(a)}, {a['seconds']:.0f} | "
-                     f"{d['image_size']} px, {d['epochs_done']}/{d['epochs_planned']}, {d['seconds']:.0f} | "
+                     f"{d['image_size']}, {d['epochs_done']}/{d['epochs_planned']}, {d['seconds']:.0f} | "
                      f"{a['load_before']:.1f} / {d['load_before']:.1f} |")
+    counts = {w: sum(verdict(arms["auto"], arms["default"])[0] == w for arms in rows.values()
+                     if "auto" in arms and "default" in arms) for w in ("ahead", "level", "behind")}
+    lines.append("")
+    lines.append(f"Auto ahead on {counts['ahead']}, level on {counts['level']}, behind on {counts['behind']}.")
     return "\n".join(lines)
 
 

@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from engine import metrics
 from engine.config import RunConfig
 from engine.data import demo
 from engine.data.ingest import ingest
@@ -157,10 +158,11 @@ FRESH_AT_LEAST = 300    # images: a difference of one image is then 0.3 % of acc
 def build_fresh(name: str, scratch: Path, seed: int = 0) -> Path:
     """A second, larger test set from the same generator with other seeds, never ingested or seen in training:
     the dataset's own test split holds 6-27 images, too few to tell two arms apart (one image of 18 is 0.056)."""
-    _, write = DATASETS[name]
+    task, write = DATASETS[name]
     out = scratch / f"{name}-fresh"
+    files_per_image = 2 if task == "segmentation" else 1          # an image and its mask
     k = 0
-    while len(list(out.rglob("*.png"))) // (2 if DATASETS[name][0] == "segmentation" else 1) < FRESH_AT_LEAST:
+    while len(list(out.rglob("*.png"))) // files_per_image < FRESH_AT_LEAST:
         write(out / f"batch{k}", FRESH_SEED + 100 * k + seed)
         k += 1
     return out
@@ -172,42 +174,39 @@ def fresh_score(run_id: str, task: str, folder: Path) -> tuple[float, list]:
     each Dice, or each (true class, predicted class))."""
     from engine.inference.predict import load_predictor, read_frames
     predictor = load_predictor(run_id, device="cpu")
-    if task == "segmentation":
-        images = sorted(folder.rglob("images/*.png"))
-        dice: list[float] = []
-        for chunk in range(0, len(images), 32):
-            paths = images[chunk:chunk + 32]
-            masks = [np.asarray(Image.open(p.parent.parent / "masks" / p.name)) for p in paths]
-            preds = predictor.predict_arrays([read_frames(p)[0] for p in paths], masks=masks,
-                                             names=[p.name for p in paths])
-            dice += [pred.scores["dice_mean"] for pred in preds if pred.truth.any()]   # as the trainer counts
+    segmentation = task == "segmentation"
+    files = sorted(folder.rglob("images/*.png" if segmentation else "*.png"))
+    predictions = []
+    for first in range(0, len(files), 32):
+        paths = files[first:first + 32]
+        masks = [np.asarray(Image.open(p.parent.parent / "masks" / p.name)) for p in paths] if segmentation else None
+        predictions += predictor.predict_arrays([read_frames(p)[0] for p in paths], masks=masks,
+                                                names=[p.name for p in paths])
+    if segmentation:
+        dice = [pred.scores["dice_mean"] for pred in predictions if pred.truth.any()]   # as the trainer counts
         return float(np.mean(dice)), dice
-    files = sorted(folder.rglob("*.png"))
-    said: list[str] = []
-    for chunk in range(0, len(files), 32):
-        paths = files[chunk:chunk + 32]
-        said += [pred.label for pred in predictor.predict_arrays([read_frames(p)[0] for p in paths])]
-    pairs = [(p.parent.name, s) for p, s in zip(files, said)]
+    pairs = [(p.parent.name, pred.label) for p, pred in zip(files, predictions)]
     return balanced_accuracy(pairs), pairs
 
 
 def balanced_accuracy(pairs: list) -> float:
-    truth = [t for t, _ in pairs]
-    return float(np.mean([np.mean([s == c for t, s in pairs if t == c]) for c in sorted(set(truth))]))
+    """engine.metrics' balanced accuracy of (true class, predicted class) name pairs."""
+    names = sorted({name for pair in pairs for name in pair})
+    index = {name: i for i, name in enumerate(names)}
+    truth, said = zip(*[(index[t], index[s]) for t, s in pairs])
+    return metrics.balanced_accuracy(np.array(said), np.array(truth), len(names))
 
 
-def paired_interval(task: str, a: list, d: list, draws: int = 2000) -> tuple[float, float]:
+def paired_interval(metric: str, a: list, d: list, draws: int = 2000) -> tuple[float, float]:
     """95 % interval of Auto − defaults on the fresh test set by a paired bootstrap: the same resampled images
     scored for both arms (what one test set can tell apart; a new training seed varies more)."""
+    score = (lambda scores: float(np.mean(scores))) if metric == "dice" else balanced_accuracy
     rng = np.random.default_rng(0)
     n = len(a)
     diffs = []
     for _ in range(draws):
         pick = rng.integers(0, n, n)
-        if task == "segmentation":
-            diffs.append(float(np.mean([a[i] for i in pick]) - np.mean([d[i] for i in pick])))
-        else:
-            diffs.append(balanced_accuracy([a[i] for i in pick]) - balanced_accuracy([d[i] for i in pick]))
+        diffs.append(score([a[i] for i in pick]) - score([d[i] for i in pick]))
     low, high = np.percentile(diffs, [2.5, 97.5])
     return float(low), float(high)
 
@@ -341,8 +340,7 @@ def verdict(a: dict, d: dict) -> tuple[str, str]:
         diff = (a["test"] or 0) - (d["test"] or 0)
         return ("ahead" if diff > 0 else "behind" if diff < 0 else "level"), f"{diff:+.3f} (split's test)"
     diff = a["fresh_test"] - d["fresh_test"]
-    low, high = paired_interval(a["metric"] == "dice" and "segmentation" or "classification",
-                                a["fresh_per_image"], d["fresh_per_image"])
+    low, high = paired_interval(a["metric"], a["fresh_per_image"], d["fresh_per_image"])
     word = "ahead" if low > 0 else "behind" if high < 0 else "level"
     return word, f"{diff:+.3f} [{low:+.3f}, {high:+.3f}]"
 
@@ -355,21 +353,22 @@ def table(results: dict) -> str:
               "split's test (n): Auto | defaults | Auto: px, epochs done/planned (probe's plan, re-plans), s | "
               "defaults: px, epochs done/planned, s | load |")
     lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|"]
+    words = []
     for name, arms in rows.items():
         a, d = arms.get("auto"), arms.get("default")
         if not a or not d:
             continue
         word, diff = verdict(a, d)
+        words.append(word)
         lines.append(f"| {name} | {a['metric']} (n={a.get('fresh_n')}) | {_score(a.get('fresh_test'))} | "
                      f"{_score(d.get('fresh_test'))} | {diff} | {word} | {_score(a['test'])} ({a['test_n']}) | "
                      f"{_score(d['test'])} | {a['image_size']}, {a['epochs_done']}/{a['epochs_planned']}"
                      f"{_replans(a)}, {a['seconds']:.0f} | "
                      f"{d['image_size']}, {d['epochs_done']}/{d['epochs_planned']}, {d['seconds']:.0f} | "
                      f"{a['load_before']:.1f} / {d['load_before']:.1f} |")
-    counts = {w: sum(verdict(arms["auto"], arms["default"])[0] == w for arms in rows.values()
-                     if "auto" in arms and "default" in arms) for w in ("ahead", "level", "behind")}
     lines.append("")
-    lines.append(f"Auto ahead on {counts['ahead']}, level on {counts['level']}, behind on {counts['behind']}.")
+    lines.append(f"Auto ahead on {words.count('ahead')}, level on {words.count('level')}, "
+                 f"behind on {words.count('behind')}.")
     return "\n".join(lines)
 
 

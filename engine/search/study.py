@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from engine import workspace
@@ -271,11 +272,23 @@ def fail_stale_trials(study: optuna.Study) -> int:
         run = store.get_run(run_id)
         if run is not None and run["status"] not in ("interrupted", "failed", "cancelled"):
             continue                    # a run deleted by the user counts as dead too
-        study.tell(trial.number, state=TrialState.FAIL)
+        if not _failed_here(study, trial.number):
+            continue                    # another process (a search, its Ray driver) failed it and queued the retry
         if not trial.user_attrs.get("retry_of"):
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
             retried += 1
     return retried
+
+
+def _failed_here(study: optuna.Study, number: int) -> bool:
+    """Fail a running trial; False when another process ended it first. Two processes may sweep the same stale
+    trial at once (a Ray search's driver and its next task): the storage keeps the first end and refuses the second
+    (UpdateFinishedTrialError, or ValueError once the end is already visible), so only one queues its retry."""
+    try:
+        study.tell(number, state=TrialState.FAIL)
+    except (UpdateFinishedTrialError, ValueError):
+        return False
+    return True
 
 
 def _active_count(study: optuna.Study) -> int:
@@ -290,7 +303,10 @@ def _stop_requested(study: optuna.Study, since: float) -> bool:
 
 def _finish(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None = None) -> None:
     """Tell Optuna a trial's end; one already ended elsewhere (a stop, a stale-trial sweep) is left as it is."""
-    study.tell(trial, value, state=state, skip_if_finished=True)
+    try:
+        study.tell(trial, value, state=state, skip_if_finished=True)
+    except UpdateFinishedTrialError:
+        pass                            # ended by another process between the check and the write
 
 
 def run_trial(study: optuna.Study, spec: StudySpec) -> TrialState:

@@ -137,6 +137,26 @@ def test_trial_of_a_dead_worker_is_failed_and_retried(tiny_segmentation):
     assert retried, "the retried trial should train with the dead trial's parameters"
 
 
+@pytest.mark.parametrize("stale_read", ["trial list", "trial list and trial"])
+def test_two_processes_sweeping_the_same_stale_trial_retry_it_once(tiny_segmentation, monkeypatch, stale_read):
+    """A Ray search's driver and its next task both sweep stale trials: the one that reads the trial as running
+    after the other failed it must neither crash (CI saw UpdateFinishedTrialError end a search) nor queue a second
+    retry."""
+    from optuna.trial import TrialState
+    name, study, trial, _, run_id = _trial_with_run(tiny_segmentation, "running")
+    store.update_run(run_id, heartbeat_at=store.now() - 3600)
+    other = search.load_study(name)                                  # the other process's own storage
+    snapshot = other.get_trials(deepcopy=True, states=(TrialState.RUNNING,))
+    assert search.fail_stale_trials(study) == 1                      # the first sweep wins
+    monkeypatch.setattr(other, "get_trials", lambda *a, **k: snapshot)   # read just before that sweep wrote
+    if stale_read == "trial list and trial":        # tell's own check passes too: the storage's write refuses it
+        monkeypatch.setattr(other._storage, "get_trial", lambda trial_id: snapshot[0])
+    assert search.fail_stale_trials(other) == 0
+    trials = search.load_study(name).get_trials(deepcopy=False)
+    assert [t.state for t in trials].count(TrialState.WAITING) == 1
+    assert trials[trial.number].state == TrialState.FAIL
+
+
 def test_a_trial_whose_run_was_deleted_is_failed_and_retried(tiny_segmentation):
     """Deleting a stalled trial's run on the Monitor page must not leave the study waiting for it forever."""
     from optuna.trial import TrialState

@@ -35,6 +35,19 @@ SMALL_FOREGROUND = 0.05             # foreground share below which the Dice part
 TIME_SHARE = 0.85                   # of the budget planned for training; the rest is start-up and validation
 PROBE_STEPS = 3
 PROBE_BATCH = 8                     # the probe times at most this batch and scales: it must not eat a short budget
+# Geometric augmentation for small data, by task. Segmentation gains from rotations and zooms (benchmarks/auto.md).
+# A class may be told apart by a finding a few pixels across, which the resampling of a rotation or zoom blurs: on
+# the small-lesion set they cost 0.05-0.16 balanced accuracy, so classification gets shifts, which move whole pixels
+# (torchvision rounds the offset) and keep every pixel's value.
+GEOMETRY = {"segmentation": {"rotate": {"degrees": 10.0}, "zoom": {"amount": 0.1}},
+            "classification": {"shift": {"fraction": 0.1}}}
+GEOMETRY_REASON = {
+    "segmentation": ("Small rotations (±10°) and zooms (±10 %) on: {n} training images are few, and the {epochs} "
+                     "epochs would otherwise let the network memorise them."),
+    "classification": ("Shifts of up to 10 % of the image on: {n} training images are few, and the {epochs} epochs "
+                       "would otherwise let the network memorise them. No rotations or zooms: they resample the "
+                       "image and blur a finding a few pixels across, which may be all that tells the classes "
+                       "apart; a shift moves whole pixels and keeps each one's value.")}
 SHORT_BUDGET = 15                   # minutes; up to this a CPU trains with batches of 8
 
 # (settings, fingerprint) -> seconds per training step, or (that, seconds of augmentation per image)
@@ -271,10 +284,9 @@ def _augment(fp: dict, budget: float, probe: dict, values: dict, reasons: dict) 
     names: list[str] = []
     params: dict[str, dict] = {}
     if n < SMALL_DATA and epochs >= AUGMENT_EPOCHS:
-        names += ["rotate", "zoom"]
-        params |= {"rotate": {"degrees": 10.0}, "zoom": {"amount": 0.1}}
-        geometry = (f"Small rotations (±10°) and zooms (±10 %) on: {n} training images are few, and the "
-                    f"{epochs} epochs would otherwise let the network memorise them.")
+        names += list(GEOMETRY[fp["task"]])
+        params |= GEOMETRY[fp["task"]]
+        geometry = GEOMETRY_REASON[fp["task"]].format(n=n, epochs=epochs)
     elif n < SMALL_DATA:
         geometry = (f"No geometric augmentation: the budget allows only {epochs} epochs, too few for it to pay "
                     "off; a longer budget turns it on.")
@@ -335,7 +347,7 @@ def _loss(fp: dict, values: dict, reasons: dict) -> None:
 def probe_step_seconds(values: dict, fp: dict, steps: int = PROBE_STEPS, device: str = "auto") -> tuple[float, float]:
     """(Seconds per training step, seconds of augmentation per image), from a few real steps of the chosen network
     on random images of the chosen size on the device that will train: the fastest step of a batch of up to
-    PROBE_BATCH images, scaled to the chosen batch size; then one augmented batch (rotation and zoom)."""
+    PROBE_BATCH images, scaled to the chosen batch size; then one batch augmented as the task's small data is."""
     device = torch.device(_device_kind(device))
     classes = len(fp["classes"])
     model = build_model(values["arch"], fp["channels"], classes, task=fp["task"],
@@ -364,7 +376,7 @@ def probe_step_seconds(values: dict, fp: dict, steps: int = PROBE_STEPS, device:
     # The fastest step is the device's speed; on a shared machine the others include waits for the CPU (one
     # step of the same batch measured 0.9-7.6 s under load 8 on the 2-core dev box), which would plan too few epochs
     step = min(times) * values["batch_size"] / batch            # time grows with the images
-    augment = build_pipeline(["rotate", "zoom"], None)         # what small data gets: its cost per image
+    augment = build_pipeline(list(GEOMETRY[fp["task"]]), None)  # what small data gets: its cost per image
     started = time.perf_counter()
     augment.batch(images, targets if fp["task"] == "segmentation" else None)
     return step, (time.perf_counter() - started) / batch

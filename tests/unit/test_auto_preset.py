@@ -139,7 +139,26 @@ def test_imbalanced_classification_weights_classes_and_picks_by_balanced_accurac
     assert (v["loss"], v["class_weights"], v["monitor"]) == ("ce", True, "balanced_accuracy")
     assert "9.0×" in preset.reasons["class_weights"]
     assert "hflip" not in v["augment"] and "heart lies on the left" in preset.reasons["augment"]
+    # few images: augmented, but by whole-pixel shifts; a rotation or zoom would blur a few-pixel finding
+    assert (v["augment"], v["augment_params"]) == (["shift"], {"shift": {"fraction": 0.1}})
+    assert "whole pixels" in preset.reasons["augment"] and "No rotations or zooms" in preset.reasons["augment"]
     _explained(preset)
+
+
+def test_a_shift_keeps_every_pixel_of_a_small_finding():
+    """Why classification gets shifts: the shifted image holds the original pixels exactly, a rotation's does not."""
+    import torch
+    from torchvision import tv_tensors
+
+    from engine.training.augment import build_pipeline
+    image = torch.zeros(1, 1, 32, 32)
+    image[0, 0, 14:17, 14:17] = 1.0                    # a 3-pixel finding with sharp edges
+    torch.manual_seed(0)
+    for _ in range(10):
+        shifted = build_pipeline(["shift"], auto.GEOMETRY["classification"]).batch(image.clone(), None)[0]
+        assert sorted(shifted.flatten().tolist())[-9:] == [1.0] * 9 and shifted.sum() == 9
+    rotated = build_pipeline(["rotate"], {"rotate": {"degrees": 10.0}}).batch(image.clone(), None)[0]
+    assert rotated.max() < 1.0 or rotated.sum() != 9   # resampled: the edge is blurred
 
 
 def test_two_intensity_sources_turn_on_brightness_and_contrast_jitter():

@@ -285,7 +285,7 @@ def _augment(fp: dict, budget: float, probe: dict, values: dict, reasons: dict) 
     params: dict[str, dict] = {}
     if n < SMALL_DATA and epochs >= AUGMENT_EPOCHS:
         names += list(GEOMETRY[fp["task"]])
-        params |= GEOMETRY[fp["task"]]
+        params |= {name: dict(strengths) for name, strengths in GEOMETRY[fp["task"]].items()}   # the run's own copy
         geometry = GEOMETRY_REASON[fp["task"]].format(n=n, epochs=epochs)
     elif n < SMALL_DATA:
         geometry = (f"No geometric augmentation: the budget allows only {epochs} epochs, too few for it to pay "

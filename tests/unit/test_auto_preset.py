@@ -148,7 +148,6 @@ def test_imbalanced_classification_weights_classes_and_picks_by_balanced_accurac
 def test_a_shift_keeps_every_pixel_of_a_small_finding():
     """Why classification gets shifts: the shifted image holds the original pixels exactly, a rotation's does not."""
     import torch
-    from torchvision import tv_tensors
 
     from engine.training.augment import build_pipeline
     image = torch.zeros(1, 1, 32, 32)

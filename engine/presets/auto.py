@@ -28,6 +28,7 @@ MIN_STRUCTURE_PX = 6                # the smallest structure keeps at least this
 MAX_EPOCHS = 300                    # the most epochs the preset plans (and a re-plan may extend to)
 MIN_EPOCHS = 8                      # fewer affordable passes than this: step the image size down ...
 SEGMENTATION_FLOOR = 64             # ... but outlines keep at least this many pixels (Dice fell at 48 px)
+ENOUGH_EPOCHS = 24                  # a segmentation steps its size up while at least this many epochs still fit
 CLASSIFICATION_FLOOR = 128          # ... and a class decided by a small finding keeps it (benchmarks/auto.md)
 AUGMENT_EPOCHS = 12                 # augmentation pays off only when the network sees the data many times
 SMALL_DATA = 2000                   # training images below which augmentation is on
@@ -101,7 +102,7 @@ def auto_settings(source: dict, device: str = "auto", budget_minutes: float = 15
     _within_size_limit(fp, kind, limits, values, reasons)
     _batch(fp, kind, budget_minutes, values, reasons)
     timer = step_seconds or (lambda v, f: probe_step_seconds(v, f, device=kind))
-    probe = _epochs(fp, kind, budget_minutes, values, reasons, timer)
+    probe = _epochs(fp, kind, budget_minutes, values, reasons, timer, (limits or {}).get("max_image_size"))
     _augment(fp, budget_minutes, probe, values, reasons)
     _within_epoch_limit(limits, values, reasons)
     probe["most_epochs"] = min(MAX_EPOCHS, (limits or {}).get("max_epochs") or MAX_EPOCHS)   # for a re-plan
@@ -180,7 +181,7 @@ def _image_size(fp: dict, kind: str, budget: float, values: dict, reasons: dict)
     values["image_size"] = size
     why = [f"the images are about {stored} px"]
     if size < native:
-        why.append(f"{cap} px is what a {budget:g}-minute budget affords on the {kind.upper()}")
+        why.append(f"{cap} px is what a {budget:g}-minute budget usually affords on the {kind.upper()}")
     if need:
         side = math.sqrt(fp["object_px"]) * size / stored
         why.append(f"the smallest structure stays about {side:.0f} px across (at least {MIN_STRUCTURE_PX} needed)")
@@ -236,8 +237,10 @@ def _batch(fp: dict, kind: str, budget: float, values: dict, reasons: dict) -> N
                              f"training images; {why}.")
 
 
-def _epochs(fp: dict, kind: str, budget: float, values: dict, reasons: dict, timer: StepTimer) -> dict:
-    """Epochs from the measured seconds per step; a size that leaves too few epochs is stepped down."""
+def _epochs(fp: dict, kind: str, budget: float, values: dict, reasons: dict, timer: StepTimer,
+            most_px: int | None = None) -> dict:
+    """Epochs from the measured seconds per step; a size that leaves too few epochs is stepped down, and a
+    segmentation that leaves many is stepped up (to at most `most_px`, an assignment's limit)."""
     seconds, augment_cost = _measure(timer, values, fp)
     if TIME_SHARE * budget * 60 / _epoch_seconds(fp, values, seconds) < MIN_EPOCHS:
         # A short plan may be a burst of someone else's load on a shared CPU (benchmarks/auto.md): measure again
@@ -252,18 +255,48 @@ def _epochs(fp: dict, kind: str, budget: float, values: dict, reasons: dict, tim
         smaller = [s for s in SIZES if floor <= s < values["image_size"]]
         if epochs >= MIN_EPOCHS or not smaller:
             break
-        new = smaller[-1]                                  # compute grows with the pixel count
-        seconds *= (new / values["image_size"]) ** 2
-        values["image_size"] = new
+        new = smaller[-1]
+        seconds = _resize(fp, kind, values, reasons, new, seconds)
         reasons["image_size"] += f" Stepped down to {new} px so that enough epochs fit in the budget."
-        if "model_options" in values:
-            values["model_options"]["depth"] = 4 if new >= 96 else 3 if new >= 48 else 2
+    if fp["task"] == "segmentation":
+        seconds = _step_up(fp, kind, budget, values, reasons, seconds, most_px)
+        epochs = int(TIME_SHARE * budget * 60 / _epoch_seconds(fp, values, seconds))
     epochs = max(2, min(MAX_EPOCHS, epochs))
     values["epochs"] = epochs
     reasons["epochs"] = (f"{epochs} epochs fill about {budget:g} minutes: a timing probe of a few training steps "
                          f"on this {kind.upper()} puts one step of {probe['batch_size']} images at "
                          f"{probe['image_size']} px at {probe['seconds_per_step']:.2f} s.")
     return probe
+
+
+def _resize(fp: dict, kind: str, values: dict, reasons: dict, new: int, seconds: float) -> float:
+    """Train at `new` px: the seconds per step scale with the pixel count, the U-Net's shape with the size."""
+    seconds *= (new / values["image_size"]) ** 2
+    values["image_size"] = new
+    _unet_shape(fp, kind, values, reasons)
+    return seconds
+
+
+def _step_up(fp: dict, kind: str, budget: float, values: dict, reasons: dict, seconds: float,
+             most_px: int | None) -> float:
+    """A segmentation trains at a larger size, up to the stored one, while ENOUGH_EPOCHS still fit: the size table
+    is a guess at the device's speed, the probe measures it. Dice is scored on outlines at the stored size, and on
+    the low-contrast set (benchmarks/auto.md) 128 px and 32 epochs scored 0.975 where 64 px and 152 epochs scored
+    0.940: past a few dozen epochs, pixels buy more than passes."""
+    stored = int(fp["size"]["stored_side"]["median"])
+    top = min(stored, SIZE_CAP[kind][-1][1], most_px or math.inf)
+    start = values["image_size"]
+    for new in [s for s in SIZES if start < s <= top]:
+        scaled = seconds * (new / values["image_size"]) ** 2
+        if TIME_SHARE * budget * 60 / _epoch_seconds(fp, values, scaled) < ENOUGH_EPOCHS:
+            break
+        seconds = _resize(fp, kind, values, reasons, new, seconds)
+    if values["image_size"] > start:
+        size = values["image_size"]
+        reasons["image_size"] += (f" Stepped up to {size} px: the timing probe shows this {kind.upper()} still fits "
+                                  f"at least {ENOUGH_EPOCHS} epochs at that size, and a finer image draws finer "
+                                  "outlines, which is what Dice scores.")
+    return seconds
 
 
 def _measure(timer: StepTimer, values: dict, fp: dict) -> tuple[float, float]:

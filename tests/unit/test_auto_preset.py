@@ -109,6 +109,53 @@ def test_a_slow_device_keeps_segmentation_at_64_px_and_the_smallest_structure_vi
     assert "smallest structure stays about 6 px across" in preset.reasons["image_size"]
 
 
+def _stored_at(manifest: dict, side: int) -> dict:
+    from engine.data.fingerprint import fingerprint
+    """The manifest's fingerprint as if its images were stored at `side` px, the structures the same share of them."""
+    fp = copy.deepcopy(fingerprint(manifest))
+    fp["object_px"] *= (side / fp["size"]["stored_side"]["median"]) ** 2
+    fp["size"]["stored_side"] = {"min": side, "median": side, "max": side}
+    return fp
+
+
+def per_pixel(seconds_at_64: float):
+    """A device whose step time grows with the pixel count, like a CPU's."""
+    return lambda values, fp: seconds_at_64 * (values["image_size"] / 64) ** 2
+
+
+def test_a_fast_device_steps_segmentation_up_to_the_stored_size(small_gray_segmentation):
+    """The budget table starts a 5-minute CPU run at 64 px; when the probe shows that at least ENOUGH_EPOCHS fit
+    at a larger size, the run trains there, never above the stored size."""
+    preset = auto_settings(_stored_at(small_gray_segmentation, 128), device="cpu", budget_minutes=5,
+                           step_seconds=per_pixel(0.05))
+    assert preset.values["image_size"] == 128 and preset.values["model_options"] == {"depth": 4, "base": 16}
+    assert "Stepped up to 128 px" in preset.reasons["image_size"]
+    assert "at 128 px, 3 halvings" in preset.reasons["model_options"]         # the reason follows the new shape
+    assert preset.values["epochs"] >= auto.ENOUGH_EPOCHS
+    _explained(preset)
+    big = auto_settings(_stored_at(small_gray_segmentation, 512), device="cpu", budget_minutes=5,
+                        step_seconds=per_pixel(0.001))
+    assert big.values["image_size"] == 192                  # the CPU's largest size, even with time to spare
+
+
+def test_segmentation_stays_small_when_a_larger_size_leaves_too_few_epochs(small_gray_segmentation):
+    fp = _stored_at(small_gray_segmentation, 128)
+    per_step = auto._epoch_seconds(fp, {"batch_size": 3}, 1.0)        # an epoch's seconds for a 1-s step
+    step_at_128 = auto.TIME_SHARE * 5 * 60 / (auto.ENOUGH_EPOCHS * per_step) * 1.05    # a few epochs too few
+    step_at_64 = step_at_128 / 4
+    preset = auto_settings(fp, device="cpu", budget_minutes=5, step_seconds=per_pixel(step_at_64))
+    assert preset.values["image_size"] == 96 and "Stepped up to 96 px" in preset.reasons["image_size"]
+    preset = auto_settings(fp, device="cpu", budget_minutes=5, step_seconds=per_pixel(step_at_64 * 2.5))
+    assert preset.values["image_size"] == 64 and "Stepped up" not in preset.reasons["image_size"]
+
+
+def test_an_assignment_limit_caps_the_step_up(small_gray_segmentation):
+    fp = _stored_at(small_gray_segmentation, 256)
+    limits = {"assignment": "hw1", "max_image_size": 96}
+    preset = auto_settings(fp, device="cpu", budget_minutes=5, step_seconds=fast, limits=limits)
+    assert preset.values["image_size"] == 96
+
+
 def test_large_rgb_classification(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     cpu = auto_settings(copy.deepcopy(LARGE_RGB), device="cpu", budget_minutes=60, step_seconds=fast)

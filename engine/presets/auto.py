@@ -281,8 +281,8 @@ def _step_up(fp: dict, kind: str, budget: float, values: dict, reasons: dict, se
              most_px: int | None) -> float:
     """A segmentation trains at a larger size, up to the stored one, while ENOUGH_EPOCHS still fit: the size table
     is a guess at the device's speed, the probe measures it. Dice is scored on outlines at the stored size, and on
-    the low-contrast set (benchmarks/auto.md) 128 px and 32 epochs scored 0.975 where 64 px and 152 epochs scored
-    0.940: past a few dozen epochs, pixels buy more than passes."""
+    the low-contrast set (benchmarks/auto.md) 128 px and 32 epochs scored 0.975 where 64 px and 151 epochs scored
+    0.955: past a few dozen epochs, pixels buy more than passes."""
     stored = int(fp["size"]["stored_side"]["median"])
     top = min(stored, SIZE_CAP[kind][-1][1], most_px or math.inf)
     start = values["image_size"]

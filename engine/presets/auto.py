@@ -242,7 +242,7 @@ def _epochs(fp: dict, kind: str, budget: float, values: dict, reasons: dict, tim
     """Epochs from the measured seconds per step; a size that leaves too few epochs is stepped down, and a
     segmentation that leaves many is stepped up (to at most `most_px`, an assignment's limit)."""
     seconds, augment_cost = _measure(timer, values, fp)
-    if TIME_SHARE * budget * 60 / _epoch_seconds(fp, values, seconds) < MIN_EPOCHS:
+    if _affordable_epochs(fp, values, budget, seconds) < MIN_EPOCHS:
         # A short plan may be a burst of someone else's load on a shared CPU (benchmarks/auto.md): measure again
         seconds = min(seconds, _measure(timer, values, fp)[0])
     probe = {"seconds_per_step": seconds, "image_size": values["image_size"], "batch_size": values["batch_size"],
@@ -251,17 +251,15 @@ def _epochs(fp: dict, kind: str, budget: float, values: dict, reasons: dict, tim
     least = min(SEGMENTATION_FLOOR if fp["task"] == "segmentation" else CLASSIFICATION_FLOOR, stored)
     floor = max(_needed_size(fp), least)
     while True:
-        epochs = int(TIME_SHARE * budget * 60 / _epoch_seconds(fp, values, seconds))
         smaller = [s for s in SIZES if floor <= s < values["image_size"]]
-        if epochs >= MIN_EPOCHS or not smaller:
+        if _affordable_epochs(fp, values, budget, seconds) >= MIN_EPOCHS or not smaller:
             break
         new = smaller[-1]
         seconds = _resize(fp, kind, values, reasons, new, seconds)
         reasons["image_size"] += f" Stepped down to {new} px so that enough epochs fit in the budget."
     if fp["task"] == "segmentation":
         seconds = _step_up(fp, kind, budget, values, reasons, seconds, most_px)
-        epochs = int(TIME_SHARE * budget * 60 / _epoch_seconds(fp, values, seconds))
-    epochs = max(2, min(MAX_EPOCHS, epochs))
+    epochs = max(2, min(MAX_EPOCHS, _affordable_epochs(fp, values, budget, seconds)))
     values["epochs"] = epochs
     reasons["epochs"] = (f"{epochs} epochs fill about {budget:g} minutes: a timing probe of a few training steps "
                          f"on this {kind.upper()} puts one step of {probe['batch_size']} images at "
@@ -288,7 +286,7 @@ def _step_up(fp: dict, kind: str, budget: float, values: dict, reasons: dict, se
     start = values["image_size"]
     for new in [s for s in SIZES if start < s <= top]:
         scaled = seconds * (new / values["image_size"]) ** 2
-        if TIME_SHARE * budget * 60 / _epoch_seconds(fp, values, scaled) < ENOUGH_EPOCHS:
+        if _affordable_epochs(fp, values, budget, scaled) < ENOUGH_EPOCHS:
             break
         seconds = _resize(fp, kind, values, reasons, new, seconds)
     if values["image_size"] > start:
@@ -302,6 +300,11 @@ def _step_up(fp: dict, kind: str, budget: float, values: dict, reasons: dict, se
 def _measure(timer: StepTimer, values: dict, fp: dict) -> tuple[float, float]:
     measured = timer(values, fp)
     return measured if isinstance(measured, tuple) else (measured, 0.0)
+
+
+def _affordable_epochs(fp: dict, values: dict, budget: float, step: float) -> int:
+    """How many whole epochs fit in the planned share of `budget` minutes at `step` seconds per training step."""
+    return int(TIME_SHARE * budget * 60 / _epoch_seconds(fp, values, step))
 
 
 def _epoch_seconds(fp: dict, values: dict, step: float) -> float:

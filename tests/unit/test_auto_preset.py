@@ -110,8 +110,8 @@ def test_a_slow_device_keeps_segmentation_at_64_px_and_the_smallest_structure_vi
 
 
 def _stored_at(manifest: dict, side: int) -> dict:
-    from engine.data.fingerprint import fingerprint
     """The manifest's fingerprint as if its images were stored at `side` px, the structures the same share of them."""
+    from engine.data.fingerprint import fingerprint
     fp = copy.deepcopy(fingerprint(manifest))
     fp["object_px"] *= (side / fp["size"]["stored_side"]["median"]) ** 2
     fp["size"]["stored_side"] = {"min": side, "median": side, "max": side}
